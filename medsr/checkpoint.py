@@ -1,0 +1,83 @@
+"""Checkpoints that rebuild their model alone.
+
+Layout of a checkpoint file (a plain dict, loadable with ``torch.load(weights_only=True)``)::
+
+    {
+      "format": 1,
+      "medsr_version": str,
+      "model": {"name": str, "kwargs": dict, "state_dict": dict},   # the generator
+      "discriminators": {name: {"name", "kwargs", "state_dict"}},    # GAN modes only
+      "optimizers": {...}, "schedulers": {...},                      # training state
+      "step": int, "epoch": int, "rng": {...},
+      "norm": {"x": {"mean": [...], "std": [...]}, "y": {...}},    # x = LR-up input, y = HR target
+      "data": {"factor": int, "patch_size": int, "channels": int, "kind": "dti" | "scalar"},
+      "config": dict,                                                 # the resolved training config
+    }
+
+Only plain containers, tensors, numbers and strings go in, so ``weights_only=True`` loads it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsr import __version__
+from medsr.normalise import ChannelStats
+from medsr.utils.atomic import atomic_path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``state`` atomically (temporary file, then rename)."""
+    state = dict(state)
+    state.setdefault("format", 1)
+    state.setdefault("medsr_version", __version__)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a clear error names a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"{path}: not a readable medsr checkpoint ({type(e).__name__}: {e})") from e
+
+
+def model_entry(name: str, kwargs: dict[str, Any], module: torch.nn.Module) -> dict[str, Any]:
+    """The ``{"name", "kwargs", "state_dict"}`` record for one network."""
+    # Unwrap DDP / torch.compile so the keys match a freshly built model.
+    module = getattr(module, "module", module)
+    module = getattr(module, "_orig_mod", module)
+    return {"name": name, "kwargs": dict(kwargs), "state_dict": module.state_dict()}
+
+
+def build_model(entry: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a network from its record via the registry and load its weights."""
+    from medsr.networks import create_model
+
+    model = create_model(entry["name"], **entry["kwargs"])
+    model.load_state_dict(entry["state_dict"])
+    return model
+
+
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Load the generator of a checkpoint for inference.
+
+    Returns:
+        (model in eval mode, x-stats, y-stats, checkpoint dict)
+    """
+    ck = load_checkpoint(path, map_location)
+    if "model" not in ck:
+        raise ValueError(f"{path}: no 'model' entry; not a medsr checkpoint")
+    model = build_model(ck["model"]).eval()
+    norm = ck.get("norm") or {}
+    channels = int(ck.get("data", {}).get("channels", 1))
+    sx = ChannelStats.from_dict(norm["x"]) if "x" in norm else ChannelStats.identity(channels)
+    sy = ChannelStats.from_dict(norm["y"]) if "y" in norm else ChannelStats.identity(channels)
+    return model, sx, sy, ck

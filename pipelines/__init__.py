@@ -1,0 +1,1 @@
+"""Orchestration: the ``medsr`` command line and the train / infer / evaluate / demo pipelines."""
