@@ -1,0 +1,11 @@
+"""The paper's 2D experiments (Cityscapes, Maps): aligned-image datasets and their metrics.
+
+Models (``resnet2d``, ``rev_resnet2d``, ``segnet2d``, ``patchgan2d``) live in the shared model
+registry and training runs through the shared Trainer; this package holds only what is 2D-specific:
+
+* :mod:`medsr.twod.aligned` - the pix2pix A|B aligned format: paired, unpaired and segmentation
+  views, and the ``aligned2d`` dataset builder;
+* :mod:`medsr.twod.cityscapes` - label colours, colour -> train id, confusion-matrix scores;
+* :mod:`medsr.twod.metrics` - MAE, PSNR, SSIM on 0-255.
+"""
+from __future__ import annotations

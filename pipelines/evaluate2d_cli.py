@@ -1,0 +1,51 @@
+"""``medsr evaluate2d``: score a 2D Maps / Cityscapes checkpoint (paper Tables 2 and 4), to CSV."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+Maps: mae, psnr, ssim (0-255, as the paper) for sat2map (A->B) and map2sat (B->A).
+Cityscapes: pixel_acc, class_acc, class_iou for photo2label; with --fcn, the FCN-score of
+label2photo (and label2photo_real: the segmenter on real photos, its ceiling). The paper used a
+pretrained FCN-8s; --fcn takes a segnet2d trained by this toolkit
+(medsr train configs/2d/segnet_cityscapes.yaml), so FCN-scores are comparable in trend only.
+
+example:
+  medsr evaluate2d --checkpoint runs/maps/last.pt --data datasets/maps --csv maps_scores.csv
+  medsr evaluate2d --checkpoint runs/city/last.pt --data datasets/cityscapes --csv city.csv \\
+      --fcn runs/segnet/last.pt
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("--checkpoint", required=True, type=Path, help="generator checkpoint (last.pt)")
+    parser.add_argument("--data", required=True, type=Path, help="aligned dataset root holding train/ and val/")
+    parser.add_argument("--csv", required=True, type=Path, help="summary CSV to write (one row per direction)")
+    parser.add_argument("--dataset", choices=["maps", "cityscapes"], default=None,
+                        help="default: from the checkpoint's config, else from the data folder's name")
+    parser.add_argument("--fcn", type=Path, default=None,
+                        help="segmentation checkpoint (segnet2d) for the Cityscapes label->photo FCN-score")
+    parser.add_argument("--split", default="val", help="sub-folder to evaluate (default: val)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in px (default: the training config's data.image_size)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--per-image", type=Path, default=None, help="Maps: also write per-image scores here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.evaluate2d import evaluate2d
+
+    summary = evaluate2d(
+        args.checkpoint, args.data, args.csv, dataset=args.dataset, fcn=args.fcn, split=args.split,
+        size=args.size, batch_size=args.batch_size, device=args.device, limit=args.limit,
+        per_image_csv=args.per_image,
+    )
+    with_pd_opts = summary.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    print(with_pd_opts)
+    print(f"wrote {args.csv}")
+    return 0
