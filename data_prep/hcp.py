@@ -1,0 +1,234 @@
+"""HCP diffusion MRI -> HR/LR DTI training pairs (``medsr prep hcp``).
+
+Input: subject folders in the HCP layout::
+
+    <input>/<subject>/T1w/Diffusion/data.nii.gz              4D DWI (X, Y, Z, N)
+                                    bvals                    N b-values (s/mm^2), one row
+                                    bvecs                    3 rows x N unit vectors (FSL convention)
+                                    nodif_brain_mask.nii.gz  3D brain mask on the DWI grid
+
+Per subject (the image-quality-transfer protocol, Alexander et al. 2017, used by the paper):
+
+1. keep the b0 volumes (b <= ``B0_MAX``) and the chosen shell (``|b - shell| <= tolerance``); only those
+   volumes are read, one at a time from the (compressed) stream, straight into one float32 array
+   (N_sel, X, Y, Z) -- no float64 copy of the DWI ever exists;
+2. crop (or edge-pad) the grid to a multiple of the factor r, as :mod:`medsr.degrade` documents;
+3. **HR DTI**: dipy ``TensorModel(fit_method="WLS")`` inside the mask, in chunks of voxels;
+4. **LR DTI**: block-average the *DWIs* over r^3 blocks, then fit the same way inside the LR mask
+   (an LR voxel is brain when at least half its HR block is brain);
+5. ``lr_up`` = the LR tensors nearest-neighbour upsampled back to the HR grid (the network input).
+
+Tensors are 6 channels in FSL order (Dxx, Dxy, Dxz, Dyy, Dyz, Dzz), in mm^2/s (b in s/mm^2), zero
+outside the mask, expressed in the bvecs' frame exactly as FSL ``dtifit`` does. dipy's
+``lower_triangular()`` order (Dxx, Dxy, Dyy, Dxz, Dyz, Dzz) is converted by
+:func:`medsr.dti.lower_to_fsl`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medsr.degrade import block_mean_array, downsample_mask, fit_array, lr_affine, nn_upsample_array
+from medsr.dti import lower_to_fsl
+from medsr.io import check_grid, read_array, read_nifti_image, save_mask, save_volume
+from medsr.manifest import format_triple
+from medsr.patches import count_brain_patches
+from medsr.volume import Volume
+
+DIFFUSION = Path("T1w") / "Diffusion"
+FILES = {"data": "data.nii.gz", "bvals": "bvals", "bvecs": "bvecs", "mask": "nodif_brain_mask.nii.gz"}
+B0_MAX = 50.0  # HCP b0 volumes have b ~ 5 s/mm^2; dipy's default b0 threshold is 50
+CHUNK_VOXELS = 65536  # voxels per WLS fit call: ~ 65536 x N_sel x 8 bytes per float64 buffer in dipy
+
+
+def find_subjects(input_dir: str | os.PathLike) -> list[str]:
+    """Subject folder names under ``input_dir`` (every non-hidden sub-folder; missing files fail later)."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: input folder not found")
+    if (root / DIFFUSION).is_dir():
+        raise ValueError(f"{root}: is a single subject folder; pass its parent folder as --input")
+    subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subjects:
+        raise ValueError(f"{root}: no subject folders found (expected <subject>/{DIFFUSION.as_posix()}/data.nii.gz)")
+    return subjects
+
+
+def subject_files(subject_dir: Path) -> dict[str, Path]:
+    """The four HCP input paths of one subject; FileNotFoundError names the first missing one."""
+    files = {k: Path(subject_dir) / DIFFUSION / v for k, v in FILES.items()}
+    for p in files.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: file not found")
+    return files
+
+
+def read_gradients(bvals_path: Path, bvecs_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """b-values (N,) and unit b-vectors (N, 3) from FSL text files (bvecs 3 rows; N x 3 accepted)."""
+    try:
+        bvals = np.loadtxt(bvals_path, dtype=np.float64, ndmin=1).reshape(-1)
+    except ValueError as e:
+        raise ValueError(f"{bvals_path}: cannot parse b-values ({e})") from None
+    try:
+        bvecs = np.loadtxt(bvecs_path, dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{bvecs_path}: cannot parse b-vectors ({e})") from None
+    if bvecs.shape[0] != 3 and bvecs.shape[1] == 3:  # N x 3 (dipy style): transpose to FSL's 3 rows
+        bvecs = bvecs.T
+    if bvecs.shape[0] != 3:
+        raise ValueError(f"{bvecs_path}: expected 3 rows of b-vectors, got shape {bvecs.shape}")
+    if bvecs.shape[1] != bvals.size:
+        raise ValueError(f"{bvecs_path}: has {bvecs.shape[1]} vectors but {bvals_path.name} has {bvals.size} values")
+    if not np.isfinite(bvals).all():
+        raise ValueError(f"{bvals_path}: contains NaN or Inf")
+    # A b0's direction is meaningless and some tools write NaN there (dipy's small_64D does): zero it.
+    bvecs = np.where(np.isfinite(bvecs) | (bvals > B0_MAX)[None, :], bvecs, 0.0)
+    if not np.isfinite(bvecs).all():
+        raise ValueError(f"{bvecs_path}: contains NaN or Inf for a diffusion-weighted volume")
+    return bvals, bvecs.T
+
+
+def select_shell(bvals: np.ndarray, shell: float, tolerance: float = 100.0) -> np.ndarray:
+    """Indices of b0 volumes (b <= 50) and of the shell ``|b - shell| <= tolerance``, in file order."""
+    b0 = bvals <= B0_MAX
+    on_shell = np.abs(bvals - shell) <= tolerance
+    return np.flatnonzero(b0 | on_shell)
+
+
+def read_volumes(path: Path, img, indices: np.ndarray, crop: tuple[int, int, int] | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Read the 3D volumes ``indices`` (increasing) of a 4D NIfTI into float32 (len(indices), X, Y, Z).
+
+    The file is streamed once, front to back: each wanted volume is read at its byte offset and
+    converted (scaled) on its own, so memory is the output array plus one volume. ``nibabel``'s
+    proxy slicing would reopen a ``.gz`` file and decompress from the start for every volume.
+    NaN/Inf values are reported with the volume index. ``crop`` keeps ``[:cx, :cy, :cz]``.
+    """
+    from nibabel.openers import ImageOpener
+    from tqdm import tqdm
+
+    proxy = img.dataobj
+    shape3 = tuple(int(s) for s in img.shape[:3])
+    out_shape = crop or shape3
+    dtype = np.dtype(proxy.dtype)
+    nbytes = int(np.prod(shape3)) * dtype.itemsize
+    slope, inter = float(proxy.slope), float(proxy.inter)
+    out = np.empty((len(indices),) + tuple(out_shape), dtype=np.float32)
+    try:
+        with ImageOpener(str(path), "rb") as f:
+            for k, i in enumerate(tqdm(indices, desc="read DWI", unit="vol", leave=False, disable=not progress)):
+                f.seek(int(proxy.offset) + int(i) * nbytes)
+                buf = f.read(nbytes)
+                if len(buf) != nbytes:
+                    raise EOFError(f"volume {i} is cut short ({len(buf)} of {nbytes} bytes)")
+                vol = np.frombuffer(buf, dtype=dtype).reshape(shape3, order=proxy.order)
+                vol = vol[: out_shape[0], : out_shape[1], : out_shape[2]]
+                if slope != 1.0 or inter != 0.0:
+                    out[k] = vol * np.float32(slope) + np.float32(inter)
+                else:
+                    out[k] = vol
+                bad = int(np.count_nonzero(~np.isfinite(out[k])))
+                if bad:
+                    raise FloatingPointError(f"{path}: {bad} NaN/Inf values in volume {i}")
+    except FloatingPointError as e:  # our own NaN/Inf report, already one line
+        raise ValueError(str(e)) from None
+    except Exception as e:  # EOFError, zlib.error, gzip.BadGzipFile, OSError: a cut or damaged file
+        raise ValueError(
+            f"{path}: cannot read image data, the file is truncated or corrupt ({type(e).__name__}: {e})"
+        ) from None
+    return out
+
+
+def fit_dti(dwi: np.ndarray, mask: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
+            chunk: int = CHUNK_VOXELS, progress: bool = False, desc: str = "fit DTI") -> np.ndarray:
+    """Weighted-least-squares DTI fit inside ``mask``: DWI (N, X, Y, Z) -> tensors (6, X, Y, Z) FSL order.
+
+    Voxels are gathered ``chunk`` at a time, so dipy's float64 work arrays stay small whatever the
+    volume size. Outside the mask the tensor is 0.
+    """
+    import warnings
+
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+    from tqdm import tqdm
+
+    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_MAX)
+    model = TensorModel(gtab, fit_method="WLS")
+    n, spatial = dwi.shape[0], dwi.shape[1:]
+    flat = dwi.reshape(n, -1)
+    where = np.flatnonzero(mask.reshape(-1))
+    out = np.zeros((6, flat.shape[1]), dtype=np.float32)
+    for s in tqdm(range(0, where.size, chunk), desc=desc, unit="chunk", leave=False, disable=not progress):
+        idx = where[s : s + chunk]
+        signal = flat[:, idx].T  # (n_vox, N) float32; dipy promotes per chunk only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # log of non-positive signal is clipped by dipy
+            fit = model.fit(signal)
+        out[:, idx] = lower_to_fsl(fit.lower_triangular().T.astype(np.float32), axis=0)
+    out[~np.isfinite(out)] = 0.0
+    return out.reshape((6,) + spatial)
+
+
+def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_dir: str, shell: float = 1000.0,
+                 tolerance: float = 100.0, factor: int = 2, pad: bool = False, overwrite: bool = True,
+                 chunk: int = CHUNK_VOXELS) -> dict:
+    """Prepare one HCP subject; returns its manifest row. Raises ValueError/FileNotFoundError naming the file."""
+    import nibabel as nib  # noqa: F401 - imported for read_nifti_image's side
+
+    files = subject_files(Path(input_dir) / subject)
+    bvals, bvecs = read_gradients(files["bvals"], files["bvecs"])
+    img = read_nifti_image(files["data"])
+    if len(img.shape) != 4:
+        raise ValueError(f"{files['data']}: expected a 4D DWI (X, Y, Z, volumes), got shape {img.shape}")
+    if img.shape[3] != bvals.size:
+        raise ValueError(f"{files['bvals']}: has {bvals.size} b-values but {files['data'].name} has {img.shape[3]} volumes")
+    mask_img = read_nifti_image(files["mask"])
+    check_grid(files["mask"], mask_img.shape, mask_img.affine, img.shape, img.affine,
+               ref_name=files["data"].name)
+    if len(mask_img.shape) != 3 and not (len(mask_img.shape) == 4 and mask_img.shape[3] == 1):
+        raise ValueError(f"{files['mask']}: expected a 3D mask, got shape {mask_img.shape}")
+    mask_raw = read_array(files["mask"], mask_img.dataobj).reshape(mask_img.shape[:3])
+    if not np.isfinite(mask_raw).all():
+        raise ValueError(f"{files['mask']}: contains NaN or Inf values")
+    mask = fit_array(mask_raw != 0, factor, pad=pad)
+    if not mask.any():
+        raise ValueError(f"{files['mask']}: mask is empty (no brain voxels)")
+
+    sel = select_shell(bvals, shell, tolerance)
+    n_b0 = int(np.sum(bvals[sel] <= B0_MAX))
+    if n_b0 == 0 or len(sel) - n_b0 < 6:
+        found = ", ".join(str(int(round(b))) for b in np.unique(np.round(bvals, -1)))
+        raise ValueError(f"{files['bvals']}: need >= 1 b0 and >= 6 volumes within {shell:g}+-{tolerance:g} s/mm^2 "
+                         f"(found {n_b0} b0 and {len(sel) - n_b0}; b-values present: {found})")
+    crop = None if pad else tuple(s - s % factor for s in img.shape[:3])
+    dwi = read_volumes(files["data"], img, sel, crop=crop, progress=progress)
+    if pad:
+        dwi = fit_array(dwi, factor, pad=True)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    del img
+
+    hr = fit_dti(dwi, mask, bvals[sel], bvecs[sel], chunk=chunk, progress=progress, desc="fit HR DTI")
+    dwi_lr = block_mean_array(dwi, factor)  # IQT: average the DWIs, then fit
+    del dwi
+    mask_lr = downsample_mask(mask, factor)
+    if not mask_lr.any():
+        raise ValueError(f"{files['mask']}: no LR voxel is at least half brain at factor {factor}")
+    lr = fit_dti(dwi_lr, mask_lr, bvals[sel], bvecs[sel], chunk=chunk, progress=progress, desc="fit LR DTI")
+    del dwi_lr
+    lr_up = nn_upsample_array(lr, factor)
+
+    out = {k: Path(out_dir) / subject / f"{k}.nii.gz" for k in ("hr", "lr", "lr_up", "mask")}
+    meta = {"kind": "dti"}
+    save_volume(Volume(hr, affine, name=subject, meta=meta), out["hr"], overwrite=overwrite)
+    save_volume(Volume(lr, lr_affine(affine, factor), name=subject, meta=meta), out["lr"], overwrite=overwrite)
+    save_volume(Volume(lr_up, affine, name=subject, meta=meta), out["lr_up"], overwrite=overwrite)
+    save_mask(mask, affine, out["mask"], overwrite=overwrite)
+    return {
+        "subject": subject, **{k: str(v) for k, v in out.items()},
+        "shape": format_triple(mask.shape, "d"),
+        "voxel_size": format_triple(np.round(np.linalg.norm(affine[:3, :3], axis=0), 6)),
+        "brain_voxels": int(mask.sum()), "n_patches": count_brain_patches(mask),
+        "status": "ok", "error": "", "factor": int(factor), "kind": "dti",
+    }

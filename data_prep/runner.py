@@ -1,0 +1,151 @@
+"""Run a per-subject preparation over many subjects: workers, progress bar, manifest, skip/retry.
+
+Shared by ``medsr prep hcp`` and ``medsr prep volumes``. A subject's work is a picklable callable
+``process(subject, out_dir, progress) -> dict`` returning its manifest row (``status="ok"``); any
+exception it raises marks the subject ``failed`` with a one-line ``error`` naming the subject, and
+the others carry on.
+
+Guarantees:
+
+* every output file is written through :func:`medsr.utils.atomic.atomic_path`, and a subject that
+  fails has its output files removed, so no partial subject is left behind;
+* the manifest is rewritten (atomically) after each subject, so an interrupted run keeps its progress;
+* a rerun skips subjects whose row is ``ok`` and whose files all exist, and retries the others
+  (``overwrite=True`` redoes every subject);
+* the return value is 0 when every subject is ``ok``, 1 otherwise.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from medsr.manifest import PATH_COLUMNS, empty_row, read_manifest_raw, write_manifest
+
+OUTPUT_FILES: dict[str, str] = {"hr": "hr.nii.gz", "lr": "lr.nii.gz", "lr_up": "lr_up.nii.gz", "mask": "mask.nii.gz"}
+MANIFEST_NAME = "manifest.csv"
+
+Process = Callable[[str, Path, bool], dict]
+
+
+def subject_outputs(out_dir: Path, subject: str) -> dict[str, Path]:
+    """The four output paths of ``subject`` under ``out_dir``."""
+    return {k: Path(out_dir) / subject / v for k, v in OUTPUT_FILES.items()}
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message (or type name), newlines folded."""
+    msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    msg = " ".join(msg.split()) or type(err).__name__
+    known = (ValueError, FileNotFoundError, FileExistsError, KeyError, EOFError, OSError)
+    return msg if isinstance(err, known) else f"{type(err).__name__}: {msg}"
+
+
+def run_one(process: Process, subject: str, out_dir: Path, kind: str, factor: int, progress: bool = False) -> dict:
+    """Run ``process`` for one subject; never raises (a failure becomes a ``failed`` row)."""
+    try:
+        row = process(subject, out_dir, progress)
+        row.setdefault("status", "ok")
+        return row
+    except Exception as e:  # noqa: BLE001 - one bad subject must not stop the others
+        _remove_outputs(out_dir, subject)
+        row = empty_row(subject)
+        row.update(status="failed", error=f"subject {subject}: {one_line(e)}", kind=kind, factor=factor)
+        return row
+
+
+def _remove_outputs(out_dir: Path, subject: str) -> None:
+    for p in subject_outputs(out_dir, subject).values():
+        p.unlink(missing_ok=True)
+    try:
+        (Path(out_dir) / subject).rmdir()  # only if now empty
+    except OSError:
+        pass
+
+
+def _is_done(row: dict | None, out_dir: Path, subject: str) -> bool:
+    if not row or row.get("status") != "ok":
+        return False
+    return all(p.exists() for p in subject_outputs(out_dir, subject).values())
+
+
+def run_subjects(
+    subjects: list[str],
+    process: Process,
+    out_dir: str | Path,
+    *,
+    kind: str,
+    factor: int,
+    workers: int = 1,
+    overwrite: bool = False,
+    desc: str = "prep",
+) -> int:
+    """Prepare ``subjects`` into ``out_dir`` and keep ``out_dir/manifest.csv`` up to date.
+
+    Args:
+        subjects: subject ids (folder names).
+        process: the per-subject work (module-level, picklable, e.g. a ``functools.partial``).
+        out_dir: output folder; it receives ``<subject>/{hr,lr,lr_up,mask}.nii.gz`` and the manifest.
+        kind: ``"dti"`` or ``"scalar"`` (written in failed rows too).
+        factor: the downsampling factor (written in failed rows too).
+        workers: parallel processes (1 = in this process, with a per-subject inner progress bar).
+        overwrite: redo subjects that are already done.
+
+    Returns:
+        0 if every subject's row is ``ok`` after the run, else 1.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / MANIFEST_NAME
+    rows: dict[str, dict] = {}
+    if manifest.exists():
+        rows = {str(r["subject"]): dict(r) for r in read_manifest_raw(manifest).to_dict("records")}
+        for r in rows.values():  # stored relative: make them absolute again for write_manifest
+            for c in PATH_COLUMNS:
+                if r[c] and not Path(r[c]).is_absolute():
+                    r[c] = str(out_dir / r[c])
+    todo = [s for s in subjects if overwrite or not _is_done(rows.get(s), out_dir, s)]
+    skipped = len(subjects) - len(todo)
+    if skipped:
+        print(f"{desc}: {skipped} subject(s) already done, skipped (use --overwrite to redo)", file=sys.stderr)
+
+    def record(row: dict, bar: tqdm) -> None:
+        rows[row["subject"]] = row
+        write_manifest(manifest, rows.values())
+        if row["status"] != "ok":
+            bar.write(f"{desc}: {row['error']}", file=sys.stderr)
+        bar.update(1)
+
+    with tqdm(total=len(todo), desc=desc, unit="subject", file=sys.stderr, disable=not todo) as bar:
+        if workers <= 1 or len(todo) <= 1:
+            for s in todo:
+                record(run_one(process, s, out_dir, kind, factor, progress=True), bar)
+        else:
+            # spawn: a fresh interpreter per worker, safe with BLAS threads and any imported library
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+                pending: dict[Future, str] = {
+                    pool.submit(run_one, process, s, out_dir, kind, factor, False): s for s in todo
+                }
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        s = pending.pop(fut)
+                        try:
+                            row = fut.result()
+                        except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
+                            _remove_outputs(out_dir, s)
+                            row = empty_row(s)
+                            row.update(status="failed", error=f"subject {s}: worker died: {one_line(e)}",
+                                       kind=kind, factor=factor)
+                        record(row, bar)
+    if not rows:
+        write_manifest(manifest, [])
+    n_failed = sum(rows[s]["status"] != "ok" for s in subjects if s in rows)
+    n_ok = len(subjects) - n_failed
+    print(f"{desc}: {n_ok} ok ({skipped} skipped), {n_failed} failed; manifest: {manifest}", file=sys.stderr)
+    return 1 if n_failed else 0

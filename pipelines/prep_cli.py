@@ -1,0 +1,84 @@
+"""``medsr prep hcp`` and ``medsr prep volumes``: prepare subjects into HR/LR pairs and a manifest."""
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+LAYOUT_HCP = """\
+input layout (HCP):
+  INPUT/<subject>/T1w/Diffusion/data.nii.gz              4D DWI
+  INPUT/<subject>/T1w/Diffusion/bvals                    b-values (s/mm^2)
+  INPUT/<subject>/T1w/Diffusion/bvecs                    3 rows of unit vectors
+  INPUT/<subject>/T1w/Diffusion/nodif_brain_mask.nii.gz  brain mask
+"""
+LAYOUT_VOLUMES = """\
+input layout:
+  INPUT/<subject>/image.nii.gz   3D scalar image (.nii, .nrrd, .mha also accepted)
+  INPUT/<subject>/mask.nii.gz    brain mask on the same grid
+"""
+OUTPUT = """\
+output:
+  OUTPUT/<subject>/hr.nii.gz     HR target (DTI: X,Y,Z,6 in FSL order Dxx,Dxy,Dxz,Dyy,Dyz,Dzz; scalar: 3D)
+  OUTPUT/<subject>/lr.nii.gz     LR (block mean of r^3 voxels; DTI fitted on block-averaged DWIs)
+  OUTPUT/<subject>/lr_up.nii.gz  LR nearest-neighbour upsampled to the HR grid (network input)
+  OUTPUT/<subject>/mask.nii.gz   brain mask on the HR grid (uint8)
+  OUTPUT/manifest.csv            one row per subject (status ok/failed, error, shape, n_patches, ...)
+Sizes that are not a multiple of the factor are cropped at the far end (or edge-padded with --pad).
+A rerun skips subjects already done and retries failed ones. Exit code 1 if any subject failed.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, type=Path, help="folder of subject folders")
+    p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--factor", type=int, default=2, help="downsampling factor r (r^3 blocks; default 2)")
+    p.add_argument("--pad", action="store_true", help="edge-pad sizes that are not a multiple of r (default: crop)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="subjects prepared in parallel (each HCP subject needs a few GB of memory; default 1)")
+    p.add_argument("--overwrite", action="store_true", help="redo subjects that are already done")
+    p.add_argument("--subjects", nargs="+", metavar="ID", help="only these subject folders (default: all)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    fmt = argparse.RawDescriptionHelpFormatter
+    hcp = sub.add_parser("hcp", help="HCP diffusion MRI -> DTI pairs (dipy WLS fit)", formatter_class=fmt,
+                         description="Fit HR DTI and LR DTI (block-averaged DWIs) for HCP subjects.",
+                         epilog=LAYOUT_HCP + "\n" + OUTPUT)
+    _common(hcp)
+    hcp.add_argument("--shell", type=float, default=1000.0, help="b-value shell to fit with the b0s (default 1000)")
+    hcp.add_argument("--shell-tolerance", type=float, default=100.0,
+                     help="keep volumes with |b - shell| <= this (s/mm^2; default 100)")
+    vol = sub.add_parser("volumes", help="generic scalar volumes (T1, T2, ...) -> pairs", formatter_class=fmt,
+                         description="Block-average scalar images into LR/HR pairs.",
+                         epilog=LAYOUT_VOLUMES + "\n" + OUTPUT)
+    _common(vol)
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_prep.runner import run_subjects
+
+    if args.factor < 1:
+        raise ValueError(f"--factor must be a positive integer, got {args.factor}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.source == "hcp":
+        from data_prep import hcp as mod
+
+        process = functools.partial(mod.prep_subject, input_dir=str(args.input), shell=args.shell,
+                                    tolerance=args.shell_tolerance, factor=args.factor, pad=args.pad)
+        kind = "dti"
+    else:
+        from data_prep import volumes as mod
+
+        process = functools.partial(mod.prep_subject, input_dir=str(args.input), factor=args.factor, pad=args.pad)
+        kind = "scalar"
+    subjects = mod.find_subjects(args.input)
+    if args.subjects:
+        unknown = sorted(set(args.subjects) - set(subjects))
+        if unknown:
+            raise ValueError(f"{args.input}: no subject folder(s) {', '.join(unknown)}")
+        subjects = [s for s in subjects if s in set(args.subjects)]
+    return run_subjects(subjects, process, args.output, kind=kind, factor=args.factor, workers=args.workers,
+                        overwrite=args.overwrite, desc=f"prep {args.source}")
