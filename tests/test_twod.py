@@ -1,0 +1,179 @@
+"""The 2D module: aligned data, Cityscapes/Maps metrics, 2D generators, training modes, memory trend."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from medsr.networks import create_model
+from medsr.twod import cityscapes as cs
+from medsr.twod.aligned import AlignedPairs, AlignedSegmentation, AlignedUnpaired, read_aligned
+from medsr.twod.metrics import mae, psnr, ssim, to_uint8_range
+from medsr.twod.synthetic import make_aligned_dataset
+
+
+# ----------------------------------------------------------------------------- data
+def _save(path: Path, a: np.ndarray, b: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate([a, b], axis=1).astype(np.uint8)).save(path)
+
+
+def test_split_and_resize(tmp_path: Path) -> None:
+    # A = left half red with a white top-left quadrant, B = right half blue: halves must not mix.
+    a = np.zeros((40, 40, 3), np.uint8)
+    a[..., 0] = 200
+    a[:20, :20] = 255
+    b = np.zeros((40, 40, 3), np.uint8)
+    b[..., 2] = 180
+    _save(tmp_path / "train" / "x.png", a, b)
+    ra, rb = read_aligned(tmp_path / "train" / "x.png", 16)
+    assert ra.shape == rb.shape == (16, 16, 3)
+    assert (rb[..., 2] == 180).all() and (rb[..., :2] == 0).all()
+    assert (ra[:6, :6] == 255).all() and (ra[12:, 12:, 0] == 200).all() and (ra[12:, 12:, 1:] == 0).all()
+    item = AlignedPairs(tmp_path, "train", size=16)[0]
+    assert item["x"].shape == item["y"].shape == (3, 16, 16)
+    assert item["x"].dtype == torch.float32
+    assert item["x"].max() == 1.0 and item["y"].min() == -1.0  # 255 -> 1, 0 -> -1
+    assert torch.allclose(item["y"][2], torch.full((16, 16), 180 / 127.5 - 1))
+
+
+def test_label_half_keeps_palette_colours(tmp_path: Path) -> None:
+    root = make_aligned_dataset(tmp_path / "city", "cityscapes", n_train=2, n_val=1, size=48)
+    pairs = AlignedPairs(root, "train", size=20, dataset="cityscapes")
+    b = to_uint8_range(pairs[0]["y"])  # nearest-neighbour resize: no blended colours
+    colours = {tuple(c) for c in b.reshape(-1, 3).astype(int)}
+    palette = {tuple(c) for c in cs.TRAIN_COLOURS.astype(int)}
+    assert colours <= palette
+    seg = AlignedSegmentation(root, "train", size=20)[0]
+    assert seg["y"].dtype == torch.int64 and seg["y"].shape == (20, 20)
+    assert np.array_equal(seg["y"].numpy(), cs.colours_to_train_ids(b))
+
+
+def test_bad_images_named(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(tmp_path / "train" / "odd.png")
+    with pytest.raises(ValueError, match=r"odd\.png.*width = 2 x height.*50x30"):
+        AlignedPairs(tmp_path, "train", size=16)[0]
+    (tmp_path / "train" / "odd.png").unlink()
+    (tmp_path / "train" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=r"broken\.jpg: cannot read image"):
+        AlignedPairs(tmp_path, "train", size=16)[0]
+    with pytest.raises(FileNotFoundError, match="val"):
+        AlignedPairs(tmp_path, "val")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        AlignedPairs(tmp_path, "empty")
+
+
+def test_unpaired_view_shuffles_independently(tmp_path: Path) -> None:
+    root = make_aligned_dataset(tmp_path / "m", "maps", n_train=6, n_val=1, size=16)
+    ds = AlignedUnpaired(root, "train", size=16, seed=3)
+    pairs = AlignedPairs(root, "train", size=16)
+    a_all = [pairs[i]["x"] for i in range(6)]
+    b_all = [pairs[i]["y"] for i in range(6)]
+
+    def which(t: torch.Tensor, pool: list[torch.Tensor]) -> int:
+        return next(i for i, p in enumerate(pool) if torch.equal(p, t))
+
+    def epoch_order() -> tuple[list[int], list[int]]:
+        items = [ds[i] for i in range(len(ds))]
+        return [which(it["x"], a_all) for it in items], [which(it["y"], b_all) for it in items]
+
+    ia, ib = epoch_order()
+    assert sorted(ia) == sorted(ib) == list(range(6))  # each image once per epoch
+    assert ia != ib  # A and B no longer travel together
+    ds.set_epoch(1)
+    ja, jb = epoch_order()
+    assert (ja, jb) != (ia, ib)  # reshuffled per epoch
+    ds.set_epoch(0)
+    assert epoch_order() == (ia, ib)  # deterministic (resume, workers)
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_image_metrics_known_values() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 32, 3)).astype(np.float64)
+    assert mae(img, img) == 0.0
+    assert psnr(img, img) == math.inf
+    assert ssim(img, img) == pytest.approx(1.0)
+    assert mae(np.zeros((16, 16)), np.full((16, 16), 255.0)) == 255.0
+    assert psnr(np.zeros((16, 16)), np.full((16, 16), 255.0)) == pytest.approx(0.0)
+    shifted = np.clip(img + 10, None, None)
+    assert mae(img, shifted) == pytest.approx(10.0)
+    assert psnr(img, shifted) == pytest.approx(20 * math.log10(255 / 10))
+    noisy = np.clip(img + rng.normal(0, 40, img.shape), 0, 255)
+    s = ssim(img, noisy)
+    assert 0.0 < s < 0.9 and s == pytest.approx(ssim(noisy, img))
+    # -1..1 network output -> 0..255
+    t = torch.tensor([[[-1.0, 0.0], [1.0, 2.0]]])
+    assert to_uint8_range(t)[..., 0].tolist() == [[0.0, 128.0], [255.0, 255.0]]
+
+
+def test_confusion_matrix_scores() -> None:
+    gt = np.array([0, 0, 1, 1, 1, cs.IGNORE])
+    pred = np.array([0, 1, 1, 1, cs.IGNORE, 0])  # one miss, one "ignore" prediction, one unscored
+    conf = cs.confusion_matrix(gt, pred, num_classes=2)
+    assert conf.tolist() == [[1, 1, 0], [0, 2, 1]]
+    s = cs.segmentation_scores(conf)
+    assert s["pixel_acc"] == pytest.approx(3 / 5)
+    assert s["class_acc"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # IoU0 = 1 / (2 + 1 - 1); IoU1 = 2 / (3 + 3 - 2)
+    assert s["class_iou"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    perfect = cs.segmentation_scores(cs.confusion_matrix(np.arange(19), np.arange(19)))
+    assert perfect == {"pixel_acc": 1.0, "class_acc": 1.0, "class_iou": 1.0}
+
+
+def test_colour_mapping() -> None:
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 19, (8, 8))
+    rgb = cs.train_ids_to_colours(ids).astype(np.float64) + rng.integers(-6, 7, (8, 8, 3))  # JPEG-ish
+    assert np.array_equal(cs.colours_to_train_ids(rgb), ids)
+    assert np.array_equal(cs.prediction_to_train_ids(rgb), ids)
+    ground = np.full((2, 2, 3), (81, 0, 81), np.float64)  # 'ground': not an evaluated class
+    assert (cs.colours_to_train_ids(ground) == cs.IGNORE).all()
+    black = np.zeros((2, 2, 3))
+    assert (cs.prediction_to_train_ids(black) == cs.IGNORE).all()
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize(
+    "name,width,depth,millions",
+    [("resnet2d", 32, 6, 3.9), ("rev_resnet2d", 32, 6, 1.3), ("rev_resnet2d", 56, 6, 3.9),
+     ("resnet2d", 32, 9, 5.7), ("rev_resnet2d", 58, 9, 5.6), ("rev_resnet2d", 64, 9, 6.8)],
+)
+def test_parameter_counts_match_paper(name: str, width: int, depth: int, millions: float) -> None:
+    m = create_model(name, width=width, depth=depth)
+    assert sum(p.numel() for p in m.parameters()) / 1e6 == pytest.approx(millions, abs=0.05)
+
+
+def test_rev_resnet2d_shapes_core_and_gradients() -> None:
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    m = create_model("rev_resnet2d", width=4, depth=3, memory_efficient=True)
+    plain = create_model("rev_resnet2d", width=4, depth=3, memory_efficient=False)
+    for p in m.core.parameters():  # leave the identity start so the core does something
+        torch.nn.init.normal_(p, 0, 0.1)
+    plain.load_state_dict(m.state_dict())
+    y = m(x)
+    assert y.shape == x.shape and m.reverse(x).shape == x.shape and y.abs().max() <= 1
+    h = m.enc_x(x)
+    assert torch.allclose(m.core.inverse(m.core(h)), h, atol=1e-5)
+    # Memory-saving gradients equal plain autograd (float64, so only the maths can differ).
+    m, plain, xd = m.double(), plain.double(), x.double()
+    (m(xd).sum() + m.reverse(xd).square().sum()).backward()
+    (plain(xd).sum() + plain.reverse(xd).square().sum()).backward()
+    for (n, p), q in zip(m.named_parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-10), n
+    with pytest.raises(ValueError, match="divisible by 4"):
+        m(torch.zeros(1, 3, 18, 18))
+
+
+def test_segnet_and_patchgan2d_shapes() -> None:
+    seg = create_model("segnet2d", width=4, depth=1)
+    assert seg(torch.zeros(1, 3, 32, 32)).shape == (1, 19, 32, 32)
+    d = create_model("patchgan2d", in_channels=6, width=8)
+    assert d(torch.zeros(1, 6, 32, 32)).shape[:2] == (1, 1)
