@@ -1,0 +1,326 @@
+"""Typed experiment configuration: nested dataclasses loaded from YAML, overridable by ``--set``.
+
+One config describes one training run. Every section is a dataclass, so a misspelt key or a
+value of the wrong type is rejected up front with its dotted key named and the allowed keys
+listed (nanoGPT-style strictness), instead of failing an hour into training. The only
+free-form parts are ``model.kwargs`` and ``discriminator.kwargs``: they go to the model
+constructor unchanged, which validates them itself.
+
+Example::
+
+    cfg = load_config("configs/quick_paired.yaml", overrides=["train.max_steps=20"])
+    cfg.train.batch_size        # typed attribute access
+    cfg.to_dict()               # plain dict, saved as the run's config.yaml
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    """Where the training data comes from and how patches are drawn.
+
+    Attributes:
+        type: dataset builder name (``patches3d``; the 2D module registers ``aligned2d``).
+        manifest: ``manifest.csv`` written by ``medsr prep`` (3D).
+        root: dataset folder (2D datasets).
+        image_size: image side length in pixels (2D datasets).
+        direction: ``AtoB`` or ``BtoA`` (2D datasets: which side is the input).
+        subjects: training subjects (manifest ``subject`` column); ``null`` = every ``ok`` subject.
+        patch_size: edge of the cubic patches (the paper: 24).
+        stride: grid stride; ``null`` = ``patch_size`` (non-overlapping, about 112 per HCP volume).
+        sampling: ``grid`` (fixed grid positions), ``random`` (random positions) or ``both``.
+        random_per_subject: random positions drawn per subject and epoch (``random``/``both``).
+        min_brain_fraction: keep patches with at least this fraction of brain-mask voxels.
+        normalise: per-channel (x - mean) / std with statistics over the training brain voxels.
+        flip: random axis flips as augmentation (DTI off-diagonal signs are flipped accordingly).
+        num_workers: DataLoader worker processes (0 = in the training process).
+    """
+
+    type: str = "patches3d"
+    manifest: str | None = None
+    root: str | None = None
+    image_size: int = 256
+    direction: str = "AtoB"
+    subjects: list[str] | None = None
+    patch_size: int = 24
+    stride: int | None = None
+    sampling: str = "grid"
+    random_per_subject: int = 0
+    min_brain_fraction: float = 0.01
+    normalise: bool = True
+    flip: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The generator: a registry name and its constructor keyword arguments.
+
+    ``kwargs["in_channels"] == "auto"`` (the default) is replaced by the data's channel count.
+    """
+
+    name: str = "rev_srcnn3d"
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"in_channels": "auto"})
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The discriminator(s) of the GAN modes; ``in_channels: auto`` is resolved by the mode."""
+
+    name: str = "patchgan3d"
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"in_channels": "auto"})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, logging and checkpointing.
+
+    Attributes:
+        mode: training mode (``paired_l1``, ``paired_l2``, ``paired``, ``unpaired``, ...).
+        batch_size: patches per step per process (DDP: per rank).
+        n_epochs: epochs at the constant learning rate.
+        n_epochs_decay: further epochs with the learning rate decaying linearly to zero.
+        max_steps: stop after this many optimisation steps (``null`` = run all epochs).
+        lr, beta1, beta2: Adam settings (paper: 2e-4, 0.5, 0.999).
+        lambda_l1: weight of the paired L1 terms in ``paired`` mode (paper: 100).
+        lambda_cycle: weight of the cycle terms in ``unpaired`` mode (paper: 10).
+        gan_loss: ``vanilla`` (BCE with logits) or ``lsgan``.
+        pool_size: image pool of generated samples shown to the discriminators (unpaired).
+        checkpoint_every: write ``last.pt`` every this many steps (and always at the end).
+        log_every: append a ``log.csv`` row every this many steps.
+        seed: seeds weights, data order, augmentation and the image pool.
+        deterministic: ``torch.use_deterministic_algorithms`` (bitwise-reproducible resume).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``.
+        samples: write ``samples/epoch_XXX.png`` at each epoch end.
+        progress: show a tqdm bar (only on a terminal, rank 0).
+        threads: torch CPU threads (0 = leave torch's default).
+    """
+
+    mode: str = "paired_l1"
+    batch_size: int = 1
+    n_epochs: int = 20
+    n_epochs_decay: int = 0
+    max_steps: int | None = None
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lambda_l1: float = 100.0
+    lambda_cycle: float = 10.0
+    gan_loss: str = "vanilla"
+    pool_size: int = 50
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    samples: bool = True
+    progress: bool = True
+    threads: int = 0
+
+
+@dataclass
+class Config:
+    """A whole training run."""
+
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML/checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Build and validate a config from a nested dict (missing keys keep their defaults)."""
+        return _build(cls, d or {}, "")
+
+    def with_overrides(self, overrides: list[str] | None) -> "Config":
+        """A copy with ``a.b=value`` overrides applied (values parsed as YAML)."""
+        d = self.to_dict()
+        for item in overrides or []:
+            apply_override(d, item)
+        return Config.from_dict(d)
+
+
+# ---------------------------------------------------------------------------- validation
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.sampling": ("grid", "random", "both"),
+    "data.direction": ("AtoB", "BtoA"),
+    "train.gan_loss": ("vanilla", "lsgan"),
+}
+_FREE_DICTS = {"model.kwargs", "discriminator.kwargs"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Return ``value`` checked against annotation ``tp``; raise ValueError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(arg, value, key)
+            except ValueError:
+                continue
+        raise ValueError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif tp is Any:
+        return value
+    raise ValueError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    where = prefix or "top level"
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {where!r}: expected a mapping, got {type(d).__name__} {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ValueError(f"unknown config key {key!r}; allowed keys in {where}: {', '.join(names)}")
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        if name not in d:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, d[name] if d[name] is not None else {}, key)
+            continue
+        value = _coerce(tp, d[name], key)
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def apply_override(d: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override to the nested dict ``d`` in place.
+
+    The value is parsed with ``yaml.safe_load`` (``3`` -> int, ``1e-3`` -> float, ``[a, b]`` -> list,
+    ``null`` -> None). Keys are checked later by :meth:`Config.from_dict`, except inside the
+    free-form ``kwargs`` dicts where new keys are allowed.
+    """
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=100")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    # YAML 1.1 reads 1e-3 as a string; accept it as the float a user means.
+    value = _yaml_floats(value)
+    parts = key.split(".")
+    node = d
+    for i, p in enumerate(parts[:-1]):
+        sub = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(sub, dict):
+            here = ".".join(parts[: i + 1])
+            if isinstance(node, dict) and p not in node and ".".join(parts[:i]) not in _FREE_DICTS:
+                raise ValueError(f"unknown config key {here!r}; allowed keys: {', '.join(map(str, node))}")
+            if isinstance(node, dict) and p in node and sub is not None:
+                raise ValueError(f"config key {here!r} is not a section; cannot set {key!r}")
+            sub = {}
+            node[p] = sub
+        node = sub
+    node[parts[-1]] = value
+
+
+def _yaml_floats(obj: Any) -> Any:
+    """Convert strings that YAML 1.1 leaves unparsed (``2e-4``) into floats."""
+    if isinstance(obj, dict):
+        return {k: _yaml_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_yaml_floats(v) for v in obj]
+    if isinstance(obj, str):
+        s = obj.strip()
+        if s and s[0] in "+-.0123456789" and any(c in s.lower() for c in "e"):
+            try:
+                return float(s)
+            except ValueError:
+                return obj
+    return obj
+
+
+def load_config(
+    source: "Config | dict[str, Any] | str | os.PathLike[str]", overrides: list[str] | None = None
+) -> Config:
+    """Load a config from a YAML file, a dict or a Config, then apply ``--set`` overrides.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ValueError: unknown keys, wrong types, bad YAML; the message names the key or file.
+    """
+    if isinstance(source, Config):
+        d = source.to_dict()
+    elif isinstance(source, dict):
+        d = _yaml_floats(dict(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: invalid YAML ({e})") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
+        d = _yaml_floats(d)
+    # Validate first so an unknown section is reported before an override is applied to it.
+    base = Config.from_dict(d).to_dict()
+    for item in overrides or []:
+        apply_override(base, item)
+    return Config.from_dict(base)
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from medsr.utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,60 @@
+"""Flip augmentation that keeps diffusion tensors physically correct.
+
+Mirroring a tensor field along voxel axis a is the reflection ``P = diag(..., -1 at a, ...)``:
+positions move to ``P r`` and every tensor becomes ``P D P^T``. The diagonal is unchanged and
+each off-diagonal ``D_ab`` with exactly one index equal to the flipped axis changes sign:
+
+    flip x: -Dxy, -Dxz      flip y: -Dxy, -Dyz      flip z: -Dxz, -Dyz
+
+A plain array flip moves the tensors but skips the sign change, which corrupts their
+orientation (tested in tests/test_patch_dataset.py). The tensors are assumed to be expressed
+in the voxel frame (what dtifit/dipy return when fitted with FSL-convention bvecs).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# FSL order Dxx, Dxy, Dxz, Dyy, Dyz, Dzz: the components whose sign a flip of each axis negates.
+DTI_FLIP_SIGNS: dict[int, tuple[int, ...]] = {0: (1, 2), 1: (1, 4), 2: (2, 4)}
+
+
+def flip_sign_vector(axes: tuple[int, ...], channels: int = 6) -> np.ndarray:
+    """Per-channel sign (C,) applied to a DTI volume after flipping ``axes`` (0=x, 1=y, 2=z)."""
+    sign = np.ones(channels, dtype=np.float32)
+    for a in axes:
+        for c in DTI_FLIP_SIGNS[a]:
+            sign[c] *= -1.0
+    return sign
+
+
+def flip_axes_from_bits(bits: int) -> tuple[int, ...]:
+    """Bit k of ``bits`` set -> flip spatial axis k."""
+    return tuple(a for a in range(3) if bits >> a & 1)
+
+
+def flip_volume(data: np.ndarray, axes: tuple[int, ...], dti: bool) -> np.ndarray:
+    """Mirror a (C, X, Y, Z) array along the spatial ``axes``; fix DTI signs when ``dti``.
+
+    Works on raw (not normalised) values; see :func:`flip_normalised` for normalised data.
+    """
+    out = np.flip(data, axis=tuple(a + 1 for a in axes)) if axes else data
+    if dti and axes:
+        out = out * flip_sign_vector(axes, data.shape[0]).reshape(-1, 1, 1, 1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def flip_normalised(data: np.ndarray, axes: tuple[int, ...], dti: bool, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """As :func:`flip_volume` on data normalised as ``(v - mean) / std`` per channel.
+
+    Negating raw v maps normalised n to ``-n - 2 mean / std``, so the sign change is applied to
+    the raw value without leaving normalised space.
+    """
+    out = np.flip(data, axis=tuple(a + 1 for a in axes)) if axes else data
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    if dti and axes:
+        sign = flip_sign_vector(axes, data.shape[0])
+        neg = sign < 0
+        m = np.asarray(mean, dtype=np.float32)[neg].reshape(-1, 1, 1, 1)
+        s = np.asarray(std, dtype=np.float32)[neg].reshape(-1, 1, 1, 1)
+        out[neg] = -out[neg] - 2.0 * m / s
+    return out

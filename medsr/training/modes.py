@@ -1,0 +1,277 @@
+"""Training modes: what one optimisation step does (the paper's eq. 12 and 13 and the L1/L2 ablation).
+
+A mode is registered by name (``@register_mode("paired")``) so other modules add their own
+(the 2D module adds e.g. ``segmentation``) without touching the Trainer. The Trainer builds the
+generator, the discriminators a mode asks for, their optimisers and DDP wrappers; the mode
+only computes losses and steps the optimisers.
+
+Directions: ``F = generator.forward`` maps X (LR-up) to Y (HR); ``G = generator.reverse`` maps Y
+to X through the same shared reversible core, so training either direction trains both.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from medsr.config import Config
+from medsr.losses import GANLoss, pixel_loss
+from medsr.training.image_pool import ImagePool
+
+_MODES: dict[str, type["TrainMode"]] = {}
+
+
+def register_mode(name: str) -> Callable[[type["TrainMode"]], type["TrainMode"]]:
+    """Class decorator registering a training mode under ``name``."""
+
+    def deco(cls: type["TrainMode"]) -> type["TrainMode"]:
+        if name in _MODES:
+            raise ValueError(f"training mode {name!r} registered twice")
+        cls.name = name
+        _MODES[name] = cls
+        return cls
+
+    return deco
+
+
+def list_modes() -> list[str]:
+    return sorted(_MODES)
+
+
+def create_mode(cfg: Config, rank: int = 0) -> "TrainMode":
+    """Instantiate the mode named by ``cfg.train.mode``."""
+    name = cfg.train.mode
+    if name not in _MODES:
+        raise ValueError(f"config key 'train.mode': unknown mode {name!r}; registered: {', '.join(list_modes())}")
+    return _MODES[name](cfg, rank)
+
+
+class Directions(nn.Module):
+    """Both directions of a generator in one ``forward`` call.
+
+    DDP only all-reduces gradients of work done inside ``forward``; routing ``reverse`` (and the
+    cycles) through here keeps a single DDP forward per step.
+
+    Args:
+        generator: a module with ``forward(x)`` (F: X->Y) and ``reverse(y)`` (G: Y->X).
+    """
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(
+        self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, cycle: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Args: x (B, C, *S) X-domain batch, y (B, C, *S) Y-domain batch.
+
+        Returns: ``fake_y = F(x)``, ``fake_x = G(y)`` and with ``cycle`` ``rec_x = G(F(x))``,
+        ``rec_y = F(G(y))``, each (B, C, *S).
+        """
+        out: dict[str, torch.Tensor] = {}
+        if x is not None:
+            out["fake_y"] = self.generator(x)
+            if cycle:
+                out["rec_x"] = self.generator.reverse(out["fake_y"])
+        if y is not None:
+            out["fake_x"] = self.generator.reverse(y)
+            if cycle:
+                out["rec_y"] = self.generator(out["fake_x"])
+        return out
+
+
+def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+class TrainMode:
+    """Base class. Subclasses set ``loss_names`` and implement :meth:`train_step`.
+
+    Attributes set by the Trainer before the first step (via :meth:`attach`):
+        gen: the generator wrapped in :class:`Directions` (and in DDP when distributed).
+        discs: discriminator name -> module (DDP-wrapped when distributed).
+        discs_raw: discriminator name -> unwrapped module (for generator-step calls that must
+            not trigger DDP gradient reduction).
+        opts: optimiser name -> optimiser (``G``; ``D`` when there are discriminators).
+    """
+
+    name = ""
+    #: discriminator name -> which domain it judges; empty for pixel-loss-only modes.
+    discriminators: tuple[str, ...] = ()
+    #: DDP ``find_unused_parameters`` (a mode that runs one direction only leaves parameters unused).
+    find_unused = False
+
+    def __init__(self, cfg: Config, rank: int = 0) -> None:
+        self.cfg = cfg
+        self.rank = rank
+
+    @property
+    def loss_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def discriminator_in_channels(self, channels: int) -> int:
+        """Input channels of each discriminator given the data's channel count."""
+        return channels
+
+    def attach(self, gen: nn.Module, discs: dict[str, nn.Module], discs_raw: dict[str, nn.Module],
+               opts: dict[str, torch.optim.Optimizer], device: torch.device) -> None:
+        self.gen, self.discs, self.discs_raw, self.opts, self.device = gen, discs, discs_raw, opts, device
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch`` ({"x": (B, C, *S), "y": (B, C, *S)}); returns detached losses."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class _PixelMode(TrainMode):
+    kind = "l1"
+
+    @property
+    def loss_names(self) -> list[str]:
+        return [f"{self.kind}_F", f"{self.kind}_G"]
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch["x"], batch["y"]
+        loss_fn = pixel_loss(self.kind)
+        out = self.gen(x=x, y=y)
+        loss_f = loss_fn(out["fake_y"], y)  # F(x) ~ y
+        loss_g = loss_fn(out["fake_x"], x)  # G(y) ~ x, through the same core run backwards
+        opt = self.opts["G"]
+        opt.zero_grad(set_to_none=True)
+        (loss_f + loss_g).backward()
+        opt.step()
+        return {f"{self.kind}_F": loss_f.detach(), f"{self.kind}_G": loss_g.detach()}
+
+
+@register_mode("paired_l1")
+class PairedL1(_PixelMode):
+    """The paper's "w/o L_GAN": L1(F(x), y) + L1(G(y), x)."""
+
+    kind = "l1"
+
+
+@register_mode("paired_l2")
+class PairedL2(_PixelMode):
+    """As ``paired_l1`` with the squared error."""
+
+    kind = "l2"
+
+
+def _d_loss(gan: GANLoss, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """0.5 * (loss(D(real), 1) + loss(D(fake), 0)), real and fake in one forward (one DDP call)."""
+    pred = disc(torch.cat([real, fake.detach()], 0))
+    n = real.shape[0]
+    return 0.5 * (gan(pred[:n], True) + gan(pred[n:], False))
+
+
+@register_mode("paired")
+class Paired(TrainMode):
+    """Paired RevGAN (eq. 12): lambda * (L1(F) + L1(G)) + cGAN(F, D_Y) + cGAN(G, D_X).
+
+    The discriminators are conditional (pix2pix): ``D_Y`` sees (x, y) against (x, F(x)) and
+    ``D_X`` sees (y, x) against (y, G(y)), input and output concatenated on channels.
+    """
+
+    discriminators = ("D_Y", "D_X")
+
+    def __init__(self, cfg: Config, rank: int = 0) -> None:
+        super().__init__(cfg, rank)
+        self.gan = GANLoss(cfg.train.gan_loss)
+        self.lam = cfg.train.lambda_l1
+
+    @property
+    def loss_names(self) -> list[str]:
+        return ["gan_F", "gan_G", "l1_F", "l1_G", "D_Y", "D_X"]
+
+    def discriminator_in_channels(self, channels: int) -> int:
+        return 2 * channels
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch["x"], batch["y"]
+        d_y, d_x = self.discs["D_Y"], self.discs["D_X"]
+        out = self.gen(x=x, y=y)
+        fy, fx = out["fake_y"], out["fake_x"]
+        # Generator step: discriminators frozen and called unwrapped (no DDP reduction for them).
+        raw = [self.discs_raw["D_Y"], self.discs_raw["D_X"]]
+        _set_requires_grad(raw, False)
+        gan_f = self.gan(raw[0](torch.cat([x, fy], 1)), True)
+        gan_g = self.gan(raw[1](torch.cat([y, fx], 1)), True)
+        l1_f = nn.functional.l1_loss(fy, y)
+        l1_g = nn.functional.l1_loss(fx, x)
+        opt_g = self.opts["G"]
+        opt_g.zero_grad(set_to_none=True)
+        (gan_f + gan_g + self.lam * (l1_f + l1_g)).backward()
+        opt_g.step()
+        _set_requires_grad(raw, True)
+        # Discriminator step on the same fakes.
+        opt_d = self.opts["D"]
+        opt_d.zero_grad(set_to_none=True)
+        loss_dy = _d_loss(self.gan, d_y, torch.cat([x, y], 1), torch.cat([x, fy], 1))
+        loss_dx = _d_loss(self.gan, d_x, torch.cat([y, x], 1), torch.cat([y, fx], 1))
+        (loss_dy + loss_dx).backward()
+        opt_d.step()
+        return {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "l1_F": l1_f.detach(),
+                "l1_G": l1_g.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
+
+
+@register_mode("unpaired")
+class Unpaired(TrainMode):
+    """Unpaired RevGAN (eq. 13): GAN(F, D_Y) + GAN(G, D_X) + lambda * (|G(F(x)) - x| + |F(G(y)) - y|).
+
+    Discriminators see pooled fakes (a 50-sample history by default); x and y come from
+    independent draws (see the unpaired sampler).
+    """
+
+    discriminators = ("D_Y", "D_X")
+
+    def __init__(self, cfg: Config, rank: int = 0) -> None:
+        super().__init__(cfg, rank)
+        self.gan = GANLoss(cfg.train.gan_loss)
+        self.lam = cfg.train.lambda_cycle
+        seed = cfg.train.seed * 1000 + rank  # each rank keeps its own pool
+        self.pool_y = ImagePool(cfg.train.pool_size, seed=seed)
+        self.pool_x = ImagePool(cfg.train.pool_size, seed=seed + 500)
+
+    @property
+    def loss_names(self) -> list[str]:
+        return ["gan_F", "gan_G", "cycle_x", "cycle_y", "D_Y", "D_X"]
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch["x"], batch["y"]
+        out = self.gen(x=x, y=y, cycle=True)
+        fy, fx = out["fake_y"], out["fake_x"]
+        raw = [self.discs_raw["D_Y"], self.discs_raw["D_X"]]
+        _set_requires_grad(raw, False)
+        gan_f = self.gan(raw[0](fy), True)
+        gan_g = self.gan(raw[1](fx), True)
+        cyc_x = nn.functional.l1_loss(out["rec_x"], x)
+        cyc_y = nn.functional.l1_loss(out["rec_y"], y)
+        opt_g = self.opts["G"]
+        opt_g.zero_grad(set_to_none=True)
+        (gan_f + gan_g + self.lam * (cyc_x + cyc_y)).backward()
+        opt_g.step()
+        _set_requires_grad(raw, True)
+        opt_d = self.opts["D"]
+        opt_d.zero_grad(set_to_none=True)
+        loss_dy = _d_loss(self.gan, self.discs["D_Y"], y, self.pool_y.query(fy))
+        loss_dx = _d_loss(self.gan, self.discs["D_X"], x, self.pool_x.query(fx))
+        (loss_dy + loss_dx).backward()
+        opt_d.step()
+        return {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "cycle_x": cyc_x.detach(),
+                "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pool_y": self.pool_y.state_dict(), "pool_x": self.pool_x.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.pool_y.load_state_dict(state["pool_y"], self.device)
+            self.pool_x.load_state_dict(state["pool_x"], self.device)

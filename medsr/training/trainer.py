@@ -1,0 +1,345 @@
+"""One Trainer for every mode and both dimensionalities.
+
+The Trainer owns the loop and its bookkeeping: networks built from the registry, optimisers
+and schedules, DDP wrapping, the data loader, checkpoints (atomic, resumable bit for bit in
+deterministic mode), ``log.csv``, the progress bar, TensorBoard and the per-epoch PNG. What a
+step computes belongs to the mode (:mod:`medsr.training.modes`); what a batch holds belongs to
+the dataset builder (:mod:`medsr.data.registry`).
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsr import __version__
+from medsr.checkpoint import model_entry, save_checkpoint
+from medsr.config import Config
+from medsr.data.registry import TrainData
+from medsr.networks import create_model
+from medsr.training.distributed import DistInfo, all_mean, gather_objects, wrap_ddp
+from medsr.training.modes import Directions, TrainMode, create_mode
+from medsr.training.schedule import make_optimizer, make_scheduler
+from medsr.utils.atomic import atomic_path
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+def resolve_kwargs(kwargs: dict[str, Any], channels: int, key: str, what: str) -> dict[str, Any]:
+    """Replace ``in_channels: auto`` (or a missing ``in_channels``) by ``channels``; check explicit ones.
+
+    Raises:
+        ValueError: an explicit ``in_channels`` differs from the data's ``channels``.
+    """
+    out = dict(kwargs)
+    given = out.get("in_channels", "auto")
+    if given in ("auto", None):
+        out["in_channels"] = int(channels)
+    elif not isinstance(given, int) or given != channels:
+        raise ValueError(f"config key '{key}.in_channels' is {given!r} but {what} has {channels} channel(s); "
+                         "set it to 'auto' or to the data's channel count")
+    return out
+
+
+def _build_net(name: str, kwargs: dict[str, Any], key: str) -> torch.nn.Module:
+    try:
+        return create_model(name, **kwargs)
+    except KeyError as e:
+        raise ValueError(f"config key '{key}.name': {e.args[0] if e.args else e}") from None
+    except TypeError as e:  # an unexpected or missing constructor argument
+        raise ValueError(f"config key '{key}.kwargs': {name}: {e}") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as weights_only-loadable containers."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Items carry their own seeds; seeding workers anyway keeps any library randomness reproducible.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class Trainer:
+    """Train the generator of ``cfg`` on ``data``; rank 0 writes into ``run_dir``.
+
+    Args:
+        cfg: the resolved config.
+        data: the training data (see :func:`medsr.data.build_dataset`).
+        run_dir: the run folder (``last.pt``, ``log.csv``, ``samples/``).
+        dist: this process's place in a DDP job.
+        device: where the networks live.
+    """
+
+    def __init__(self, cfg: Config, data: TrainData, run_dir: Path, dist: DistInfo, device: torch.device) -> None:
+        self.cfg, self.data, self.run_dir, self.dist, self.device = cfg, data, Path(run_dir), dist, device
+        t = cfg.train
+        seed_everything(t.seed)  # identical initial weights on every rank
+        self.mode: TrainMode = create_mode(cfg, dist.rank)
+        where = f"the data ({data.info.get('manifest') or cfg.data.root or cfg.data.type})"
+        self.gen_kwargs = resolve_kwargs(cfg.model.kwargs, data.channels, "model.kwargs", where)
+        self.generator = _build_net(cfg.model.name, self.gen_kwargs, "model").to(device)
+        self.disc_kwargs: dict[str, Any] = {}
+        self.discs: dict[str, torch.nn.Module] = {}
+        if self.mode.discriminators:
+            d_in = self.mode.discriminator_in_channels(data.channels)
+            self.disc_kwargs = resolve_kwargs(cfg.discriminator.kwargs, d_in, "discriminator.kwargs",
+                                              f"mode {t.mode!r} with {where}")
+            for name in self.mode.discriminators:
+                self.discs[name] = _build_net(cfg.discriminator.name, self.disc_kwargs, "discriminator").to(device)
+        self.gen_wrapped = wrap_ddp(Directions(self.generator), dist, device, self.mode.find_unused)
+        self.discs_wrapped = {n: wrap_ddp(d, dist, device) for n, d in self.discs.items()}
+        betas = (t.beta1, t.beta2)
+        self.optimizers = {"G": make_optimizer(self.generator.parameters(), t.lr, betas)}
+        if self.discs:
+            params = itertools.chain(*(d.parameters() for d in self.discs.values()))
+            self.optimizers["D"] = make_optimizer(params, t.lr, betas)
+        self.schedulers = {k: make_scheduler(o, t.n_epochs, t.n_epochs_decay) for k, o in self.optimizers.items()}
+        self.mode.attach(self.gen_wrapped, self.discs_wrapped, self.discs, self.optimizers, device)
+        self.steps_per_epoch = int(data.sampler.steps_per_epoch)
+        total = (t.n_epochs + t.n_epochs_decay) * self.steps_per_epoch
+        self.total_steps = min(total, t.max_steps) if t.max_steps is not None else total
+        self.step = 0
+        self.log_rows: list[dict[str, Any]] = []
+        self.last_good: tuple[int, Path] | None = None
+        self._tb = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint dict (layout of :mod:`medsr.checkpoint`). Collective: call on every rank."""
+        rngs = gather_objects(rng_state(), self.dist)
+        modes = gather_objects(self.mode.state_dict(), self.dist)
+        return {
+            "format": 1,
+            "medsr_version": __version__,
+            "model": model_entry(self.cfg.model.name, self.gen_kwargs, self.generator),
+            "discriminators": {n: model_entry(self.cfg.discriminator.name, self.disc_kwargs, d)
+                               for n, d in self.discs.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "step": int(self.step),
+            "epoch": int(self.step // self.steps_per_epoch),
+            "rng": {"world_size": self.dist.world_size, "per_rank": rngs},
+            "mode": self.cfg.train.mode,
+            "mode_state": {"per_rank": modes},
+            "norm": {k: v.to_dict() for k, v in self.data.norm.items()},
+            "data": dict(self.data.info),
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, ck: dict[str, Any]) -> None:
+        """Restore everything a checkpoint holds (weights, optimisers, schedules, RNG, pools, step)."""
+        if ck["model"]["name"] != self.cfg.model.name or ck["model"]["kwargs"] != self.gen_kwargs:
+            raise ValueError(
+                f"{self.ckpt_path}: checkpoint model {ck['model']['name']} {ck['model']['kwargs']} differs from the "
+                f"config's {self.cfg.model.name} {self.gen_kwargs}; resume with the run's own config.yaml"
+            )
+        if ck.get("mode") != self.cfg.train.mode:
+            raise ValueError(f"{self.ckpt_path}: checkpoint was trained in mode {ck.get('mode')!r}, config says "
+                             f"{self.cfg.train.mode!r}")
+        self.generator.load_state_dict(ck["model"]["state_dict"])
+        for n, d in self.discs.items():
+            d.load_state_dict(ck["discriminators"][n]["state_dict"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(ck["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(ck["schedulers"][k])
+        self.step = int(ck["step"])
+        per_rank = ck["rng"]["per_rank"]
+        set_rng_state(per_rank[self.dist.rank if self.dist.rank < len(per_rank) else 0])
+        modes = ck.get("mode_state", {}).get("per_rank", [])
+        if modes:
+            self.mode.load_state_dict(modes[self.dist.rank if self.dist.rank < len(modes) else 0])
+        self.last_good = (self.step, self.ckpt_path)
+        self.log_rows = [r for r in _read_log(self.run_dir / "log.csv") if int(r["step"]) <= self.step]
+
+    def save(self) -> None:
+        """Write ``last.pt`` atomically (rank 0; every rank takes part in gathering RNG states)."""
+        state = self.state_dict()
+        if self.dist.is_main:
+            save_checkpoint(state, self.ckpt_path)
+            self._write_log()
+        self.last_good = (self.step, self.ckpt_path)
+
+    # ------------------------------------------------------------------ output
+    def _write_log(self) -> None:
+        if not self.log_rows:
+            return
+        names = list(self.log_rows[-1].keys())
+        with atomic_path(self.run_dir / "log.csv") as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=names)
+                w.writeheader()
+                w.writerows(self.log_rows)
+
+    def _tensorboard(self):
+        if self._tb is None and self.dist.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except Exception:  # noqa: BLE001 - TensorBoard is optional
+                self._tb = False
+        return self._tb or None
+
+    def write_preview(self, name: str) -> Path | None:
+        """Save the data's preview (input, output, target) as ``samples/<name>.png`` (rank 0)."""
+        if not (self.dist.is_main and self.cfg.train.samples and self.data.preview is not None):
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.generator.eval()
+        try:
+            panels = self.data.preview(self.generator, self.device)
+        finally:
+            self.generator.train()
+        lo = min(float(np.min(p)) for _, p in panels)
+        hi = max(float(np.max(p)) for _, p in panels)
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+        for ax, (title, img) in zip(np.atleast_1d(axes), panels):
+            ax.imshow(np.rot90(img), cmap="gray", vmin=lo, vmax=hi)  # rot90: anterior up in RAS-ish grids
+            ax.set_title(title)
+            ax.axis("off")
+        fig.suptitle(f"{self.cfg.train.mode} step {self.step}")
+        path = self.run_dir / "samples" / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def make_loader(self) -> torch.utils.data.DataLoader:
+        workers = self.cfg.data.num_workers
+        return torch.utils.data.DataLoader(
+            self.data.dataset, batch_sampler=self.data.sampler, num_workers=workers,
+            pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
+            persistent_workers=workers > 0,
+        )
+
+    def fit(self) -> Path:
+        """Train from ``self.step`` to the last step; returns the checkpoint path."""
+        t = self.cfg.train
+        names = self.mode.loss_names
+        loader = self.make_loader()
+        show = t.progress and self.dist.is_main and sys.stderr.isatty()
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, dynamic_ncols=True, unit="step")
+        per_step = t.batch_size * self.dist.world_size
+        tick, tick_step = time.perf_counter(), self.step
+        rate = 0.0
+        try:
+            while self.step < self.total_steps:
+                epoch = self.step // self.steps_per_epoch
+                self.data.sampler.set_epoch(epoch, self.step % self.steps_per_epoch)
+                for batch in loader:
+                    batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    losses = self.mode.train_step(batch)
+                    self.step += 1
+                    vec = all_mean(torch.stack([losses[n].float() for n in names]), self.dist).cpu()
+                    values = dict(zip(names, vec.tolist()))
+                    if not all(math.isfinite(v) for v in values.values()):
+                        bad = ", ".join(f"{k}={v:g}" for k, v in values.items())
+                        kept = (f"last good checkpoint {self.last_good[1]} (step {self.last_good[0]}) kept"
+                                if self.last_good else "no checkpoint was written")
+                        raise TrainingDiverged(f"non-finite loss at step {self.step} ({bad}); stopped, {kept}")
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    if self.step % t.log_every == 0 or end_of_epoch or self.step == self.total_steps:
+                        now = time.perf_counter()
+                        rate = per_step * (self.step - tick_step) / max(now - tick, 1e-9)
+                        tick, tick_step = now, self.step
+                        lr = self.optimizers["G"].param_groups[0]["lr"]
+                        row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch}
+                        row.update({k: f"{v:.6g}" for k, v in values.items()})
+                        row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}"})
+                        self.log_rows.append(row)
+                        tb = self._tensorboard()
+                        if tb:
+                            for k, v in values.items():
+                                tb.add_scalar(f"loss/{k}", v, self.step)
+                            tb.add_scalar("lr", lr, self.step)
+                            tb.add_scalar("patches_per_s", rate, self.step)
+                    bar.update(1)
+                    if show:
+                        bar.set_postfix({names[0]: f"{values[names[0]]:.4g}", "patches/s": f"{rate:.1f}",
+                                         "epoch": self.step // self.steps_per_epoch})
+                    if end_of_epoch:
+                        for s in self.schedulers.values():
+                            s.step()
+                        self.write_preview(f"epoch_{self.step // self.steps_per_epoch:03d}")
+                    if self.step % t.checkpoint_every == 0 or self.step == self.total_steps:
+                        self.save()
+                    if self.step >= self.total_steps:
+                        break
+        finally:
+            bar.close()
+            if self._tb:
+                self._tb.close()
+        if self.last_good is None or self.last_good[0] != self.step:
+            self.save()
+        if self.step % self.steps_per_epoch != 0:
+            self.write_preview("final")
+        return self.ckpt_path
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def configure_determinism(deterministic: bool, threads: int = 0) -> None:
+    """Deterministic kernels (strict on CPU; warn-only on CUDA where a few 3D ops lack them)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
