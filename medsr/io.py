@@ -170,6 +170,7 @@ def load_mask(
     like: Volume | tuple[tuple[int, int, int], np.ndarray] | None = None,
     *,
     atol: float = 1e-3,
+    ref_name: str | None = None,
 ) -> np.ndarray:
     """Load a brain mask as a bool (X, Y, Z) array (any non-zero voxel is brain).
 
@@ -177,6 +178,7 @@ def load_mask(
         path: a 3D image (or 4D/5D with a single channel).
         like: a Volume, or ``(shape, affine)``, whose grid the mask must share.
         atol: tolerance in mm on the affine entries.
+        ref_name: how to call ``like`` in messages (default: the Volume's name).
 
     Raises:
         ValueError: more than one channel, or the grid differs from ``like`` (shape or affine).
@@ -186,7 +188,9 @@ def load_mask(
         raise ValueError(f"{path}: a mask must have one channel, got {vol.channels}")
     if like is not None:
         shape, affine = (like.spatial_shape, like.affine) if isinstance(like, Volume) else like
-        check_grid(path, vol.spatial_shape, vol.affine, tuple(shape)[:3], affine, atol=atol)
+        if ref_name is None:
+            ref_name = like.name if isinstance(like, Volume) and like.name else "the reference image"
+        check_grid(path, vol.spatial_shape, vol.affine, tuple(shape)[:3], affine, ref_name=ref_name, atol=atol)
     return vol.data[0] != 0
 
 

@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         process = functools.partial(mod.prep_subject, input_dir=str(args.input), factor=args.factor, pad=args.pad)
         kind = "scalar"
     subjects = mod.find_subjects(args.input)
+    # an output folder placed inside the input folder is not a subject
+    subjects = [s for s in subjects if (args.input / s).resolve() != args.output.resolve()]
     if args.subjects:
         unknown = sorted(set(args.subjects) - set(subjects))
         if unknown:

@@ -204,3 +204,27 @@ def test_prep_help_and_bad_arguments(capsys, tmp_path):
     assert "nodif_brain_mask.nii.gz" in capsys.readouterr().out
     assert main(["prep", "hcp", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert "none: input folder not found" in capsys.readouterr().err
+
+
+def test_output_inside_input_is_not_a_subject(tmp_path, small64d):
+    write_subject(tmp_path / "in", "s1", small64d)
+    out = tmp_path / "in" / "prepared"
+    assert main(["prep", "hcp", "--input", str(tmp_path / "in"), "--output", str(out)]) == 0
+    assert main(["prep", "hcp", "--input", str(tmp_path / "in"), "--output", str(out)]) == 0  # rerun too
+    assert read_manifest_raw(out / "manifest.csv")["subject"].tolist() == ["s1"]
+
+
+def test_bench_prep_small(tmp_path):
+    """The benchmark end to end at a tiny size: it generates, preps in a subprocess and reports."""
+    import argparse
+    import json
+
+    from pipelines.bench import prep as bench
+
+    args = argparse.Namespace(size="12,14,12,40", shell=1000.0, workdir=tmp_path, keep=False, target_gb=12.0,
+                              json=tmp_path / "bench.json")
+    assert bench.run(args) == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert res["exit_code"] == 0 and res["selected_volumes"] == 15 and res["prep_seconds"] > 0
+    assert 0.02 < res["peak_rss_gb"] < 12 and res["ratio_to_target"] == round(res["peak_rss_gb"] / 12, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the temporary subject is removed
