@@ -44,16 +44,18 @@ DIRECTIONS = {
 }
 
 
-def infer_dataset(config: dict[str, Any], root: str | os.PathLike) -> str:
-    """``maps`` or ``cityscapes`` from the checkpoint's config, else from the data folder's name."""
-    data = (config or {}).get("data", {}) or {}
-    name = data.get("dataset")
-    if name in DIRECTIONS:
-        return name
-    for candidate in (str(root), str(data.get("root") or "")):
-        low = Path(candidate).name.lower() or candidate.lower()
+def infer_dataset(ck: dict[str, Any], root: str | os.PathLike) -> str:
+    """``maps`` or ``cityscapes``: the training config's ``data.dataset``, else what the training
+    data builder resolved (unless it only fell back to its default), else the data folder's name."""
+    cfg_data = ((ck.get("config") or {}).get("data") or {})
+    if cfg_data.get("dataset") in DIRECTIONS:
+        return cfg_data["dataset"]
+    info = ck.get("data") or {}
+    if info.get("dataset") in DIRECTIONS and info.get("dataset_source") not in (None, "default"):
+        return info["dataset"]
+    for part in reversed(Path(root).resolve().parts):
         for d in DIRECTIONS:
-            if d in low:
+            if d in part.lower():
                 return d
     raise ValueError(f"{root}: cannot tell Maps from Cityscapes; pass --dataset maps|cityscapes")
 
@@ -212,7 +214,7 @@ def evaluate2d(
     dev = _device(device)
     tr = _Translator(checkpoint, dev)
     tr.model.eval()
-    dataset = dataset or infer_dataset(tr.ck.get("config") or {}, data)
+    dataset = dataset or infer_dataset(tr.ck, data)
     if dataset not in DIRECTIONS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DIRECTIONS)}")
     if fcn is not None and dataset != "cityscapes":

@@ -177,3 +177,77 @@ def test_segnet_and_patchgan2d_shapes() -> None:
     assert seg(torch.zeros(1, 3, 32, 32)).shape == (1, 19, 32, 32)
     d = create_model("patchgan2d", in_channels=6, width=8)
     assert d(torch.zeros(1, 6, 32, 32)).shape[:2] == (1, 1)
+
+
+# ----------------------------------------------------------------------------- training + evaluation
+def _config(root: Path, out: Path, mode: str, model: str, kwargs: dict, steps: int = 3) -> dict:
+    return {
+        "output_dir": str(out),
+        "data": {"type": "aligned2d", "root": str(root), "image_size": 32, "flip": True},
+        "model": {"name": model, "kwargs": {"in_channels": "auto", **kwargs}},
+        "discriminator": {"name": "patchgan2d", "kwargs": {"in_channels": "auto", "width": 8}},
+        "train": {"mode": mode, "batch_size": 2, "n_epochs": 1, "n_epochs_decay": 1, "max_steps": steps,
+                  "checkpoint_every": 100, "log_every": 1, "samples": False, "progress": False, "threads": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def data2d(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("twod")
+    return {
+        "maps": make_aligned_dataset(base / "maps", "maps", n_train=4, n_val=2, size=40, seed=1),
+        "cityscapes": make_aligned_dataset(base / "cityscapes", "cityscapes", n_train=4, n_val=2, size=40, seed=2,
+                                           suffix=".jpg"),
+    }
+
+
+@pytest.mark.parametrize(
+    "mode,model,losses",
+    [("paired", "rev_resnet2d", ["gan_F", "l1_F", "l1_G", "D_Y"]),
+     ("unpaired", "rev_resnet2d", ["gan_F", "cycle_x", "cycle_y", "D_X"]),
+     ("paired_l1", "resnet2d", ["l1_F", "l1_G"])],
+)
+def test_modes_train_through_shared_trainer(tmp_path: Path, data2d: dict[str, Path], mode: str, model: str,
+                                            losses: list[str]) -> None:
+    from medsr.checkpoint import load_generator
+    from pipelines.cli import main
+    from pipelines.train import train
+
+    run = train(_config(data2d["maps"], tmp_path / "run", mode, model, {"width": 4, "depth": 1}))
+    log = pd.read_csv(run / "log.csv")
+    assert log["step"].tolist() == [1, 2, 3]
+    assert np.isfinite(log[losses].to_numpy()).all()
+    gen, sx, sy, ck = load_generator(run / "last.pt")
+    assert ck["data"]["dataset"] == "maps" and ck["data"]["image_size"] == 32 and ck["step"] == 3
+    x = torch.zeros(1, 3, 32, 32)
+    assert gen(x).shape == gen.reverse(x).shape == (1, 3, 32, 32)
+    if mode == "paired":  # evaluate2d end to end on this checkpoint
+        csv = tmp_path / "scores.csv"
+        assert main(["evaluate2d", "--checkpoint", str(run / "last.pt"), "--data", str(data2d["maps"]),
+                     "--csv", str(csv)]) == 0
+        scores = pd.read_csv(csv)
+        assert scores["direction"].tolist() == ["sat2map", "map2sat"]
+        assert (scores["n_images"] == 2).all()
+        assert ((scores["mae"] > 0) & (scores["mae"] < 255)).all()
+        assert ((scores["ssim"] > -1) & (scores["ssim"] < 1)).all() and np.isfinite(scores["psnr"]).all()
+
+
+def test_segmentation_mode_and_cityscapes_scores(tmp_path: Path, data2d: dict[str, Path]) -> None:
+    from pipelines.cli import main
+    from pipelines.train import train
+
+    seg = train(_config(data2d["cityscapes"], tmp_path / "seg", "segmentation", "segnet2d", {"width": 4, "depth": 1}))
+    log = pd.read_csv(seg / "log.csv")
+    assert np.isfinite(log["ce"]).all() and log["ce"].iloc[0] > 0
+    gen = train(_config(data2d["cityscapes"], tmp_path / "gen", "paired_l1", "rev_resnet2d", {"width": 4, "depth": 1},
+                        steps=2))
+    csv = tmp_path / "city.csv"
+    assert main(["evaluate2d", "--checkpoint", str(gen / "last.pt"), "--data", str(data2d["cityscapes"]),
+                 "--csv", str(csv), "--fcn", str(seg / "last.pt")]) == 0
+    scores = pd.read_csv(csv).set_index("direction")
+    assert list(scores.index) == ["photo2label", "label2photo", "label2photo_real"]
+    vals = scores[["pixel_acc", "class_acc", "class_iou"]].to_numpy()
+    assert ((vals >= 0) & (vals <= 1)).all()
+    # A checkpoint that is not a segmenter is refused as --fcn, naming the file.
+    assert main(["evaluate2d", "--checkpoint", str(gen / "last.pt"), "--data", str(data2d["cityscapes"]),
+                 "--csv", str(tmp_path / "x.csv"), "--fcn", str(gen / "last.pt")]) == 2

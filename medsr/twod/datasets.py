@@ -37,16 +37,24 @@ __all__ = ["AlignedItems", "build_aligned2d", "resolve_dataset"]
 SEGMENTATION_MODES = ("segmentation",)
 
 
-def resolve_dataset(data_cfg: Any) -> str:
-    """``maps`` or ``cityscapes`` from ``data.dataset`` if present, else the root folder's name."""
+def resolve_dataset(data_cfg: Any) -> tuple[str, str]:
+    """``(dataset, source)``: ``maps`` or ``cityscapes`` and how it was told.
+
+    ``data.dataset`` when the config has it (source ``config``), else a folder name on the root's
+    path containing ``cityscapes`` or ``maps`` (source ``folder name``), else ``maps`` (source
+    ``default``: both halves are then resized bicubic, right for any photo-to-photo pair).
+    """
     name = getattr(data_cfg, "dataset", None)
     if name:
         if name not in DATASET_SIZES:
             raise ValueError(f"config key 'data.dataset': {name!r} is not one of {', '.join(DATASET_SIZES)}")
-        return str(name)
-    low = str(Path(data_cfg.root).resolve()).lower()
-    hits = [d for d in DATASET_SIZES if d in Path(low).name] or [d for d in DATASET_SIZES if d in low]
-    return hits[0] if hits else "maps"
+        return str(name), "config"
+    parts = [p.lower() for p in Path(data_cfg.root).resolve().parts]
+    for part in reversed(parts):  # the nearest folder name wins
+        for d in DATASET_SIZES:
+            if d in part:
+                return d, "folder name"
+    return "maps", "default"
 
 
 class AlignedItems(torch.utils.data.Dataset):
@@ -126,7 +134,7 @@ def build_aligned2d(cfg: Any, dist: Any) -> TrainData:
     d = cfg.data
     if not d.root:
         raise ValueError("config key 'data.root' is required for data.type 'aligned2d' (a folder holding train/ and val/)")
-    dataset = resolve_dataset(d)
+    dataset, source = resolve_dataset(d)
     segmentation = cfg.train.mode in SEGMENTATION_MODES
     if segmentation and dataset != "cityscapes":
         raise ValueError(f"train.mode {cfg.train.mode!r} needs Cityscapes label colours; {d.root} is read as {dataset!r}")
@@ -142,7 +150,7 @@ def build_aligned2d(cfg: Any, dist: Any) -> TrainData:
                          target="labels" if segmentation else "image")
     sampler = EpochBatchSampler(len(items), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired")
-    info = {"kind": "image2d", "dataset": dataset, "image_size": size, "channels": 3, "direction": d.direction,
+    info = {"kind": "image2d", "dataset": dataset, "dataset_source": source, "image_size": size, "channels": 3, "direction": d.direction,
             "root": str(d.root), "n_images": len(items)}
     ident = ChannelStats.identity(3)
     return TrainData(items, sampler, 3, info, {"x": ident, "y": ident}, _preview(items, segmentation))
