@@ -175,15 +175,15 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
                  tolerance: float = 100.0, factor: int = 2, pad: bool = False, overwrite: bool = True,
                  chunk: int = CHUNK_VOXELS) -> dict:
     """Prepare one HCP subject; returns its manifest row. Raises ValueError/FileNotFoundError naming the file."""
-    import nibabel as nib  # noqa: F401 - imported for read_nifti_image's side
-
     files = subject_files(Path(input_dir) / subject)
     bvals, bvecs = read_gradients(files["bvals"], files["bvecs"])
     img = read_nifti_image(files["data"])
     if len(img.shape) != 4:
         raise ValueError(f"{files['data']}: expected a 4D DWI (X, Y, Z, volumes), got shape {img.shape}")
     if img.shape[3] != bvals.size:
-        raise ValueError(f"{files['bvals']}: has {bvals.size} b-values but {files['data'].name} has {img.shape[3]} volumes")
+        raise ValueError(
+            f"{files['bvals']}: has {bvals.size} b-values but {files['data'].name} has {img.shape[3]} volumes"
+        )
     mask_img = read_nifti_image(files["mask"])
     check_grid(files["mask"], mask_img.shape, mask_img.affine, img.shape, img.affine,
                ref_name=files["data"].name)

@@ -241,7 +241,10 @@ def load_dti(path: str | os.PathLike, *, layout: str = "auto") -> Volume:
         want = 9 if layout == "full9" else 6
         if vol.channels != want:
             raise ValueError(f"{path}: layout {layout!r} needs {want} components, got {vol.channels}")
-        data = {"fsl": lambda d: d, "lower": lambda d: lower_to_fsl(d, 0), "full9": lambda d: full9_to_fsl(d, 0)}[layout](data)
+        if layout == "lower":
+            data = lower_to_fsl(data, 0)
+        elif layout == "full9":
+            data = full9_to_fsl(data, 0)
         found = layout
     else:
         raise ValueError(f"unknown tensor layout {layout!r}; use auto, fsl, lower or full9")

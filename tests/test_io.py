@@ -193,3 +193,17 @@ def test_manifest_round_trip(tmp_path):
     (tmp_path / "007" / "lr.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match=r"subject 007: lr file .*lr\.nii\.gz is missing"):
         read_manifest(tmp_path / "manifest.csv")
+
+
+def test_forced_layouts_and_layout_errors(tmp_path, oblique):
+    rng = np.random.default_rng(6)
+    m = _random_spd((3, 4, 2), rng).astype(np.float32)
+    fsl = matrix_to_tensor6(m)
+    lower = np.stack([m[..., 0, 0], m[..., 1, 0], m[..., 1, 1], m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]])
+    save_volume(Volume(lower, oblique), tmp_path / "lower.nii.gz")  # a plain 4D file in dipy's order
+    np.testing.assert_array_equal(load_dti(tmp_path / "lower.nii.gz", layout="lower").data, fsl)
+    np.testing.assert_array_equal(load_dti(tmp_path / "lower.nii.gz").data, lower)  # auto: 6 = FSL as stored
+    with pytest.raises(ValueError, match="layout 'full9' needs 9 components, got 6"):
+        load_dti(tmp_path / "lower.nii.gz", layout="full9")
+    with pytest.raises(ValueError, match="unknown tensor layout"):
+        load_dti(tmp_path / "lower.nii.gz", layout="upper")

@@ -34,9 +34,11 @@ HCP_SIZE = "145,174,145,288"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default=HCP_SIZE, help=f"X,Y,Z,N of the generated DWI (default HCP: {HCP_SIZE})")
     parser.add_argument("--shell", type=float, default=1000.0, help="shell passed to prep (default 1000)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to put the temporary subject (default: system temp)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where to put the temporary subject (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated subject and outputs")
-    parser.add_argument("--target-gb", type=float, default=TARGET_GB, help=f"peak-memory target (default {TARGET_GB:g})")
+    parser.add_argument("--target-gb", type=float, default=TARGET_GB,
+                        help=f"peak-memory target (default {TARGET_GB:g})")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
 
 
