@@ -35,6 +35,7 @@ class DataConfig:
         root: dataset folder (2D datasets).
         image_size: image side length in pixels (2D datasets).
         direction: ``AtoB`` or ``BtoA`` (2D datasets: which side is the input).
+        dataset: ``maps`` or ``cityscapes`` (2D datasets; ``null`` = told by the root folder's name).
         subjects: training subjects (manifest ``subject`` column); ``null`` = every ``ok`` subject.
         patch_size: edge of the cubic patches (the paper: 24).
         stride: grid stride; ``null`` = ``patch_size`` (non-overlapping, about 112 per HCP volume).
@@ -51,6 +52,7 @@ class DataConfig:
     root: str | None = None
     image_size: int = 256
     direction: str = "AtoB"
+    dataset: str | None = None
     subjects: list[str] | None = None
     patch_size: int = 24
     stride: int | None = None
