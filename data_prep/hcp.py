@@ -104,7 +104,9 @@ def read_volumes(path: Path, img, indices: np.ndarray, crop: tuple[int, int, int
     The file is streamed once, front to back: each wanted volume is read at its byte offset and
     converted (scaled) on its own, so memory is the output array plus one volume. ``nibabel``'s
     proxy slicing would reopen a ``.gz`` file and decompress from the start for every volume.
-    NaN/Inf values are reported with the volume index. ``crop`` keeps ``[:cx, :cy, :cz]``.
+    NaN/Inf values are reported with the volume index; the stream is then read to its end so that a
+    truncated file is reported even when the cut lies after the last wanted volume.
+    ``crop`` keeps ``[:cx, :cy, :cz]``.
     """
     from nibabel.openers import ImageOpener
     from tqdm import tqdm
@@ -131,7 +133,13 @@ def read_volumes(path: Path, img, indices: np.ndarray, crop: tuple[int, int, int
                     out[k] = vol
                 bad = int(np.count_nonzero(~np.isfinite(out[k])))
                 if bad:
-                    raise FloatingPointError(f"{path}: {bad} NaN/Inf values in volume {i}")
+                    raise FloatingPointError(f"{path}: {bad} NaN/Inf value(s) in volume {i}")
+            # Read on to the end so a file cut after the last wanted volume is caught too (gzip
+            # also checks its CRC and length there); costs only the trailing volumes' decompression.
+            f.seek(int(proxy.offset) + int(img.shape[3]) * nbytes - 1)
+            if len(f.read(1)) != 1:
+                raise EOFError(f"the file ends before volume {int(img.shape[3]) - 1} is complete")
+            f.read()
     except FloatingPointError as e:  # our own NaN/Inf report, already one line
         raise ValueError(str(e)) from None
     except Exception as e:  # EOFError, zlib.error, gzip.BadGzipFile, OSError: a cut or damaged file

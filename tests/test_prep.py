@@ -115,8 +115,8 @@ def _bad_subjects(root: Path, d: dict) -> dict[str, tuple[str, str]]:
         "not4d": ("data.nii.gz", "expected a 4D DWI"),
         "maskshape": ("nodif_brain_mask.nii.gz", "shape (10, 10, 9) differs from data.nii.gz"),
         "maskaffine": ("nodif_brain_mask.nii.gz", "affine differs from data.nii.gz"),
-        "nan": ("data.nii.gz", "1 NaN/Inf values in volume 7"),
-        "inf": ("data.nii.gz", "1 NaN/Inf values in volume 30"),
+        "nan": ("data.nii.gz", "1 NaN/Inf value(s) in volume 7"),
+        "inf": ("data.nii.gz", "1 NaN/Inf value(s) in volume 30"),
         "empty": ("nodif_brain_mask.nii.gz", "mask is empty"),
         "truncated": ("data.nii.gz", "truncated or corrupt"),
     }
@@ -167,6 +167,11 @@ def test_read_volumes_selects_and_scales(tmp_path):
     want = np.moveaxis(img.get_fdata()[:4, :4, :2][..., idx], -1, 0)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    # a cut after the last wanted volume is still caught (the stream is read to its end)
+    raw_gz = (tmp_path / "d.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw_gz[:-10])
+    with pytest.raises(ValueError, match="cut.nii.gz: cannot read image data, the file is truncated"):
+        read_volumes(tmp_path / "cut.nii.gz", nib.load(tmp_path / "cut.nii.gz"), np.array([0, 1]))
 
 
 def test_prep_volumes_scalar(tmp_path, oblique):
