@@ -1,0 +1,342 @@
+"""Whole-volume inference with a trained generator: windows, Gaussian blending, original units.
+
+The user hands a checkpoint and a volume and gets back a volume on the HR grid, in the scanner's world.
+Three things must match training exactly, and each is read from the checkpoint:
+
+* **Grid.** The network maps ``lr_up`` (the LR volume NN-upsampled onto the HR grid) to ``hr``. An
+  input on the LR grid is NN-upsampled here with ``data.factor`` (:func:`medsr.degrade.nn_upsample`,
+  affine :func:`medsr.degrade.hr_affine`), so the output lies on the HR grid prep would have written;
+  an input already on the HR grid is used as is. See :func:`detect_grid` for ``input_grid="auto"``.
+* **Normalisation.** ``norm.x`` (stats of ``lr_up``) normalise the input and ``norm.y`` (stats of
+  ``hr``) de-normalise the output; ``reverse=True`` runs G = ``model.reverse`` (HR -> LR-up through
+  the inverse core) with the two swapped.
+* **Window.** With ``norm="instance"`` every window is normalised by its own statistics, so windows
+  must be the training patch size or the model sees inputs it was never trained on. Without instance
+  norm the model is translation-equivariant and windows only cost overlap: the compute is
+  ``(voxels computed) / (voxels output)`` times a single pass, while MONAI's stitching is ~1% of the
+  time. So the rule (:func:`choose_window`) is: instance norm -> the training patch size at overlap
+  0.5; otherwise the largest window that fits the memory budget (whole volume in one pass when it fits),
+  at a small overlap (0.25) that hides the seams of the windows' reflect padding.
+
+Windows run on ``device`` (the GPU when there is one) while the stitched output is accumulated on the
+CPU, so a whole HCP volume never has to fit in GPU memory (MONAI's ``sw_device`` vs ``device``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from medsr.normalise import ChannelStats
+from medsr.volume import Volume
+
+# Bytes of live activations per window voxel and per feature channel during an inference-mode
+# forward of rev_srcnn3d (measured with `medsr bench infer`: peak RSS growth / (window voxels * K)).
+# It sizes automatic windows; the constant is deliberately on the safe side.
+ACTIVATION_BYTES_PER_VOXEL_CHANNEL = 20.0
+# Bytes of activations an automatic window may use: with ~1 GB for the process and the volume's own
+# buffers (input, output, MONAI's accumulators) a whole HCP volume stays under 4 GB peak RSS.
+DEFAULT_MEMORY_BUDGET = 2.75e9
+DEFAULT_OVERLAP_LARGE = 0.25
+DEFAULT_OVERLAP_INSTANCE = 0.5
+
+
+@dataclass
+class WindowPlan:
+    """The windows of one inference run.
+
+    Attributes:
+        roi: window size per axis (clamped to the volume).
+        overlap: fraction of a window shared with its neighbour.
+        n_windows: number of windows MONAI will run.
+        overlap_factor: voxels computed / voxels output (1.0 = a single pass).
+        reason: why this window was chosen (shown by the CLI).
+    """
+
+    roi: tuple[int, int, int]
+    overlap: float
+    n_windows: int
+    overlap_factor: float
+    reason: str
+
+
+def plan_windows(shape: Sequence[int], roi: Sequence[int], overlap: float, reason: str = "") -> WindowPlan:
+    """Count the windows MONAI's ``sliding_window_inference`` runs for ``shape`` and ``roi``.
+
+    Uses MONAI's own scan-interval and slice helpers, so the count is the one the run will use.
+    """
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    shape = tuple(int(s) for s in shape)
+    roi = tuple(min(int(r), s) for r, s in zip(roi, shape))
+    interval = _get_scan_interval(shape, roi, 3, (float(overlap),) * 3)
+    n = len(dense_patch_slices(shape, roi, interval))
+    factor = n * float(np.prod(roi)) / float(np.prod(shape))
+    return WindowPlan(roi, float(overlap), n, factor, reason)  # type: ignore[arg-type]
+
+
+def model_norm(ck: dict[str, Any]) -> str:
+    """The generator's normalisation ("none" or "instance") from the checkpoint's model kwargs."""
+    return str(ck.get("model", {}).get("kwargs", {}).get("norm", "none"))
+
+
+def model_width(ck: dict[str, Any]) -> int:
+    return int(ck.get("model", {}).get("kwargs", {}).get("width", 64))
+
+
+def choose_window(
+    shape: Sequence[int],
+    ck: dict[str, Any],
+    window: int | Sequence[int] | None = None,
+    overlap: float | None = None,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
+) -> WindowPlan:
+    """Pick the windows for a volume of spatial ``shape`` (see the module docstring for the rule).
+
+    Args:
+        shape: (X, Y, Z) of the HR-grid input.
+        ck: the checkpoint (reads ``model.kwargs.norm``/``width`` and ``data.patch_size``).
+        window: requested window edge (int or 3 ints); ``None`` = automatic; ``0`` = one pass over
+            the whole volume.
+        overlap: requested overlap in [0, 1); ``None`` = 0.5 with instance norm, else 0.25.
+        memory_budget: bytes of activations an automatic window may use.
+
+    Raises:
+        ValueError: an instance-norm model asked for windows other than its training patch size.
+    """
+    shape = tuple(int(s) for s in shape)
+    norm = model_norm(ck)
+    if overlap is not None and not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if norm == "instance":
+        patch = ck.get("data", {}).get("patch_size")
+        if patch is None:
+            raise ValueError("checkpoint uses instance norm but stores no data.patch_size to size the windows")
+        roi = _as_roi(patch)
+        if window is not None and _as_roi(window) != roi:
+            raise ValueError(
+                f"this checkpoint uses instance norm, so windows must be its training patch size {roi[0]} "
+                f"(got --window {window}); each window is normalised by its own statistics"
+            )
+        ov = DEFAULT_OVERLAP_INSTANCE if overlap is None else overlap
+        return plan_windows(shape, roi, ov, f"instance norm: training patch size {roi[0]}")
+    ov = DEFAULT_OVERLAP_LARGE if overlap is None else overlap
+    if window is not None:
+        roi = shape if _as_roi(window) == (0, 0, 0) else _as_roi(window)
+        return plan_windows(shape, roi, ov, "requested")
+    per_voxel = ACTIVATION_BYTES_PER_VOXEL_CHANNEL * max(model_width(ck), 1)
+    max_voxels = int(memory_budget / per_voxel)
+    if int(np.prod(shape)) <= max_voxels:
+        return plan_windows(shape, shape, ov, "whole volume fits the memory budget: one pass")
+    roi = fewest_voxels_roi(shape, ov, max_voxels)
+    return plan_windows(shape, roi, ov, f"least overlap within {memory_budget / 1e9:.2f} GB of activations")
+
+
+def _n_windows(length: int, roi: int, overlap: float) -> int:
+    """MONAI's window count along one axis (``_get_scan_interval`` + ``dense_patch_slices``)."""
+    if roi >= length:
+        return 1
+    step = max(int(roi * (1.0 - overlap)), 1)
+    return int(math.ceil((length - roi) / step)) + 1
+
+
+def fewest_voxels_roi(shape: Sequence[int], overlap: float, max_voxels: int, max_per_axis: int = 8) -> tuple[int, int, int]:
+    """The window (per-axis sizes) that computes the fewest voxels with at most ``max_voxels`` each.
+
+    For every count of windows per axis (1..``max_per_axis``), the smallest window edge that MONAI
+    tiles with that count at ``overlap`` is found; among the combinations that fit ``max_voxels``,
+    the one with the least total computed voxels wins (ties: fewer windows). Slabs spanning whole axes
+    usually win over cubes: a 145x174x145 volume in two 145x174x83 slabs computes 1.14x the output,
+    in 104^3 cubes 2.46x.
+    """
+    shape = tuple(int(s) for s in shape)
+    options: list[list[tuple[int, int]]] = []  # per axis: (n windows, tight roi)
+    for length in shape:
+        axis_opts: dict[int, int] = {}
+        for n in range(1, max_per_axis + 1):
+            roi = int(math.ceil(length / n))
+            while roi < length and _n_windows(length, roi, overlap) > n:
+                roi += 1
+            n_real = _n_windows(length, roi, overlap)
+            axis_opts.setdefault(n_real, roi)
+        options.append(sorted(axis_opts.items()))
+    best: tuple[float, int, tuple[int, int, int]] | None = None
+    for nx, rx in options[0]:
+        for ny, ry in options[1]:
+            for nz, rz in options[2]:
+                vox = rx * ry * rz
+                if vox > max_voxels:
+                    continue
+                key = (float(nx * ny * nz * vox), nx * ny * nz, (rx, ry, rz))
+                if best is None or key[:2] < best[:2]:
+                    best = key
+    if best is None:  # even the smallest windows do not fit: use the smallest there are
+        return tuple(opts[-1][1] for opts in options)  # type: ignore[return-value]
+    return best[2]
+
+
+def _as_roi(window: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(window, (int, np.integer)):
+        return (int(window),) * 3
+    w = tuple(int(v) for v in window)
+    if len(w) == 1:
+        return w * 3  # type: ignore[return-value]
+    if len(w) != 3:
+        raise ValueError(f"window must be one or three integers, got {window}")
+    return w  # type: ignore[return-value]
+
+
+_LR_NAME = re.compile(r"^lr(?!_up)[^/]*\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def detect_grid(vol: Volume, factor: int, train_voxel_size: Sequence[float] | None = None, path: str = "") -> str:
+    """Decide whether ``vol`` is on the LR or the HR grid (``input_grid="auto"``).
+
+    With the training HR voxel size stored in the checkpoint (``data.voxel_size``), the input's voxel
+    size is compared with it and with ``factor`` times it (within 10%); a size matching neither is an
+    error asking for an explicit ``--input-grid``. Without it, a file named ``lr*.nii[.gz]`` (but not
+    ``lr_up*``, prep's HR-grid input) is LR and anything else HR.
+
+    Returns:
+        ``"lr"`` or ``"hr"``.
+    """
+    name = Path(path or vol.name).name
+    if train_voxel_size is not None:
+        vs = np.asarray(vol.voxel_size)
+        hr = np.asarray(train_voxel_size, dtype=float)
+        if np.allclose(vs, hr, rtol=0.1):
+            return "hr"
+        if np.allclose(vs, hr * factor, rtol=0.1):
+            return "lr"
+        raise ValueError(
+            f"{path or vol.name}: voxel size {tuple(round(v, 3) for v in vs)} mm matches neither the training HR "
+            f"grid {tuple(round(float(v), 3) for v in hr)} nor its LR grid (x{factor}); pass --input-grid lr or hr"
+        )
+    return "lr" if _LR_NAME.match(name) else "hr"
+
+
+def to_hr_grid(vol: Volume, factor: int, grid: str) -> Volume:
+    """The network input on the HR grid: NN-upsampled (prep's ``lr_up``) when ``grid == "lr"``."""
+    if grid == "hr":
+        return vol
+    if grid != "lr":
+        raise ValueError(f"input grid must be 'lr' or 'hr', got {grid!r}")
+    from medsr.degrade import nn_upsample
+
+    return nn_upsample(vol, factor)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+class Predictor:
+    """A loaded generator with its normalisation and training-data facts.
+
+    Args:
+        model: the generator (``forward``: X -> Y, ``reverse``: Y -> X), (B, C, X, Y, Z) both ways.
+        x_stats, y_stats: per-channel stats of ``lr_up`` and ``hr``.
+        ck: the checkpoint dict (``data`` and ``model`` entries are read).
+        device: where windows run.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        x_stats: ChannelStats,
+        y_stats: ChannelStats,
+        ck: dict[str, Any],
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.model = model.eval().to(self.device)
+        self.x_stats, self.y_stats, self.ck = x_stats, y_stats, ck
+        data = ck.get("data", {}) or {}
+        self.factor = int(data.get("factor", 2))
+        self.channels = int(data.get("channels", len(x_stats.mean)))
+        self.kind = str(data.get("kind", "dti" if self.channels == 6 else "scalar"))
+        vs = data.get("voxel_size")
+        self.train_voxel_size = tuple(float(v) for v in vs) if vs is not None else None
+        self.norm = model_norm(ck)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Predictor":
+        """Load ``path`` (``medsr.checkpoint.load_generator``) onto ``device``."""
+        from medsr.checkpoint import load_generator
+
+        model, sx, sy, ck = load_generator(path, map_location="cpu")
+        return cls(model, sx, sy, ck, device)
+
+    def prepare(self, vol: Volume, input_grid: str = "auto", reverse: bool = False, path: str = "") -> Volume:
+        """Check channels and bring ``vol`` onto the HR grid (``reverse`` inputs are HR already)."""
+        where = path or vol.name
+        if vol.channels != self.channels:
+            raise ValueError(f"{where}: {vol.channels} channel(s) but the checkpoint was trained on {self.channels}")
+        if reverse:
+            if input_grid == "lr":
+                raise ValueError(f"{where}: --reverse maps HR-grid volumes to LR-up; an LR-grid input makes no sense")
+            return vol
+        grid = detect_grid(vol, self.factor, self.train_voxel_size, path) if input_grid == "auto" else input_grid
+        return to_hr_grid(vol, self.factor, grid)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        vol: Volume,
+        *,
+        reverse: bool = False,
+        plan: WindowPlan | None = None,
+        window: int | Sequence[int] | None = None,
+        overlap: float | None = None,
+        sw_batch_size: int = 1,
+        progress: bool = False,
+    ) -> Volume:
+        """Run F (or G with ``reverse``) over a whole HR-grid volume.
+
+        Args:
+            vol: (C, X, Y, Z) on the HR grid, original units.
+            reverse: run ``model.reverse`` (HR -> LR-up) instead of ``model.forward``.
+            plan: precomputed windows; else :func:`choose_window` with ``window``/``overlap``.
+            sw_batch_size: windows per model call.
+            progress: MONAI's tqdm bar over windows.
+
+        Returns:
+            (C, X, Y, Z) float32 volume on ``vol``'s grid, in original units.
+        """
+        from monai.inferers import sliding_window_inference
+
+        if vol.channels != self.channels:
+            raise ValueError(f"{vol.name}: {vol.channels} channel(s) but the checkpoint was trained on {self.channels}")
+        if not np.isfinite(vol.data).all():
+            raise ValueError(f"{vol.name}: input has NaN or inf values")
+        if plan is None:
+            plan = choose_window(vol.spatial_shape, self.ck, window, overlap)
+        s_in, s_out = (self.y_stats, self.x_stats) if reverse else (self.x_stats, self.y_stats)
+        fn = self.model.reverse if reverse else self.model.forward
+        x = torch.from_numpy(np.ascontiguousarray(s_in.normalise(vol.data, channel_axis=0), dtype=np.float32))[None]
+        y = sliding_window_inference(
+            x,
+            roi_size=plan.roi,
+            sw_batch_size=sw_batch_size,
+            predictor=fn,
+            overlap=(plan.overlap,) * 3,
+            mode="gaussian",
+            sw_device=self.device,
+            device=torch.device("cpu"),  # stitch on the CPU: a whole volume need not fit on the GPU
+            progress=progress,
+        )
+        out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
+        return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))

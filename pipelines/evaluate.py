@@ -1,0 +1,200 @@
+"""Orchestration of ``medsr evaluate``: predictions + prepared subjects -> metrics CSV, summary, figures.
+
+One row per (model, subject): the model's prediction ``<predictions>/<subject>.nii.gz`` and each
+interpolation baseline (nn, linear, cubic from the subject's ``lr.nii.gz``, grid-aligned, by
+:mod:`medsr.baselines`) scored by the same :func:`medsr.metrics.evaluate_volumes` against ``hr.nii.gz``
+within ``mask.nii.gz``. The summary has mean and standard deviation per model: the paper's Table 3.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medsr.utils.atomic import atomic_path
+
+METRIC_ORDER = ("rmse_interior", "rmse_total", "psnr", "ssim", "md_rmse", "md_mae", "fa_rmse", "fa_mae")
+BASELINES = ("nn", "linear", "cubic")
+
+
+def parse_baselines(text: str | None) -> list[str]:
+    """``"nn,linear,cubic"`` -> list; ``""``/``"none"`` -> []; unknown names raise ValueError."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return []
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in BASELINES]
+    if bad:
+        raise ValueError(f"--baselines: unknown baseline(s) {', '.join(bad)}; choose from {', '.join(BASELINES)}")
+    return names
+
+
+def prediction_paths(subjects: Sequence[str], predictions: str | Path) -> dict[str, Path]:
+    """``<predictions>/<subject>.nii.gz`` (or ``.nii``) per subject; a missing one is an error naming it."""
+    predictions = Path(predictions)
+    if not predictions.is_dir():
+        raise FileNotFoundError(f"{predictions}: predictions folder not found")
+    out: dict[str, Path] = {}
+    missing = []
+    for s in subjects:
+        for suf in (".nii.gz", ".nii"):
+            p = predictions / f"{s}{suf}"
+            if p.is_file():
+                out[s] = p
+                break
+        else:
+            missing.append(s)
+    if missing:
+        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{'...' if len(missing) > 4 else ''})" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"{predictions / (missing[0] + '.nii.gz')}: no prediction for manifest subject {missing[0]}{more}"
+        )
+    return out
+
+
+def evaluate_manifest(
+    manifest: str | Path,
+    predictions: str | Path | None,
+    *,
+    model_name: str | None = None,
+    baselines: Sequence[str] = BASELINES,
+    figures: str | Path | None = None,
+    quiet: bool = False,
+) -> pd.DataFrame:
+    """Score a model's predictions and the baselines on every ``ok`` subject of a manifest.
+
+    Args:
+        manifest: prep's ``manifest.csv``.
+        predictions: folder of ``<subject>.nii.gz``; ``None`` scores the baselines only.
+        model_name: the model column's value (default: the predictions folder's name).
+        baselines: any of ``nn``, ``linear``, ``cubic``.
+        figures: write ``<figures>/<subject>.png`` (:func:`medsr.report.subject_figure`).
+
+    Returns:
+        DataFrame, one row per (model, subject), columns ``model, subject`` + metrics.
+    """
+    from medsr.baselines import upsample
+    from medsr.io import load_mask, load_volume
+    from medsr.manifest import read_manifest
+    from medsr.metrics import evaluate_volumes
+
+    df = read_manifest(manifest)
+    if df.empty:
+        raise ValueError(f"{manifest}: manifest has no subject with status ok")
+    subjects = [str(s) for s in df["subject"]]
+    preds = prediction_paths(subjects, predictions) if predictions is not None else {}
+    name = model_name or (Path(predictions).resolve().name if predictions is not None else "")
+    if name in baselines:
+        raise ValueError(f"--model-name {name!r} clashes with a baseline's name; choose another")
+    rows: list[dict] = []
+    for _, r in tqdm(df.iterrows(), total=len(df), desc="subjects", unit="subj", disable=quiet):
+        subject = str(r["subject"])
+        kind = str(r["kind"]) or None
+        factor = int(r["factor"]) or 2
+        hr = load_volume(r["hr"])
+        mask = load_mask(r["mask"], like=hr)
+        scored: list[tuple[str, object]] = []
+        if subject in preds:
+            scored.append((name, load_volume(preds[subject])))
+        if baselines or figures:
+            lr = load_volume(r["lr"])
+            for b in baselines:
+                scored.append((b, upsample(lr, factor, b, out_shape=hr.spatial_shape)))
+        for model, vol in scored:
+            metrics = evaluate_volumes(vol, hr, mask, kind=kind, mask_name=str(r["mask"]))
+            rows.append({"model": model, "subject": subject, **metrics})
+        if figures:
+            from medsr.degrade import nn_upsample
+            from medsr.report import subject_figure
+
+            lr_up = nn_upsample(lr, factor)
+            if lr_up.spatial_shape != hr.spatial_shape:
+                lr_up = upsample(lr, factor, "nn", out_shape=hr.spatial_shape)
+            shown = [(m, v) for m, v in scored if m != "nn"]  # the LR input column already is NN
+            subject_figure(Path(figures) / f"{subject}.png", hr=hr, mask=mask, predictions=shown,
+                           lr_up=lr_up, kind=kind, title=f"subject {subject}")
+    out = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate([name, *baselines])}
+    out["_o"] = out["model"].map(order)
+    out = out.sort_values(["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    cols = ["model", "subject"] + [c for c in METRIC_ORDER if c in out.columns]
+    return out[cols]
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std per model of every metric (``<metric>_mean``, ``<metric>_std``) and ``n``."""
+    metrics = [c for c in METRIC_ORDER if c in df.columns]
+    models = list(dict.fromkeys(df["model"]))  # keep first-seen order
+    rows = []
+    for m in models:
+        sub = df[df["model"] == m]
+        row: dict = {"model": m, "n": int(len(sub))}
+        for c in metrics:
+            vals = sub[c].astype(float)
+            row[f"{c}_mean"] = float(vals.mean())
+            row[f"{c}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A text table ``model | n | metric mean +- std ...`` (the paper's Table 3 layout)."""
+    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    cells = [["model", "n"] + metrics]
+    for _, r in summary.iterrows():
+        cells.append([str(r["model"]), str(r["n"])] + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return f"{mean}"
+    digits = max(3 - int(np.floor(np.log10(abs(mean)))) if mean != 0 else 3, 2)
+    digits = min(digits, 8)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_path(csv: str | Path) -> Path:
+    """``OUT.csv`` -> ``OUT_summary.csv``."""
+    csv = Path(csv)
+    stem = csv.name[: -len(".csv")] if csv.name.lower().endswith(".csv") else csv.name
+    return csv.with_name(f"{stem}_summary.csv")
+
+
+def write_results(df: pd.DataFrame, csv: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write the per-subject CSV and its summary atomically; returns both paths."""
+    csv = Path(csv)
+    summ = summary_path(csv)
+    if not overwrite:
+        for p in (csv, summ):
+            if p.exists():
+                raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
+    with atomic_path(csv, overwrite=overwrite) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(summ, overwrite=overwrite) as tmp:
+        summarise(df).to_csv(tmp, index=False, float_format="%.6g")
+    return csv, summ
+
+
+def evaluate_single(pred: str | Path, target: str | Path, mask: str | Path, *, kind: str | None = None,
+                    model_name: str = "model", subject: str | None = None) -> pd.DataFrame:
+    """The single-volume form: one row scoring ``pred`` against ``target`` within ``mask``."""
+    from medsr.io import load_mask, load_volume
+    from medsr.metrics import evaluate_volumes
+
+    p, t = load_volume(pred), load_volume(target)
+    m = load_volume(mask)
+    if m.channels != 1:
+        raise ValueError(f"{mask}: a mask must have one channel, got {m.channels}")
+    if m.spatial_shape != t.spatial_shape:
+        raise ValueError(f"{mask}: mask shape {m.spatial_shape} differs from target {target} {t.spatial_shape}")
+    if not np.allclose(m.affine, t.affine, atol=1e-3):
+        raise ValueError(f"{mask}: mask affine differs from target {target}'s")
+    del m
+    metrics = evaluate_volumes(p, t, load_mask(mask), kind=kind, mask_name=str(mask))
+    return pd.DataFrame([{"model": model_name, "subject": subject or Path(str(target)).name.split(".")[0], **metrics}])

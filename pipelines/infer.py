@@ -1,0 +1,127 @@
+"""Orchestration of ``medsr infer``: inputs -> :class:`medsr.inference.Predictor` -> NIfTI files.
+
+Single mode: one input file -> one output file. Batch mode: a folder of NIfTIs, or a prep
+``manifest.csv``, -> a folder holding ``<subject>.nii.gz`` per input. Every output is written
+atomically, and existing outputs are refused up front (before any compute) unless ``overwrite``.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class InferItem:
+    """One volume to process: subject id, input path, input grid ("auto", "lr", "hr"), output path."""
+
+    subject: str
+    path: Path
+    grid: str
+    out: Path
+
+
+def _strip_nifti(name: str) -> str | None:
+    for suf in NIFTI_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return None
+
+
+def collect_items(src: str | Path, out: str | Path, *, reverse: bool = False, input_grid: str = "auto") -> list[InferItem]:
+    """Resolve ``src`` into work items.
+
+    Args:
+        src: a NIfTI file (single mode), a folder of NIfTIs, or a prep ``manifest.csv`` (batch mode).
+            From a manifest the forward direction reads ``lr_up`` (HR grid, exactly the training
+            input) and ``--reverse`` reads ``hr``.
+        out: the output file (single mode, ``.nii``/``.nii.gz``) or folder (batch mode).
+        reverse: run G (HR -> LR-up).
+        input_grid: grid of the inputs for single/folder mode.
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist. ValueError: no inputs, a bad output name, or two
+            inputs mapping to one subject.
+    """
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: input not found")
+    if src.is_file() and src.suffix.lower() == ".csv":
+        from medsr.manifest import read_manifest
+
+        df = read_manifest(src)
+        if df.empty:
+            raise ValueError(f"{src}: manifest has no subject with status ok")
+        col = "hr" if reverse else "lr_up"
+        return [InferItem(str(r["subject"]), Path(r[col]), "hr", out / f"{r['subject']}.nii.gz") for _, r in df.iterrows()]
+    if src.is_dir():
+        items: dict[str, InferItem] = {}
+        for p in sorted(src.iterdir()):
+            subject = _strip_nifti(p.name)
+            if subject is None or p.name.startswith(".") or not p.is_file():
+                continue  # hidden files include atomic writers' temporaries
+            if subject in items:
+                raise ValueError(f"{src}: two inputs for subject {subject!r} ({items[subject].path.name}, {p.name})")
+            items[subject] = InferItem(subject, p, input_grid, out / f"{subject}.nii.gz")
+        if not items:
+            raise ValueError(f"{src}: no .nii or .nii.gz file in this folder")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out}: batch mode writes a folder, but this is a file")
+        return list(items.values())
+    if _strip_nifti(src.name) is None:
+        raise ValueError(f"{src}: expected a .nii/.nii.gz file, a folder, or a manifest.csv")
+    if _strip_nifti(out.name) is None:
+        raise ValueError(f"{out}: the output must be a .nii or .nii.gz file for a single input")
+    return [InferItem(_strip_nifti(src.name) or src.name, src, input_grid, out)]
+
+
+def run_inference(
+    checkpoint: str | Path,
+    src: str | Path,
+    out: str | Path,
+    *,
+    reverse: bool = False,
+    device: str | None = None,
+    window: int | None = None,
+    overlap: float | None = None,
+    input_grid: str = "auto",
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> list[Path]:
+    """Run a checkpoint over one or many volumes and write float32 NIfTIs on the HR grid.
+
+    Returns:
+        The paths written, in input order.
+    """
+    from medsr.inference import Predictor, choose_window
+    from medsr.io import load_volume, save_volume
+
+    items = collect_items(src, out, reverse=reverse, input_grid=input_grid)
+    if not overwrite:
+        existing = [str(it.out) for it in items if it.out.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise FileExistsError(f"{existing[0]}: already exists{more} (pass --overwrite to replace)")
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    batch = len(items) > 1 or Path(src).is_dir() or Path(src).suffix.lower() == ".csv"
+    written: list[Path] = []
+    shown_plan = None
+    for it in tqdm(items, desc="subjects", unit="vol", disable=quiet or not batch):
+        vol = load_volume(it.path)
+        hr_in = predictor.prepare(vol, it.grid, reverse, path=str(it.path))
+        plan = choose_window(hr_in.spatial_shape, predictor.ck, window, overlap)
+        if not quiet and (plan.roi, plan.overlap) != shown_plan:
+            shown_plan = (plan.roi, plan.overlap)
+            tqdm.write(
+                f"windows {'x'.join(map(str, plan.roi))} overlap {plan.overlap:g}: {plan.n_windows} window(s), "
+                f"overlap factor {plan.overlap_factor:.2f} ({plan.reason}); device {predictor.device}",
+                file=sys.stderr,
+            )
+        pred = predictor.predict(hr_in, reverse=reverse, plan=plan, progress=not quiet and not batch)
+        pred.meta["kind"] = predictor.kind
+        written.append(save_volume(pred, it.out, overwrite=overwrite))
+    return written
