@@ -1,0 +1,555 @@
+"""``medsr bench memory``: activation memory, peak memory, step time and GFLOP/s vs reversible depth.
+
+For each depth R and each variant of the same generator, one training step (forward, MSE loss,
+backward) on one patch is measured:
+
+* ``reversible``: the core's memory-saving autograd Function (``memory_efficient=True``);
+* ``plain``: the same blocks through plain autograd (``memory_efficient=False``);
+* ``memcnn``: the same blocks, each wrapped in memcnn's ``InvertibleModuleWrapper`` (only when
+  ``import memcnn`` works; skipped otherwise).
+
+Measures, per configuration (each run in a fresh subprocess on CPU, so peak RSS is its own):
+
+* ``saved_MiB``: bytes the forward pass saves for backward, through
+  ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, parameters excluded): deterministic.
+  (memcnn keeps its per-block outputs on ``ctx`` where the hooks cannot see them.)
+* ``peak_MiB`` / ``step_MiB``: CUDA ``max_memory_allocated`` (GPU), else peak RSS of the
+  subprocess (``ru_maxrss``) and its rise over the RSS just before the first step.
+* ``step_s`` / ``cpu_s``: median wall / process-CPU time of ``--repeats`` steps after one warm-up
+  step, the variants of one depth interleaved round-robin in one process.
+* ``GFLOP/s``: convolution FLOPs of the step (2 k^d Cin Cout per output voxel per conv, x3 for
+  forward + backward, plus the recomputed core forwards: 1 for ``reversible``, 2 for ``memcnn``)
+  over the median step time (wall, and CPU), next to a conv probe (3^d conv, K->K and K/2->K/2) timed in the same run.
+
+Extending to 2D (the 2D module): add a ``GeneratorCase`` to :data:`CASES` under ``"2d"``, built by
+:func:`make_case` from ``spatial_dims=2`` and a generator factory; ``--2d`` then selects it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VARIANTS: tuple[str, ...] = ("reversible", "plain", "memcnn")
+# Recomputed core forward passes per training step (the price of not storing activations).
+RECOMPUTE: dict[str, int] = {"reversible": 1, "plain": 0, "memcnn": 2}
+MIB = 2.0**20
+
+
+# --------------------------------------------------------------------------------------------
+# Cases: which generator to build, per dimensionality
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GeneratorCase:
+    """How to build the benchmarked generator and its input.
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        build: ``(depth, variant, width, channels) -> nn.Module`` with ``.core`` (a reversible
+            sequence; its convs are the ones recomputed) and ``forward``.
+        input_shape: ``(channels, patch) -> (1, channels, *[patch] * spatial_dims)``.
+    """
+
+    spatial_dims: int
+    build: Callable[[int, str, int, int], nn.Module]
+    input_shape: Callable[[int, int], tuple[int, ...]]
+
+
+def memcnn_available() -> bool:
+    try:
+        import memcnn  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+class MemcnnCore(nn.Module):
+    """The blocks of a :class:`~medsr.networks.reversible.ReversibleSequence`, each wrapped by memcnn.
+
+    Reuses the same branch modules (same weights); memcnn frees each block's input after use and
+    rebuilds it by inversion in backward (one inverse and one forward recomputation per block).
+    """
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        import memcnn
+
+        wrapped = []
+        for i, block in enumerate(core.blocks):
+            coupling = memcnn.AdditiveCoupling(Fm=block.f, Gm=block.g)
+            # keep_input on the first block: its input is the encoder's ReLU output, which that
+            # ReLU saved for its own backward; memcnn would free it (its known ReLU failure).
+            wrapped.append(memcnn.InvertibleModuleWrapper(coupling, keep_input=(i == 0), keep_input_inverse=(i == 0)))
+        self.blocks = nn.ModuleList(wrapped)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        for b in reversed(self.blocks):
+            y = b.inverse(y)
+        return y
+
+
+def make_case(spatial_dims: int, factory: Callable[..., nn.Module]) -> GeneratorCase:
+    """A :class:`GeneratorCase` from a generator factory ``factory(in_channels, width, depth, memory_efficient)``.
+
+    The factory's model must expose its reversible core as ``.core`` (with ``.blocks`` of
+    coupling blocks having ``.f`` and ``.g``) so the memcnn variant can rewrap the same blocks.
+    """
+
+    def build(depth: int, variant: str, width: int, channels: int) -> nn.Module:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        model = factory(in_channels=channels, width=width, depth=depth, memory_efficient=(variant == "reversible"))
+        if variant == "memcnn" and depth > 0:
+            model.core = MemcnnCore(model.core)
+        return model
+
+    def input_shape(channels: int, patch: int) -> tuple[int, ...]:
+        return (1, channels) + (patch,) * spatial_dims
+
+    return GeneratorCase(spatial_dims, build, input_shape)
+
+
+def _srcnn3d_factory(*, in_channels: int, width: int, depth: int, memory_efficient: bool) -> nn.Module:
+    from medsr.networks import create_model
+
+    name = "srcnn3d" if depth == 0 else "rev_srcnn3d"
+    return create_model(name, in_channels=in_channels, width=width, depth=depth, memory_efficient=memory_efficient)
+
+
+CASES: dict[str, GeneratorCase] = {"3d": make_case(3, _srcnn3d_factory)}
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements (importable; the tests run them on tiny shapes)
+# --------------------------------------------------------------------------------------------
+def _layout(x: torch.Tensor, model: nn.Module, channels_last: bool) -> tuple[torch.Tensor, nn.Module]:
+    if not channels_last:
+        return x, model
+    fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    return x.contiguous(memory_format=fmt), model.to(memory_format=fmt)
+
+
+def training_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
+    """One step: zero grads, forward, MSE loss, backward. Returns the loss."""
+    model.zero_grad(set_to_none=True)
+    loss = F.mse_loss(model(x), target)
+    loss.backward()
+    return float(loss.detach())
+
+
+def saved_tensor_bytes(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> int:
+    """Bytes of the unique non-parameter storages the forward pass saves for backward.
+
+    Runs a full training step; only the forward is inside ``saved_tensors_hooks`` (what stays
+    alive until backward), so transient recomputation graphs in backward are not counted.
+    """
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_ptrs:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.mse_loss(model(x), target)
+    loss.backward()
+    return int(sum(storages.values()))
+
+
+def conv_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """Forward FLOPs of every conv (2 k^d Cin/groups Cout per output voxel): (total, core only).
+
+    Counted with forward hooks on a meta-device copy (shapes only, no arithmetic).
+    """
+    meta = copy.deepcopy(model).to("meta")
+    counts = {"total": 0.0, "core": 0.0}
+    handles = []
+    for name, m in meta.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            in_core = name.startswith("core.")
+
+            def hook(mod, _inp, out, in_core=in_core):
+                per_voxel = 2.0 * math.prod(mod.kernel_size) * (mod.in_channels // mod.groups) * mod.out_channels
+                fl = per_voxel * out.numel() / out.shape[1]
+                counts["total"] += fl
+                if in_core:
+                    counts["core"] += fl
+
+            handles.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        # The plain path of the core (the Function is skipped under no_grad) runs every conv once.
+        meta(torch.empty(x.shape, device="meta", dtype=x.dtype))
+    for h in handles:
+        h.remove()
+    return counts["total"], counts["core"]
+
+
+def step_flops(model: nn.Module, x: torch.Tensor, variant: str) -> float:
+    """Conv FLOPs of one training step: 3 x forward + the recomputed core forwards."""
+    total, core = conv_flops(model, x)
+    return 3.0 * total + RECOMPUTE[variant] * core
+
+
+def conv_probe_gflops(
+    channels: int, patch: int, spatial_dims: int = 3, repeats: int = 5,
+    channels_last: bool = False, device: str = "cpu", padding_mode: str = "reflect",
+) -> float:
+    """GFLOP/s (wall) of one 3^d conv ``channels -> channels`` (forward) on a ``patch``-sided input.
+
+    Reflect padding by default, as in the generators: it matters on CPU, where PyTorch picks the
+    oneDNN kernel for a batch-1 3D conv only when N*C*D*H of the (padded) input exceeds 20480, so a
+    32-channel conv on a zero-padded 24^3 input falls back to a ~4-10x slower kernel while the same
+    conv on the reflect-padded 26^3 input does not.
+    """
+    conv = (nn.Conv3d if spatial_dims == 3 else nn.Conv2d)(channels, channels, 3, padding=1, padding_mode=padding_mode).to(device)
+    x = torch.randn((1, channels) + (patch,) * spatial_dims, device=device)
+    x, conv = _layout(x, conv, channels_last)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            conv(x)
+            _sync(device)
+            if i:  # the first call pays for kernel selection
+                times.append(time.perf_counter() - t0)
+    flops = 2.0 * 3**spatial_dims * channels * channels * patch**spatial_dims
+    return flops / statistics.median(times) / 1e9
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _vm_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _build(cfg: dict[str, Any]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    case = CASES[cfg["case"]]
+    model = case.build(cfg["depth"], cfg["variant"], cfg["width"], cfg["channels"]).to(cfg["device"])
+    x = torch.randn(case.input_shape(cfg["channels"], cfg["patch"]), device=cfg["device"])
+    target = torch.randn_like(x)
+    x, model = _layout(x, model, bool(cfg.get("channels_last")))
+    return model, x, target
+
+
+def measure_memory(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Memory of one training step of one (case, variant, depth): saved bytes and peak.
+
+    ``cfg`` keys: case, variant, depth, width, channels, patch, device, channels_last,
+    threads (0 = torch default), seed. Returns the measured row (a plain dict). On CPU run it in
+    a fresh process (:func:`measure_in_subprocess`) so the peak RSS is this configuration's own.
+    """
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    device = cfg["device"]
+    model, x, target = _build(cfg)
+    flops = step_flops(model, x, cfg["variant"])
+    n_params = sum(p.numel() for p in model.parameters())
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _vm_rss_bytes()
+    saved = saved_tensor_bytes(model, x, target)  # one full training step
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {
+        "case": cfg["case"], "variant": cfg["variant"], "depth": cfg["depth"], "width": cfg["width"],
+        "channels": cfg["channels"], "patch": cfg["patch"], "device": device,
+        "channels_last": bool(cfg.get("channels_last")), "params_M": n_params / 1e6,
+        "saved_MiB": saved / MIB, "peak_MiB": peak / MIB, "step_MiB": max(peak - base, 0) / MIB,
+        "GFLOP_step": flops / 1e9,
+    }
+
+
+def measure_times(cfgs: list[dict[str, Any]], repeats: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Wall and CPU step times of several configurations, interleaved round-robin in this process.
+
+    Interleaving makes the ratios between variants robust to load that drifts during the run
+    (the machine is shared). One untimed warm-up step each, then ``repeats`` timed rounds.
+    CPU time (``time.process_time``) is reported too: on an oversubscribed shared machine the
+    wall time mostly measures the scheduler, while single-threaded CPU time measures the work.
+
+    Returns:
+        (wall seconds, CPU seconds), each one list of ``repeats`` values per configuration.
+    """
+    built = [_build(c) for c in cfgs]
+    device = cfgs[0]["device"]
+    for model, x, target in built:
+        training_step(model, x, target)
+    wall: list[list[float]] = [[] for _ in cfgs]
+    cpu: list[list[float]] = [[] for _ in cfgs]
+    for _ in range(repeats):
+        for i, (model, x, target) in enumerate(built):
+            _sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            training_step(model, x, target)
+            _sync(device)
+            wall[i].append(time.perf_counter() - t0)
+            cpu[i].append(time.process_time() - c0)
+    return wall, cpu
+
+
+_CHILD_CODE = "import json,sys; from pipelines.bench.memory import measure_memory; print(json.dumps(measure_memory(json.loads(sys.argv[1]))))"
+
+
+def measure_in_subprocess(cfg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """:func:`measure_memory` in a fresh Python process, so its peak RSS belongs to this config alone."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD_CODE, json.dumps(cfg)],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"bench config {cfg['variant']} R={cfg['depth']} failed: {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(
+    *,
+    case: str = "3d",
+    depths: list[int],
+    width: int,
+    channels: int,
+    patch: int,
+    repeats: int,
+    device: str = "cpu",
+    variants: list[str] | None = None,
+    channels_last: bool = False,
+    threads: int = 0,
+    subprocess_per_config: bool | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Measure every (variant, depth); returns (rows, conv probe GFLOP/s by name).
+
+    Per depth: memory of each variant (a fresh subprocess each on CPU), then the variants' step
+    times interleaved in this process.
+    """
+    from tqdm import tqdm
+
+    if variants is None:
+        variants = [v for v in VARIANTS if v != "memcnn" or memcnn_available()]
+    if subprocess_per_config is None:
+        subprocess_per_config = not device.startswith("cuda")
+    if threads:
+        torch.set_num_threads(threads)
+    spatial_dims = CASES[case].spatial_dims
+    half = max(width // 2, 1)
+    probes = {
+        f"conv{width}": conv_probe_gflops(width, patch, spatial_dims, repeats, channels_last, device),
+        f"conv{half}": conv_probe_gflops(half, patch, spatial_dims, repeats, channels_last, device),
+    }
+    rows = []
+    bar = tqdm(total=2 * len(depths) * len(variants), desc="bench memory", unit="run", disable=not progress)
+    for depth in depths:
+        cfgs = [dict(case=case, variant=v, depth=depth, width=width, channels=channels, patch=patch,
+                     device=device, channels_last=channels_last, threads=threads, seed=0) for v in variants]
+        depth_rows = []
+        for cfg in cfgs:
+            depth_rows.append(measure_in_subprocess(cfg) if subprocess_per_config else measure_memory(cfg))
+            bar.update(1)
+        for row, ts, cs in zip(depth_rows, *measure_times(cfgs, repeats)):
+            row["step_s"] = statistics.median(ts)
+            row["cpu_s"] = statistics.median(cs)
+            row["step_s_all"] = ";".join(f"{t:.4f}" for t in ts)
+            row["cpu_s_all"] = ";".join(f"{t:.4f}" for t in cs)
+            row["GFLOP_s"] = row["GFLOP_step"] / row["step_s"]
+            row["GFLOP_s_cpu"] = row["GFLOP_step"] / row["cpu_s"] if row["cpu_s"] > 0 else float("nan")
+            bar.update(1)
+        rows += depth_rows
+    bar.close()
+    plain = {r["depth"]: r for r in rows if r["variant"] == "plain"}
+    for r in rows:
+        p = plain.get(r["depth"])
+        r["time_vs_plain"] = r["step_s"] / p["step_s"] if p else float("nan")
+        r["cpu_vs_plain"] = r["cpu_s"] / p["cpu_s"] if p and p["cpu_s"] > 0 else float("nan")
+        r["probe_GFLOP_s"] = probes[f"conv{width}"]
+        r["probe_half_GFLOP_s"] = probes[f"conv{half}"]
+    return rows, probes
+
+
+def check_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, as PASS/FAIL lines (only those the measured depths allow)."""
+    by = {(r["variant"], r["depth"]): r for r in rows}
+    out = []
+    if ("reversible", 2) in by and ("reversible", 32) in by:
+        a, b = by[("reversible", 2)]["saved_MiB"], by[("reversible", 32)]["saved_MiB"]
+        rel = abs(b - a) / a
+        out.append(f"{'PASS' if rel <= 0.02 else 'FAIL'} reversible saved memory R=32 vs R=2: {b:.2f} vs {a:.2f} MiB ({100 * rel:.1f}%, target <= 2%)")
+    plain = sorted((r["depth"], r["saved_MiB"]) for r in rows if r["variant"] == "plain")
+    if len(plain) >= 3:
+        xs, ys = [d for d, _ in plain], [s for _, s in plain]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+        sxx = sum((x - mx) ** 2 for x in xs)
+        syy = sum((y - my) ** 2 for y in ys)
+        r2 = sxy * sxy / (sxx * syy) if sxx and syy else float("nan")
+        out.append(f"{'PASS' if r2 > 0.99 else 'FAIL'} plain saved memory linear in depth: {sxy / sxx:.2f} MiB per block, R^2={r2:.4f}")
+    for key, what in (("step_s", "wall"), ("cpu_s", "CPU")):
+        if ("reversible", 8) in by and ("plain", 8) in by and key in by[("plain", 8)]:
+            ratio = by[("reversible", 8)][key] / by[("plain", 8)][key]
+            out.append(f"{'PASS' if ratio <= 1.35 else 'FAIL'} {what} step time reversible/plain at R=8: {ratio:.2f} (target <= 1.35)")
+        for d in sorted({r["depth"] for r in rows if r["depth"] > 0}):
+            if ("memcnn", d) in by and ("reversible", d) in by and key in by[("memcnn", d)]:
+                a, b = by[("reversible", d)][key], by[("memcnn", d)][key]
+                out.append(f"{'PASS' if a <= b else 'FAIL'} R={d}: {what} reversible {a:.3f}s vs memcnn {b:.3f}s (reversible no slower)")
+    return out
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cols = [("variant", "{}"), ("depth", "{}"), ("params_M", "{:.3f}"), ("saved_MiB", "{:.2f}"),
+            ("peak_MiB", "{:.1f}"), ("step_MiB", "{:.1f}"), ("step_s", "{:.3f}"), ("cpu_s", "{:.3f}"),
+            ("time_vs_plain", "{:.2f}"), ("cpu_vs_plain", "{:.2f}"), ("GFLOP_step", "{:.1f}"), ("GFLOP_s", "{:.1f}"),
+            ("GFLOP_s_cpu", "{:.1f}")]
+    cells = [[c for c, _ in cols]] + [[fmt.format(r[c]) for c, fmt in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
+
+
+def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Memory vs depth (saved activations and step peak) and step time vs depth, per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medsr.utils.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = [("saved_MiB", "activations saved for backward (MiB)"),
+              ("step_MiB", "peak memory of the step (MiB)"), ("step_s", "step time (s, median)")]
+    for ax, (key, label) in zip(axes, panels):
+        for variant in VARIANTS:
+            pts = sorted((r["depth"], r[key]) for r in rows if r["variant"] == variant)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=variant)
+        ax.set_xlabel("reversible depth R")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import pandas as pd
+
+    from medsr.utils.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depths", default="0,2,4,8,16,32", help="comma-separated reversible depths R (default %(default)s)")
+    parser.add_argument("--width", type=int, default=64, help="core width K (default %(default)s)")
+    parser.add_argument("--channels", type=int, default=6, help="image channels (6 = DTI; default %(default)s)")
+    parser.add_argument("--patch", type=int, default=24, help="patch side (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per config, median reported (>= 5; default %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all available)")
+    parser.add_argument("--channels-last", action="store_true", help="run in channels_last(_3d) memory layout")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per config (0 = torch default)")
+    parser.add_argument("--2d", dest="two_d", action="store_true", help="benchmark the 2D generators instead (when registered)")
+    parser.add_argument("--csv", type=Path, default=None, help="write the table as CSV here")
+    parser.add_argument("--png", type=Path, default=None, help="write memory/time vs depth plots here")
+
+
+def run(args: argparse.Namespace) -> int:
+    case = "2d" if args.two_d else "3d"
+    if case not in CASES:
+        raise ValueError(f"no {case} generator registered for the memory benchmark (CASES has {sorted(CASES)})")
+    try:
+        depths = sorted({int(d) for d in str(args.depths).split(",") if d.strip()})
+    except ValueError:
+        raise ValueError(f"--depths must be comma-separated integers, got {args.depths!r}") from None
+    if not depths or min(depths) < 0:
+        raise ValueError(f"--depths must be non-negative integers, got {args.depths!r}")
+    if args.repeats < 5:
+        raise ValueError(f"--repeats must be >= 5 for a meaningful median, got {args.repeats}")
+    if args.width % 2 and max(depths) > 0:
+        raise ValueError(f"--width must be even (the reversible core splits channels in half), got {args.width}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    variants = None
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        bad = [v for v in variants if v not in VARIANTS]
+        if bad:
+            raise ValueError(f"--variants: unknown {bad}; expected a subset of {list(VARIANTS)}")
+        if "memcnn" in variants and not memcnn_available():
+            raise ValueError("--variants memcnn: memcnn is not installed (pip install memcnn --no-deps)")
+    elif not memcnn_available():
+        print("memcnn not installed: comparing reversible vs plain only", file=sys.stderr)
+    for out in (args.csv, args.png):
+        if out is not None and not out.parent.is_dir():
+            raise FileNotFoundError(f"{out}: output folder does not exist")
+
+    rows, probes = run_benchmark(
+        case=case, depths=depths, width=args.width, channels=args.channels, patch=args.patch,
+        repeats=args.repeats, device=device, variants=variants, channels_last=args.channels_last,
+        threads=args.threads,
+    )
+    mem = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS of a fresh subprocess"
+    print(f"medsr bench memory: {case}, K={args.width}, C={args.channels}, patch {args.patch}, batch 1, "
+          f"device {device}, threads {args.threads or torch.get_num_threads()}, "
+          f"{'channels_last' if args.channels_last else 'contiguous'}; peak = {mem}")
+    print(format_table(rows))
+    print("conv probe (forward, 3^d, same layout): " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in probes.items()))
+    for line in check_targets(rows):
+        print(line)
+    if args.csv is not None:
+        write_csv(rows, args.csv)
+        print(f"wrote {args.csv}")
+    if args.png is not None:
+        write_png(rows, args.png, f"memory vs depth ({case}, K={args.width}, patch {args.patch}^{CASES[case].spatial_dims}, {device})")
+        print(f"wrote {args.png}")
+    return 0
