@@ -85,6 +85,22 @@ def test_memory_efficient_generator_gradients_match_float64():
         assert used == 1 + 4 + 3 * 8  # input, encoder + decoder (w, b each), 3 blocks x 8 tensors
 
 
+def test_cycle_loss_through_both_directions_matches_plain():
+    """forward then reverse uses the shared core twice (C then C^-1) in one graph."""
+    kw = dict(in_channels=2, width=8, depth=2)
+    a = create_model("rev_srcnn3d", memory_efficient=True, **kw).double()
+    b = create_model("rev_srcnn3d", memory_efficient=False, **kw).double()
+    with torch.no_grad():
+        for p in a.parameters():
+            p.normal_(0, 0.1)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 2, 6, 6, 6, dtype=torch.float64)
+    for m in (a, b):
+        (m.reverse(m(x)) - x).abs().mean().backward()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-8 * q.grad.abs().max() + 1e-13
+
+
 def test_checkpoint_entry_rebuilds_model():
     kwargs = dict(in_channels=6, width=8, depth=2, memory_efficient=True)
     m = create_model("rev_srcnn3d", **kwargs)

@@ -216,6 +216,20 @@ def test_bf16_autocast_forward_backward_cpu():
         assert (g - r).norm() <= 0.05 * r.norm() + 1e-6
 
 
+def test_bf16_autocast_keeps_the_coupling_stream_in_float32():
+    """bf16 sums would round away the low bits that inversion needs; the stream stays float32."""
+    core = _randomise(make_core(8, 16, 3, "instance"), std=0.05)
+    h = torch.relu(torch.randn(_shape(3))).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = core(h)
+        err = (core.inverse(y) - h.float()).abs().max().item()
+    assert y.dtype == torch.float32
+    assert err < 1e-2 * y.abs().max().item()
+    # Without autocast a bf16 model keeps its dtype (no silent upcast).
+    core16 = make_core(8, 2, 3).bfloat16()
+    assert core16(h).dtype == torch.bfloat16
+
+
 def test_batch_norm_rejected():
     with pytest.raises(ValueError, match="batch norm"):
         make_core(8, 2, 3, norm="batch")

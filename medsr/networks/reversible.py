@@ -25,13 +25,17 @@ Why it is safe where memcnn is not:
 * the caller's input is never freed or modified in place (a ReLU right before the core saved that
   tensor for its own backward; memcnn frees its storage and breaks it);
 * under ``torch.no_grad()`` / eval, or when nothing needs a gradient, the blocks simply run;
-* autocast (bf16/fp16) is captured at forward and re-entered for the recomputation;
+* autocast (bf16/fp16) is captured at forward and re-entered for the recomputation; the branches
+  run in low precision while the coupling sums stay in float32, so inversion stays accurate;
 * every trainable parameter is an explicit input of the Function and receives its gradient as a
   return value of ``backward``, so DDP's per-parameter hooks fire, gradient accumulation adds to
   ``.grad`` as usual, ``torch.autograd.grad(loss, params)`` works, and frozen parameters
   (``requires_grad=False``) are skipped;
 * no batch norm inside blocks (recomputation would update its running statistics twice):
   asking for it raises ``ValueError``.
+
+Branches must be deterministic functions of their input (no dropout, no batch norm): the
+backward pass recomputes them.
 
 Double backward (``create_graph=True``) through the memory-saving path is not supported; use
 ``memory_efficient=False`` for that (the same blocks through plain autograd).
@@ -283,9 +287,16 @@ class ReversibleSequence(nn.Module):
         if len(self.blocks) == 0:
             return x
         steps = self._steps(inverse)
+        amp = _autocast_state(x.device.type)
+        if amp[1] and x.dtype in (torch.float16, torch.bfloat16):
+            # Under autocast the branches run in low precision, but the coupling sums (the
+            # residual stream) stay in float32: a bf16 sum y1 = x1 + F(x2) would round away x1's
+            # low bits, so inverting it (x1 = y1 - F(x2)) could not rebuild x1 and the error would
+            # grow with depth. Only under autocast: a model cast to bf16 keeps its own dtype.
+            x = x.float()
         params = [p for p in self.parameters() if p.requires_grad]
         if self.memory_efficient and torch.is_grad_enabled() and (x.requires_grad or params):
-            return _ReversibleFunction.apply(x, steps, _autocast_state(x.device.type), *params)
+            return _ReversibleFunction.apply(x, steps, amp, *params)
         # Plain path: no_grad / eval / nothing to differentiate, or memory_efficient=False.
         h = list(_split(x))
         for step in steps:
