@@ -1,4 +1,7 @@
-"""``medsr bench NAME``: dispatch to one benchmark module under ``pipelines/bench``."""
+"""``medsr bench NAME [options]``: dispatch to one benchmark module under ``pipelines/bench``.
+
+Only the chosen benchmark's module is imported, so one benchmark's dependencies never stop another.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,13 +16,16 @@ BENCHES: dict[str, str] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", required=True, metavar="NAME")
-    for name, help_line in BENCHES.items():
-        p = sub.add_parser(name, help=help_line, description=help_line)
-        module = importlib.import_module(f"pipelines.bench.{name}")
-        module.add_arguments(p)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "benchmarks:\n" + "\n".join(f"  {n:<8} {h}" for n, h in BENCHES.items()) + (
+        "\n\nRun 'medsr bench NAME --help' for the options of one benchmark."
+    )
+    parser.add_argument("bench", choices=list(BENCHES), metavar="NAME", help="one of: " + ", ".join(BENCHES))
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="options of that benchmark")
 
 
 def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"pipelines.bench.{args.bench}")
-    return int(module.run(args) or 0)
+    sub = argparse.ArgumentParser(prog=f"medsr bench {args.bench}", description=BENCHES[args.bench])
+    module.add_arguments(sub)
+    return int(module.run(sub.parse_args(args.options)) or 0)
