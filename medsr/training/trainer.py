@@ -123,6 +123,8 @@ class Trainer:
             d_in = self.mode.discriminator_in_channels(data.channels)
             self.disc_kwargs = resolve_kwargs(cfg.discriminator.kwargs, d_in, "discriminator.kwargs",
                                               f"mode {t.mode!r} with {where}")
+            if self.disc_kwargs.get("patch_size") == "auto":  # depth of the PatchGAN follows the patches
+                self.disc_kwargs["patch_size"] = int(data.info.get("patch_size", cfg.data.patch_size))
             for name in self.mode.discriminators:
                 self.discs[name] = _build_net(cfg.discriminator.name, self.disc_kwargs, "discriminator").to(device)
         self.gen_wrapped = wrap_ddp(Directions(self.generator), dist, device, self.mode.find_unused)

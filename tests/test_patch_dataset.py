@@ -1,0 +1,181 @@
+"""Brain-patch dataset, resumable sampler and DTI-aware flips."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from medsr.config import load_config
+from medsr.data import build_dataset
+from medsr.data.augment import flip_normalised, flip_volume
+from medsr.data.patch_dataset import load_subjects
+from medsr.data.sampler import EpochBatchSampler
+from medsr.data.synthetic import make_prepared_dataset
+from medsr.dti import matrix_to_tensor6, tensor6_to_matrix
+from medsr.io import load_mask, load_volume
+from medsr.manifest import read_manifest_raw, write_manifest
+from medsr.normalise import brain_stats
+from medsr.patches import patch_fractions
+
+SINGLE = SimpleNamespace(rank=0, world_size=1)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return make_prepared_dataset(tmp_path_factory.mktemp("prep"), 2, (32, 32, 32), "dti", patch_size=8)
+
+
+def _cfg(manifest, **data):
+    return load_config({"data": {"manifest": str(manifest), "patch_size": 8, **data}, "train": {"batch_size": 2}})
+
+
+def test_grid_patches_are_colocated_normalised_and_in_brain(manifest):
+    td = build_dataset(_cfg(manifest), SINGLE)
+    ds = td.dataset
+    assert td.channels == 6 and td.info == {**td.info, "factor": 2, "patch_size": 8, "channels": 6, "kind": "dti"}
+    df = read_manifest_raw(manifest)
+    # The non-overlapping grid with the 1 % rule: the manifest's own count at this patch size.
+    assert ds.n_grid == len(ds) == int(df["n_patches"].sum())
+    # Statistics are over the brain voxels of the training subjects, in original units.
+    subs = [(load_volume(manifest.parent / r.hr).data, load_mask(manifest.parent / r.mask)) for r in df.itertuples()]
+    ref = brain_stats(subs)
+    np.testing.assert_allclose(td.norm["y"].mean, ref.mean, rtol=1e-5)
+    np.testing.assert_allclose(td.norm["y"].std, ref.std, rtol=1e-5)
+    lr_up0 = load_volume(manifest.parent / df["lr_up"][0]).data
+    hr0 = subs[0][0]
+    for item in range(0, ds.n_grid, 7):
+        si, o = ds.position(item, 0)
+        sample = ds[(item, item, 5, 5)]
+        sl = (slice(None),) + tuple(slice(int(a), int(a) + 8) for a in o)
+        assert patch_fractions(subs[si][1], o[None], 8)[0] >= 0.01
+        if si == 0:  # x = lr_up and y = hr at the same place, normalised
+            np.testing.assert_allclose(td.norm["x"].denormalise(sample["x"].numpy()), lr_up0[sl], rtol=1e-4, atol=1e-9)
+            np.testing.assert_allclose(td.norm["y"].denormalise(sample["y"].numpy()), hr0[sl], rtol=1e-4, atol=1e-9)
+
+
+def test_random_positions_follow_the_brain_rule(manifest):
+    td = build_dataset(_cfg(manifest, sampling="random", random_per_subject=10, min_brain_fraction=0.5), SINGLE)
+    ds = td.dataset
+    assert ds.n_grid == 0 and len(ds) == 20
+    masks = [s.mask for s in ds.subjects]
+    origins = set()
+    for item in range(len(ds)):
+        si, o = ds.position(item, 1000 + item)
+        assert patch_fractions(masks[si], o[None], 8)[0] >= 0.5
+        origins.add((si, *o.tolist()))
+        assert ds[(item, item, 1000 + item, 1000 + item)]["x"].shape == (6, 8, 8, 8)
+    assert len(origins) > 10  # positions really vary
+
+
+def test_sampler_shards_resumes_and_pairs():
+    s = EpochBatchSampler(23, 3, seed=4)
+    s.set_epoch(2)
+    full = list(s)
+    assert len(full) == s.steps_per_epoch == 7
+    s.set_epoch(2, start_batch=4)
+    assert list(s) == full[4:]  # resuming mid-epoch replays the same batches
+    s.set_epoch(3)
+    assert list(s) != full  # a new permutation per epoch
+    assert all(ix == iy and sx == sy for b in full for ix, iy, sx, sy in b)
+    # Two ranks split an epoch without overlap, and together hold what one rank at 2x batch holds.
+    ranks = [EpochBatchSampler(24, 3, seed=1, rank=r, world_size=2) for r in range(2)]
+    one = EpochBatchSampler(24, 6, seed=1)
+    for k in range(4):
+        a = ranks[0].epoch_items(0)[3 * k:3 * k + 3]
+        b = ranks[1].epoch_items(0)[3 * k:3 * k + 3]
+        assert sorted(a + b) == sorted(one.epoch_items(0)[6 * k:6 * k + 6])
+    assert not set(ranks[0].epoch_items(0)) & set(ranks[1].epoch_items(0))
+    # Unpaired: X and Y are drawn independently and never the same item.
+    u = EpochBatchSampler(30, 1, seed=0, unpaired=True)
+    items = u.epoch_items(0)
+    assert all(ix != iy for ix, iy, _, _ in items)
+    assert sorted(iy for _, iy, _, _ in items) == list(range(30))
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        EpochBatchSampler(3, 2, world_size=4)
+
+
+def test_unpaired_dataset_draws_x_and_y_apart(manifest):
+    cfg = _cfg(manifest)
+    cfg.train.mode = "unpaired"
+    td = build_dataset(cfg, SINGLE)
+    (ix, iy, sx, sy), = next(iter(EpochBatchSampler(len(td.dataset), 1, unpaired=True)))
+    pair = td.dataset[(ix, iy, sx, sy)]
+    colocated = td.dataset[(ix, ix, sx, sx)]
+    assert torch.equal(pair["x"], colocated["x"]) and not torch.equal(pair["y"], colocated["y"])
+
+
+def _field(shape):
+    """A smooth SPD tensor field D(p) (3, 3, X, Y, Z) of centred coordinates p, and p itself."""
+    p = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij"), 0)
+    a = np.empty((3, 3) + shape)
+    for i in range(3):
+        for j in range(3):
+            a[i, j] = np.sin(0.3 * (i + 1) * p[0] + 0.2 * (j + 2) * p[1] - 0.1 * (i + j) * p[2] + i - j)
+    a += 2 * np.eye(3).reshape(3, 3, 1, 1, 1)
+    return np.einsum("ik...,jk...->ij...", a, a)
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (2,), (0, 2), (0, 1, 2)])
+def test_dti_flip_equals_the_physically_reflected_field(axes):
+    shape = (5, 6, 7)
+    d = _field(shape)
+    vol6 = matrix_to_tensor6(np.moveaxis(d, (0, 1), (-2, -1))).astype(np.float32)  # (6, X, Y, Z) FSL order
+    # Physical reflection P: the tensor found at P r is P D(r) P^T.
+    pm = np.diag([(-1.0 if a in axes else 1.0) for a in range(3)])
+    moved = np.flip(d, axis=tuple(a + 2 for a in axes))  # D evaluated at the mirrored position
+    expected = np.einsum("ia,ab...,bj->ij...", pm, moved, pm.T)
+    got = flip_volume(vol6, axes, dti=True)
+    got_m = np.moveaxis(tensor6_to_matrix(got), (-2, -1), (0, 1))
+    np.testing.assert_allclose(got_m, expected, rtol=1e-5, atol=1e-5)
+    # A plain array flip moves the tensors but leaves their orientation wrong (except for the
+    # point reflection -I of all three axes, which leaves every tensor unchanged).
+    plain = np.moveaxis(tensor6_to_matrix(np.flip(vol6, tuple(a + 1 for a in axes))), (-2, -1), (0, 1))
+    assert np.allclose(plain, expected, atol=1e-3) == (len(axes) == 3)
+    # Eigenvalues (MD, FA) are unchanged by the reflection.
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(np.moveaxis(got_m, (0, 1), (-2, -1))), -1),
+                               np.sort(np.linalg.eigvalsh(np.moveaxis(expected, (0, 1), (-2, -1))), -1), rtol=1e-4)
+    # In normalised space the same flip is an affine map of each negated channel.
+    mean, std = vol6.mean((1, 2, 3)), vol6.std((1, 2, 3))
+    norm = (vol6 - mean[:, None, None, None]) / std[:, None, None, None]
+    np.testing.assert_allclose(flip_normalised(norm, axes, True, mean, std) * std[:, None, None, None] + mean[:, None, None, None],
+                               got, rtol=1e-4, atol=1e-4)
+
+
+def test_dataset_flip_augmentation_uses_signed_flips(manifest):
+    td = build_dataset(_cfg(manifest, flip=True), SINGLE)
+    ds = td.dataset
+    seeds = [s for s in range(200) if ds._bits(s) == 0b001][:1]  # a seed that flips x only
+    si, o = ds.position(3, seeds[0])
+    sample = ds[(3, 3, seeds[0], seeds[0])]
+    raw = td.norm["y"].denormalise(ds.subjects[si].y)[:, o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8]
+    np.testing.assert_allclose(td.norm["y"].denormalise(sample["y"].numpy()), flip_volume(raw, (0,), True),
+                               rtol=1e-4, atol=1e-9)
+
+
+def test_bad_inputs_are_named(manifest, tmp_path):
+    df = read_manifest_raw(manifest)
+    rows = df.to_dict("records")
+    for r in rows:
+        for c in ("hr", "lr", "lr_up", "mask"):
+            r[c] = str(manifest.parent / r[c])
+    rows[1]["hr"] = str(tmp_path / "gone" / "hr.nii.gz")
+    bad = write_manifest(tmp_path / "m1" / "manifest.csv", rows)
+    with pytest.raises(FileNotFoundError, match="sub01.*hr.*missing"):
+        load_subjects(bad)
+    # A subject whose mask leaves no patch at the threshold is named.
+    rows[1]["hr"] = str(manifest.parent / df["hr"][1])
+    import nibabel as nib
+
+    m = nib.load(rows[1]["mask"])
+    empty = tmp_path / "empty_mask.nii.gz"
+    small = np.zeros(m.shape, np.uint8)
+    small[16, 16, 16] = 1
+    nib.save(nib.Nifti1Image(small, m.affine), empty)
+    rows[1]["mask"] = str(empty)
+    bad2 = write_manifest(tmp_path / "m2" / "manifest.csv", rows)
+    with pytest.raises(ValueError, match="sub01.*no 8\\^3 patch"):
+        build_dataset(_cfg(bad2), SINGLE)
+    with pytest.raises(ValueError, match="data.subjects.*nobody"):
+        build_dataset(_cfg(manifest, subjects=["nobody"]), SINGLE)
