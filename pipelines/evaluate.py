@@ -31,6 +31,19 @@ def parse_baselines(text: str | None) -> list[str]:
     return names
 
 
+def select_subjects(df: pd.DataFrame, subjects: Sequence[str] | None, manifest: str | Path) -> pd.DataFrame:
+    """Rows of ``subjects`` (all rows when None); an unknown subject or an empty result is an error."""
+    if subjects:
+        known = set(df["subject"].astype(str))
+        unknown = [s for s in subjects if s not in known]
+        if unknown:
+            raise ValueError(f"{manifest}: no ok subject {unknown[0]!r}")
+        df = df[df["subject"].astype(str).isin(list(subjects))].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"{manifest}: manifest has no subject with status ok")
+    return df
+
+
 def prediction_paths(subjects: Sequence[str], predictions: str | Path) -> dict[str, Path]:
     """``<predictions>/<subject>.nii.gz`` (or ``.nii``) per subject; a missing one is an error naming it."""
     predictions = Path(predictions)
@@ -61,6 +74,7 @@ def evaluate_manifest(
     model_name: str | None = None,
     baselines: Sequence[str] = BASELINES,
     figures: str | Path | None = None,
+    subjects: Sequence[str] | None = None,
     quiet: bool = False,
 ) -> pd.DataFrame:
     """Score a model's predictions and the baselines on every ``ok`` subject of a manifest.
@@ -71,6 +85,7 @@ def evaluate_manifest(
         model_name: the model column's value (default: the predictions folder's name).
         baselines: any of ``nn``, ``linear``, ``cubic``.
         figures: write ``<figures>/<subject>.png`` (:func:`medsr.report.subject_figure`).
+        subjects: only these manifest subjects (e.g. the test split); default every ``ok`` subject.
 
     Returns:
         DataFrame, one row per (model, subject), columns ``model, subject`` + metrics.
@@ -81,8 +96,7 @@ def evaluate_manifest(
     from medsr.metrics import evaluate_volumes
 
     df = read_manifest(manifest)
-    if df.empty:
-        raise ValueError(f"{manifest}: manifest has no subject with status ok")
+    df = select_subjects(df, subjects, manifest)
     subjects = [str(s) for s in df["subject"]]
     preds = prediction_paths(subjects, predictions) if predictions is not None else {}
     name = model_name or (Path(predictions).resolve().name if predictions is not None else "")

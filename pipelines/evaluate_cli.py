@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baselines", default="nn,linear,cubic",
                         help="comma list of nn, linear, cubic, or 'none' (default nn,linear,cubic)")
     parser.add_argument("--model-name", default=None, help="model column value (default: predictions folder name)")
+    parser.add_argument("--subjects", nargs="+", default=None, metavar="ID",
+                        help="manifest form: only these subjects (e.g. the test split)")
     parser.add_argument("--figures", default=None, help="also write <subject>.png figures to this folder")
     parser.add_argument("--pred", help="single-volume form: the prediction")
     parser.add_argument("--target", help="single-volume form: the HR truth")
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if args.csv is None and args.figures is None:
             raise UserError("give --csv (and/or --figures) for the results")
         df = evaluate_manifest(args.manifest, args.predictions, model_name=args.model_name,
-                               baselines=baselines, figures=args.figures, quiet=args.quiet)
+                               baselines=baselines, figures=args.figures, subjects=args.subjects,
+                               quiet=args.quiet)
     if args.csv:
         csv, summ = write_results(df, args.csv, overwrite=args.overwrite)
     print(format_summary(summarise(df)))

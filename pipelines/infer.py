@@ -32,7 +32,10 @@ def _strip_nifti(name: str) -> str | None:
     return None
 
 
-def collect_items(src: str | Path, out: str | Path, *, reverse: bool = False, input_grid: str = "auto") -> list[InferItem]:
+def collect_items(
+    src: str | Path, out: str | Path, *, reverse: bool = False, input_grid: str = "auto",
+    subjects: list[str] | None = None,
+) -> list[InferItem]:
     """Resolve ``src`` into work items.
 
     Args:
@@ -42,6 +45,7 @@ def collect_items(src: str | Path, out: str | Path, *, reverse: bool = False, in
         out: the output file (single mode, ``.nii``/``.nii.gz``) or folder (batch mode).
         reverse: run G (HR -> LR-up).
         input_grid: grid of the inputs for single/folder mode.
+        subjects: batch mode: only these subjects (manifest ``subject`` / file names without extension).
 
     Raises:
         FileNotFoundError: ``src`` does not exist. ValueError: no inputs, a bad output name, or two
@@ -54,10 +58,9 @@ def collect_items(src: str | Path, out: str | Path, *, reverse: bool = False, in
         from medsr.manifest import read_manifest
 
         df = read_manifest(src)
-        if df.empty:
-            raise ValueError(f"{src}: manifest has no subject with status ok")
         col = "hr" if reverse else "lr_up"
-        return [InferItem(str(r["subject"]), Path(r[col]), "hr", out / f"{r['subject']}.nii.gz") for _, r in df.iterrows()]
+        items_m = [InferItem(str(r["subject"]), Path(r[col]), "hr", out / f"{r['subject']}.nii.gz") for _, r in df.iterrows()]
+        return _only(items_m, subjects, src)
     if src.is_dir():
         items: dict[str, InferItem] = {}
         for p in sorted(src.iterdir()):
@@ -71,12 +74,24 @@ def collect_items(src: str | Path, out: str | Path, *, reverse: bool = False, in
             raise ValueError(f"{src}: no .nii or .nii.gz file in this folder")
         if out.exists() and not out.is_dir():
             raise ValueError(f"{out}: batch mode writes a folder, but this is a file")
-        return list(items.values())
+        return _only(list(items.values()), subjects, src)
     if _strip_nifti(src.name) is None:
         raise ValueError(f"{src}: expected a .nii/.nii.gz file, a folder, or a manifest.csv")
     if _strip_nifti(out.name) is None:
         raise ValueError(f"{out}: the output must be a .nii or .nii.gz file for a single input")
     return [InferItem(_strip_nifti(src.name) or src.name, src, input_grid, out)]
+
+
+def _only(items: list[InferItem], subjects: list[str] | None, src: Path) -> list[InferItem]:
+    if subjects:
+        known = {it.subject for it in items}
+        unknown = [s for s in subjects if s not in known]
+        if unknown:
+            raise ValueError(f"{src}: no input for subject {unknown[0]!r}")
+        items = [it for it in items if it.subject in set(subjects)]
+    if not items:
+        raise ValueError(f"{src}: no input to process (no ok subject)")
+    return items
 
 
 def run_inference(
@@ -90,6 +105,7 @@ def run_inference(
     overlap: float | None = None,
     input_grid: str = "auto",
     overwrite: bool = False,
+    subjects: list[str] | None = None,
     quiet: bool = False,
 ) -> list[Path]:
     """Run a checkpoint over one or many volumes and write float32 NIfTIs on the HR grid.
@@ -100,7 +116,7 @@ def run_inference(
     from medsr.inference import Predictor, choose_window
     from medsr.io import load_volume, save_volume
 
-    items = collect_items(src, out, reverse=reverse, input_grid=input_grid)
+    items = collect_items(src, out, reverse=reverse, input_grid=input_grid, subjects=subjects)
     if not overwrite:
         existing = [str(it.out) for it in items if it.out.exists()]
         if existing:

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="window overlap fraction in [0, 1); default 0.5 with instance norm, else 0.25")
     parser.add_argument("--input-grid", choices=["auto", "lr", "hr"], default="auto",
                         help="grid of the input files (default auto; manifests are always lr_up = HR grid)")
+    parser.add_argument("--subjects", nargs="+", default=None, metavar="ID",
+                        help="batch mode: only these subjects (e.g. a manifest's test split)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or window report")
 
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--window takes 1 or 3 integers, got {len(args.window)}")
     written = run_inference(
         args.checkpoint, args.input, args.output, reverse=args.reverse, device=args.device, window=window,
-        overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, quiet=args.quiet,
+        overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=args.subjects,
+        quiet=args.quiet,
     )
     if not args.quiet:
         print(f"wrote {len(written)} volume(s)" + (f": {written[0]}" if len(written) == 1 else f" to {args.output}"))

@@ -105,8 +105,10 @@ def test_single_volume_form(prepped, tmp_path, capsys) -> None:
     assert len(one) == 1 and one["md_rmse"].iloc[0] > 0
     # It agrees with the manifest form's cubic baseline for the same subject.
     base = tmp_path / "base.csv"
-    assert main(["evaluate", "--manifest", str(prepped), "--baselines", "cubic", "--csv", str(base), "--quiet"]) == 0
+    assert main(["evaluate", "--manifest", str(prepped), "--baselines", "cubic", "--csv", str(base), "--quiet",
+                 "--subjects", "sub02"]) == 0
     b = pd.read_csv(base, dtype={"subject": str})
+    assert list(b["subject"]) == ["sub02"] and list(b["model"]) == ["cubic"]
     assert one["rmse_interior"].iloc[0] == pytest.approx(b[b.subject == "sub02"]["rmse_interior"].iloc[0], rel=1e-5)
 
 
