@@ -53,6 +53,7 @@ last convolution zero-initialised, so a fresh core is exactly the identity.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -167,11 +168,15 @@ def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype | None]:
         if device_type == "cuda":
             return device_type, torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
         return device_type, False, None
+    except RuntimeError:  # a device without autocast (e.g. "meta" for shape-only runs)
+        return device_type, False, None
 
 
 def _autocast(state: tuple[str, bool, torch.dtype | None]):
     device_type, enabled, dtype = state
-    return torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled)
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype, enabled=True)
 
 
 def _apply_step(step: _Step, h: list[torch.Tensor]) -> None:
