@@ -110,6 +110,14 @@ def run_subjects(
                     r[c] = str(out_dir / r[c])
     todo = [s for s in subjects if overwrite or not _is_done(rows.get(s), out_dir, s)]
     skipped = len(subjects) - len(todo)
+    # Un-mark subjects about to be redone, so a run interrupted half-way through rewriting a subject
+    # can never leave an "ok" row over a mix of old and new files: the next run retries them.
+    stale = [s for s in todo if s in rows]
+    for s in stale:
+        rows[s] = dict(empty_row(s), status="failed", kind=kind, factor=factor,
+                       error=f"subject {s}: not finished (the run preparing it was interrupted)")
+    if stale:
+        write_manifest(manifest, rows.values())
     if skipped:
         print(f"{desc}: {skipped} subject(s) already done, skipped (use --overwrite to redo)", file=sys.stderr)
 

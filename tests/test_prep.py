@@ -219,6 +219,28 @@ def test_output_inside_input_is_not_a_subject(tmp_path, small64d):
     assert read_manifest_raw(out / "manifest.csv")["subject"].tolist() == ["s1"]
 
 
+def test_interrupted_redo_is_not_left_ok(tmp_path):
+    """A subject being redone is un-marked first: an interrupted --overwrite run leaves it 'failed'."""
+    from data_prep.runner import run_subjects
+
+    def ok(subject, out_dir, progress):
+        for name in ("hr", "lr", "lr_up", "mask"):
+            (out_dir / subject).mkdir(parents=True, exist_ok=True)
+            (out_dir / subject / f"{name}.nii.gz").write_bytes(b"x")
+        return {"subject": subject, "status": "ok", "kind": "scalar", "factor": 2}
+
+    def interrupted(subject, out_dir, progress):
+        raise KeyboardInterrupt
+
+    assert run_subjects(["a", "b"], ok, tmp_path, kind="scalar", factor=2) == 0
+    with pytest.raises(KeyboardInterrupt):
+        run_subjects(["a", "b"], interrupted, tmp_path, kind="scalar", factor=2, overwrite=True)
+    df = read_manifest_raw(tmp_path / "manifest.csv")
+    assert df["status"].tolist() == ["failed", "failed"] and "interrupted" in df.loc[0, "error"]
+    assert run_subjects(["a", "b"], ok, tmp_path, kind="scalar", factor=2) == 0  # retried, not skipped
+    assert read_manifest_raw(tmp_path / "manifest.csv")["status"].tolist() == ["ok", "ok"]
+
+
 def test_bench_prep_small(tmp_path):
     """The benchmark end to end at a tiny size: it generates, preps in a subprocess and reports."""
     import argparse
