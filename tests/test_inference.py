@@ -216,3 +216,10 @@ def test_cli_errors_are_one_line_and_leave_no_file(tmp_path, capsys, oblique) ->
     assert main(["infer", "--checkpoint", str(tmp_path / "nope.pt"), "--input", str(good), "--output",
                  str(tmp_path / "x.nii.gz")]) == 2
     assert "nope.pt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_bench_infer_plans_the_default_windows(capsys) -> None:
+    # The benchmark's cheap part: the default rule beats the cubic windows on overlap at HCP size.
+    assert main(["bench", "infer", "--plan-only", "--configs", "48:0.25,auto"]) == 0
+    lines = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert float(lines["auto:auto"][4]) < 1.2 < 2.0 < float(lines["48:0.25"][4])

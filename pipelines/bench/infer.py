@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-DEFAULT_CONFIGS = "24:0.5,48:0.25,64:0.25,96:0.25,auto"
+DEFAULT_CONFIGS = "auto,64:0.25"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-limit-gb", type=float, default=4.0, help="peak RSS target (default 4)")
     parser.add_argument("--target-fraction", type=float, default=0.5, help="throughput target (default 0.5)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="print each choice's windows and overlap factor (no inference) and exit")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: one measured run
 
 
@@ -178,6 +180,18 @@ def _parse_configs(text: str) -> list[tuple[str, float | None]]:
     return out
 
 
+def _print_plans(shape: tuple[int, int, int], base: dict, configs: list[tuple[str, float | None]]) -> None:
+    """The windows each choice runs and its overlap factor (compute relative to one pass)."""
+    from medsr.inference import choose_window
+
+    ck = {"model": {"kwargs": {"width": base["width"], "norm": base["norm"]}}, "data": {"patch_size": 24}}
+    print(f"{'config':<12}{'window':<14}{'ovl':>5}{'wins':>6}{'ovl.f':>7}  reason")
+    for window, overlap in configs:
+        plan = choose_window(shape, ck, None if window == "auto" else int(window), overlap)
+        print(f"{window + ':' + ('auto' if overlap is None else str(overlap)):<12}{'x'.join(map(str, plan.roi)):<14}"
+              f"{plan.overlap:>5.2f}{plan.n_windows:>6}{plan.overlap_factor:>7.2f}  {plan.reason}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.child:
         return _child(args.child)
@@ -188,6 +202,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--shape must be X,Y,Z, got {args.shape!r}")
     base = {"shape": shape, "channels": args.channels, "model": args.model, "depth": args.depth,
             "width": args.width, "norm": args.norm, "threads": args.threads}
+    configs = _parse_configs(args.configs)
+    _print_plans(shape, base, configs)
+    if args.plan_only:
+        return 0
     model, _ = _build(base)
     fpv, closed = flops_per_voxel(model, args.channels)
     del model
@@ -201,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     from tqdm import tqdm
 
-    for window, overlap in tqdm(_parse_configs(args.configs), desc="configs", unit="run"):
+    for window, overlap in tqdm(configs, desc="configs", unit="run"):
         spec = json.dumps(dict(base, window=window, overlap=overlap))
         cmd = [sys.executable, "-m", "pipelines.bench.infer", "--child", spec]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
