@@ -94,6 +94,10 @@ def subject_figure(
             [(s, "gray", lo, hi) for s in _slices(m, centre)] + [(s, "magma", 0.0, emax) for s in _slices(e, centre)]
         ):
             ax = axes[row, j]
+            if row >= 2 and m is truth:  # the truth's own error is zero: say so instead of a black panel
+                ax.axis("off")
+                ax.text(0.5, 0.5, "(reference)", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+                continue
             aspect = vy / vx if row % 2 == 0 else vz / vy  # axial shows (X, Y), sagittal (Y, Z)
             ax.imshow(img.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
             ax.set_xticks([])

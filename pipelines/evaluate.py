@@ -166,10 +166,12 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 
 def _pm(mean: float, std: float) -> str:
+    """``mean ± std`` with 4 significant digits; scientific notation for tiny values (DTI in mm^2/s)."""
     if not np.isfinite(mean):
         return f"{mean}"
-    digits = max(3 - int(np.floor(np.log10(abs(mean)))) if mean != 0 else 3, 2)
-    digits = min(digits, 8)
+    if mean != 0 and (abs(mean) < 1e-2 or abs(mean) >= 1e5):
+        return f"{mean:.3e} ± {std:.1e}"
+    digits = min(max(3 - int(np.floor(np.log10(abs(mean)))) if mean != 0 else 3, 2), 8)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
