@@ -1,0 +1,66 @@
+"""DDP on gloo: 2 CPU ranks at batch b reach the weights of 1 process at batch 2b."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from medsr.checkpoint import load_checkpoint
+from medsr.data.synthetic import make_prepared_dataset
+from pipelines.train import train
+
+MODES = ("paired_l1", "paired")
+
+
+def _config(manifest: Path, out: Path, mode: str, batch: int) -> dict:
+    return {
+        "output_dir": str(out),
+        "data": {"manifest": str(manifest), "patch_size": 8},
+        # No instance norm here: a bias before a norm has a zero gradient up to rounding, which Adam
+        # amplifies to +-lr steps, so such biases would differ by rounding noise, not by a DDP error.
+        "model": {"name": "rev_srcnn3d", "kwargs": {"width": 4, "depth": 2, "norm": "none", "residual": False}},
+        "discriminator": {"name": "patchgan3d", "kwargs": {"width": 4, "patch_size": "auto", "norm": "none"}},
+        "train": {"mode": mode, "batch_size": batch, "max_steps": 3, "n_epochs": 1, "checkpoint_every": 100,
+                  "threads": 1, "samples": False, "device": "cpu"},
+    }
+
+
+def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    # The caller owns the process group here (as a launcher script would); train() joins it as is.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        for mode in MODES:
+            train(_config(Path(manifest), Path(root) / f"ddp_{mode}", mode, batch=2))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_equal_one_process_at_double_batch(tmp_path):
+    manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), "dti", patch_size=8)
+    mp.spawn(_rank_main, args=(2, _free_port(), str(manifest), str(tmp_path)), nprocs=2, join=True)
+    for mode in MODES:
+        single = train(_config(manifest, tmp_path / f"single_{mode}", mode, batch=4))
+        a = load_checkpoint(single / "last.pt")
+        b = load_checkpoint(tmp_path / f"ddp_{mode}" / "last.pt")
+        assert a["step"] == b["step"] == 3 and len(b["rng"]["per_rank"]) == 2 and b["rng"]["world_size"] == 2
+        nets = [("model", a["model"], b["model"])]
+        nets += [(d, a["discriminators"][d], b["discriminators"][d]) for d in a["discriminators"]]
+        for name, na, nb in nets:
+            for k, va in na["state_dict"].items():
+                torch.testing.assert_close(nb["state_dict"][k], va, rtol=1e-5, atol=1e-5, msg=f"{mode} {name}.{k}")
+        # The weights really moved (the comparison is not between two untouched initialisations).
+        first = next(iter(a["model"]["state_dict"]))
+        init = a["model"]["state_dict"][first]
+        assert a["optimizers"]["G"]["state"][0]["step"] == 3 and init.abs().sum() > 0
