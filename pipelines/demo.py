@@ -1,0 +1,387 @@
+"""The one-command demo: DTI phantom -> prep hcp -> train -> infer -> evaluate -> figures -> summary.
+
+Everything runs through the same Python APIs as the verbs (``data_prep.phantom.generate``,
+``data_prep.runner.run_subjects`` with ``data_prep.hcp.prep_subject``, ``pipelines.train.train``,
+``pipelines.infer.run_inference``, ``pipelines.evaluate.evaluate_manifest``), so the demo is a
+faithful miniature of a real HCP study. Layout of ``OUTPUT``::
+
+    hcp/<subject>/T1w/Diffusion/...          generated DWIs in the HCP layout (+ phantom/ truth)
+    prep/<subject>/{hr,lr,lr_up,mask}.nii.gz prepared pairs, prep/manifest.csv
+    run/{last.pt,log.csv,config.yaml}        the training run
+    predictions/<test subject>.nii.gz        the model's full-volume output (HR grid)
+    evaluation.csv, evaluation_summary.csv   model vs nn / linear / cubic on the held-out subject
+    figures/<test subject>.png               MD maps and error maps (medsr report layout)
+    figures/phantom.png, figures/tensor_components.png
+    summary.txt                              the summary printed at the end
+
+Training is bounded by wall-clock time (``minutes``): a short calibration run measures the step
+rate on this machine, then the run is resumed (exact resume) up to the number of steps that fits
+the budget, re-measured once on the way. The config's ``train.max_steps`` stays an upper bound.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEFAULT_MINUTES = 5.0
+MODEL_NAME = "revsrcnn"
+BASELINES = ("nn", "linear", "cubic")
+# Subfolders that mark an OUTPUT folder as a previous demo run (only such a folder is replaced).
+DEMO_PARTS = ("hcp", "prep", "run")
+
+
+@dataclass
+class DemoResult:
+    """What a demo run produced.
+
+    Attributes:
+        output: the demo folder.
+        train_subjects / test_subject: the split (the last phantom subject is held out).
+        steps: optimisation steps trained.
+        table: per-(model, subject) evaluation rows (pandas DataFrame).
+        paths: label -> path of every output shown in the summary.
+        timings: stage -> seconds.
+        beats_cubic: the model's interior RMSE is below the cubic spline's.
+        summary: the text printed at the end (also in ``summary.txt``).
+    """
+
+    output: Path
+    train_subjects: list[str]
+    test_subject: str
+    steps: int
+    table: Any
+    paths: dict[str, Path] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    beats_cubic: bool = False
+    summary: str = ""
+
+
+def _stage(n: int, total: int, text: str) -> None:
+    print(f"\n[{n}/{total}] {text}", file=sys.stderr, flush=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def prepare_output(output: Path, overwrite: bool) -> None:
+    """Refuse a non-empty OUTPUT unless ``overwrite`` and it is a previous demo folder."""
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output}: exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{output}: exists and is not empty (pass --overwrite to replace a previous demo run)")
+        if not any((output / p).exists() for p in DEMO_PARTS):
+            raise FileExistsError(
+                f"{output}: not empty and not a medsr demo folder (no {', '.join(DEMO_PARTS)}); refusing to delete it"
+            )
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def _steps_per_second(run_dir: Path, batch_size: int, since_step: int) -> float | None:
+    """Training speed from the run's log.csv rows after ``since_step`` (patches/s / batch)."""
+    import pandas as pd
+
+    log = run_dir / "log.csv"
+    if not log.is_file():
+        return None
+    df = pd.read_csv(log)
+    df = df[df["step"] > since_step]
+    if df.empty or "patches_per_s" not in df:
+        return None
+    rate = float(df["patches_per_s"].astype(float).tail(3).median()) / max(batch_size, 1)
+    return rate if rate > 0 else None
+
+
+def train_for(config: Any, minutes: float, *, calibration_steps: int = 20, quiet: bool = False) -> tuple[Path, int]:
+    """Train ``config`` for about ``minutes`` of wall-clock time (never past ``train.max_steps``).
+
+    A calibration run of ``calibration_steps`` measures steps/s; the run is then resumed to the
+    step count that fits the remaining time, with one re-measurement half-way (the machine may be
+    shared). Each resume is exact (``pipelines.train`` restores weights, optimiser and RNG).
+
+    Returns:
+        (run folder, steps trained).
+    """
+    from medsr.config import Config
+    from pipelines.train import train
+
+    cap = config.train.max_steps
+    if cap is None:
+        raise ValueError("the demo config needs train.max_steps (an upper bound on the steps)")
+    budget = max(float(minutes), 0.0) * 60.0
+    start = time.perf_counter()
+    deadline = start + budget
+    bs = config.train.batch_size
+
+    def run(steps: int, resume: bool) -> Path:
+        cfg = Config.from_dict(config.to_dict())
+        cfg.train.max_steps = int(steps)
+        return train(cfg, resume=resume)
+
+    step = min(calibration_steps, cap)
+    t0 = time.perf_counter()
+    run_dir = run(step, resume=False)
+    first_wall = time.perf_counter() - t0
+    rate = _steps_per_second(run_dir, bs, 0) or step / max(first_wall, 1e-6)
+    overhead = max(first_wall - step / rate, 0.0)  # data loading + set-up paid by every (re)start
+    for part in (0.6, 1.0):  # two resumes: most of the budget, then what is left at the measured speed
+        left = deadline - time.perf_counter() - overhead
+        extra = int(left * rate * part) if left > 0 else 0
+        if extra < 5 or step >= cap:
+            break
+        target = min(cap, step + extra)
+        if not quiet:
+            print(f"demo: training to step {target} ({rate:.2f} steps/s measured, {_fmt_s(left)} of the "
+                  f"{_fmt_s(budget)} budget left)", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        run(target, resume=True)
+        wall = time.perf_counter() - t0
+        rate = _steps_per_second(run_dir, bs, step) or (target - step) / max(wall - overhead, 1e-6)
+        step = target
+    return run_dir, step
+
+
+def load_demo_config(path: str | Path, manifest: Path, run_dir: Path, train_subjects: list[str], seed: int):
+    """The shipped demo config with the demo's data, run folder, split and seed filled in."""
+    from medsr.config import load_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: demo config not found (pass --config, or run from a clone of medsr)")
+    cfg = load_config(path)
+    cfg.data.manifest = str(manifest)
+    cfg.data.subjects = list(train_subjects)
+    cfg.output_dir = str(run_dir)
+    cfg.train.seed = int(seed)
+    return cfg
+
+
+def _phantom_figure(subject_dir: Path, path: Path) -> Path:
+    """b0, truth MD, truth FA and tissue labels of one phantom subject (axial slices through the centre)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    from data_prep.phantom import fa_md
+    from medsr.utils.atomic import atomic_path
+
+    dwi = nib.load(subject_dir / "T1w" / "Diffusion" / "data.nii.gz")
+    tensor = np.asarray(nib.load(subject_dir / "phantom" / "tensor.nii.gz").dataobj, dtype=np.float32)
+    labels = np.asarray(nib.load(subject_dir / "phantom" / "labels.nii.gz").dataobj)
+    z = int(np.argwhere(labels > 0)[:, 2].mean())
+    b0 = np.asarray(dwi.dataobj[:, :, z, 0], dtype=np.float32)
+    fa, md = fa_md(tensor[:, :, z])
+    panels = [("b0 (DWI volume 0)", b0, "gray", None), ("truth MD (mm^2/s)", md, "gray", 3e-3),
+              ("truth FA", fa, "gray", 0.8), ("labels: CSF GM WM tract scalp", labels[:, :, z], "tab10", 9)]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    for ax, (title, img, cmap, vmax) in zip(axes, panels):
+        im = ax.imshow(np.rot90(img), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        if cmap == "gray":
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"phantom {subject_dir.name}: axial slice {z} (voxel grid)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _components_figure(row: Any, prediction: Path, path: Path) -> Path:
+    """The six tensor components (rows) of LR input, cubic, the model and the HR target (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medsr.baselines import upsample
+    from medsr.dti import FSL_ORDER
+    from medsr.io import load_mask, load_volume
+    from medsr.utils.atomic import atomic_path
+
+    hr = load_volume(row["hr"])
+    mask = load_mask(row["mask"], like=hr)
+    lr = load_volume(row["lr"])
+    cols = [("LR input (NN)", load_volume(row["lr_up"]).data),
+            ("cubic spline", upsample(lr, int(row["factor"]), "cubic", out_shape=hr.spatial_shape).data),
+            (f"{MODEL_NAME}", load_volume(prediction).data), ("HR target", hr.data)]
+    z = int(np.argwhere(mask)[:, 2].mean())
+    fig, axes = plt.subplots(6, 4, figsize=(9, 13))
+    for c in range(6):
+        vals = hr.data[c][mask]
+        lo, hi = np.percentile(vals, [1, 99]) if vals.size else (0, 1)
+        for j, (title, data) in enumerate(cols):
+            ax = axes[c, j]
+            ax.imshow(np.rot90(np.where(mask[:, :, z], data[c, :, :, z], 0)), cmap="gray", vmin=lo, vmax=hi)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_title(title, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(FSL_ORDER[c])
+    fig.suptitle(f"tensor components, subject {row['subject']}, axial slice {z}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+SHOWN = ("rmse_interior", "rmse_total", "psnr", "ssim", "md_rmse", "fa_rmse")
+
+
+def metrics_table(table: Any) -> str:
+    """One line per model of the held-out subject's metrics (RMSEs in mm^2/s, PSNR in dB)."""
+    cols = [c for c in SHOWN if c in table.columns]
+    cells = [["model"] + cols]
+    for _, r in table.iterrows():
+        cells.append([str(r["model"])] + [f"{float(r[c]):.4g}" if "rmse" not in c else f"{float(r[c]):.4e}"
+                                          for c in cols])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def format_report(res: DemoResult, summary_table: str, rmse: dict[str, float]) -> str:
+    """The text summary printed at the end of the demo."""
+    lines = ["", "=" * 78, "medsr demo: summary", "=" * 78,
+             f"train subjects: {', '.join(res.train_subjects)}   held-out test subject: {res.test_subject}",
+             f"model: {MODEL_NAME} ({res.steps} training steps)", "",
+             f"evaluation on {res.test_subject} (DTI, mm^2/s; interior = brain eroded by 5^3):",
+             summary_table, ""]
+    cubic, model = rmse.get("cubic", math.nan), rmse.get(MODEL_NAME, math.nan)
+    verdict = "BEATS" if res.beats_cubic else "does NOT beat"
+    gain = 100.0 * (1 - model / cubic) if cubic > 0 else math.nan
+    lines.append(f"{MODEL_NAME} {verdict} cubic spline on interior RMSE: {model:.4g} vs {cubic:.4g} "
+                 f"({gain:+.1f}% lower)")
+    lines += ["", "timings: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in res.timings.items()), "", "outputs:"]
+    width = max(len(k) for k in res.paths)
+    lines += [f"  {k.ljust(width)}  {p}" for k, p in res.paths.items()]
+    lines.append("=" * 78)
+    return "\n".join(lines)
+
+
+def run_demo(
+    output: str | Path = "medsr-demo",
+    *,
+    minutes: float = DEFAULT_MINUTES,
+    subjects: int = 4,
+    seed: int = 0,
+    config: str | Path = DEFAULT_CONFIG,
+    overwrite: bool = False,
+    workers: int = 2,
+    phantom_config: Any = None,
+    quiet: bool = False,
+) -> DemoResult:
+    """Run the whole demo into ``output`` and return what it made (see the module docstring).
+
+    Args:
+        output: the demo folder (refused if non-empty, unless ``overwrite`` and a previous demo).
+        minutes: wall-clock budget of the training stage.
+        subjects: phantom subjects; the last is held out for testing (>= 2).
+        seed: seeds the phantom and the training.
+        config: the training config (``configs/demo.yaml``).
+        workers: processes for prep.
+        phantom_config: a :class:`data_prep.phantom.PhantomConfig` (default: the phantom's defaults).
+        quiet: no stage headers (the tools' own progress bars still follow their settings).
+    """
+    from data_prep import hcp
+    from data_prep.phantom import PhantomConfig, generate
+    from data_prep.runner import run_subjects
+    from medsr.manifest import read_manifest
+    from pipelines.evaluate import evaluate_manifest, write_results
+    from pipelines.infer import run_inference
+
+    if subjects < 2:
+        raise ValueError(f"--subjects must be at least 2 (training subjects + 1 held out), got {subjects}")
+    if minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {minutes:g}")
+    output = Path(output)
+    say = (lambda *a: None) if quiet else _stage
+    prepare_output(output, overwrite)
+    timings: dict[str, float] = {}
+    n = 6
+
+    t = time.perf_counter()
+    say(1, n, f"generating {subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}")
+    pcfg = phantom_config or PhantomConfig()
+    folders = generate(output / "hcp", subjects, seed=seed, config=pcfg, progress=not quiet)
+    names = [f.name for f in folders]
+    train_subjects, test_subject = names[:-1], names[-1]
+    timings["phantom"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(2, n, "prep hcp: HR DTI fit, block-averaged LR DTI fit, manifest")
+    process = functools.partial(hcp.prep_subject, input_dir=str(output / "hcp"), shell=1000.0, tolerance=100.0,
+                                factor=2, pad=False)
+    prep_dir = output / "prep"
+    if run_subjects(names, process, prep_dir, kind="dti", factor=2, workers=workers, desc="prep hcp") != 0:
+        raise ValueError(f"{prep_dir / 'manifest.csv'}: prep failed for some phantom subject (see the error column)")
+    manifest = prep_dir / "manifest.csv"
+    timings["prep"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(3, n, f"training {MODEL_NAME} on {', '.join(train_subjects)} for about {minutes:g} min ({config})")
+    cfg = load_demo_config(config, manifest, output / "run", train_subjects, seed)
+    run_dir, steps = train_for(cfg, minutes, quiet=quiet)
+    timings["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(4, n, f"full-volume inference on the held-out subject {test_subject}")
+    pred_dir = output / "predictions"
+    (prediction,) = run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=[test_subject], quiet=quiet)
+    timings["infer"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(5, n, "evaluation against nn / linear / cubic baselines, figures")
+    fig_dir = output / "figures"
+    table = evaluate_manifest(manifest, pred_dir, model_name=MODEL_NAME, baselines=BASELINES, figures=fig_dir,
+                              subjects=[test_subject], quiet=quiet)
+    csv, summ_csv = write_results(table, output / "evaluation.csv", overwrite=True)
+    row = read_manifest(manifest).set_index("subject", drop=False).loc[test_subject]
+    phantom_png = _phantom_figure(output / "hcp" / test_subject, fig_dir / "phantom.png")
+    comp_png = _components_figure(row, prediction, fig_dir / "tensor_components.png")
+    timings["evaluate"] = time.perf_counter() - t
+
+    say(6, n, "summary")
+    rmse = dict(zip(table["model"], table["rmse_interior"].astype(float)))
+    res = DemoResult(output=output, train_subjects=train_subjects, test_subject=test_subject, steps=steps,
+                     table=table, timings=timings,
+                     beats_cubic=bool(rmse.get(MODEL_NAME, math.inf) < rmse.get("cubic", -math.inf)))
+    res.paths = {
+        "phantom (HCP layout)": output / "hcp",
+        "prepared pairs": manifest,
+        "checkpoint": run_dir / "last.pt",
+        "training log": run_dir / "log.csv",
+        "prediction (NIfTI)": prediction,
+        "evaluation CSV": csv,
+        "summary CSV": summ_csv,
+        "MD / error figure": fig_dir / f"{test_subject}.png",
+        "component figure": comp_png,
+        "phantom figure": phantom_png,
+        "this summary": output / "summary.txt",
+    }
+    res.summary = format_report(res, metrics_table(table), rmse)
+    from medsr.utils.atomic import atomic_path
+
+    with atomic_path(output / "summary.txt") as tmp:
+        tmp.write_text(res.summary + "\n")
+    return res
+
+
+__all__ = ["DemoResult", "run_demo", "train_for", "load_demo_config", "DEFAULT_CONFIG"]
