@@ -49,6 +49,7 @@ def test_subprocess_measure_timing_and_outputs(tmp_path):
     assert [len(t) for t in wall] == [2, 2] and all(t > 0 for ts in wall for t in ts)
     assert [len(t) for t in cpu] == [2, 2]
     assert memory.conv_probe_gflops(4, 8, repeats=2) > 0
+    assert memory.conv_probe_gflops(4, 8, repeats=2, clock="cpu") > 0
 
     rows = []
     for d in (0, 2, 4, 8):

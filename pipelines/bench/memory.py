@@ -218,9 +218,11 @@ def step_flops(model: nn.Module, x: torch.Tensor, variant: str) -> float:
 
 def conv_probe_gflops(
     channels: int, patch: int, spatial_dims: int = 3, repeats: int = 5,
-    channels_last: bool = False, device: str = "cpu", padding_mode: str = "reflect",
+    channels_last: bool = False, device: str = "cpu", padding_mode: str = "reflect", clock: str = "wall",
 ) -> float:
-    """GFLOP/s (wall) of one 3^d conv ``channels -> channels`` (forward) on a ``patch``-sided input.
+    """GFLOP/s of one 3^d conv ``channels -> channels`` (forward) on a ``patch``-sided input.
+
+    ``clock="wall"`` (perf_counter) or ``"cpu"`` (process CPU time, robust to a shared machine).
 
     Reflect padding by default, as in the generators: it matters on CPU, where PyTorch picks the
     oneDNN kernel for a batch-1 3D conv only when N*C*D*H of the (padded) input exceeds 20480, so a
@@ -230,15 +232,18 @@ def conv_probe_gflops(
     conv = (nn.Conv3d if spatial_dims == 3 else nn.Conv2d)(channels, channels, 3, padding=1, padding_mode=padding_mode).to(device)
     x = torch.randn((1, channels) + (patch,) * spatial_dims, device=device)
     x, conv = _layout(x, conv, channels_last)
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
     times = []
     with torch.no_grad():
         for i in range(repeats + 1):
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             conv(x)
             _sync(device)
             if i:  # the first call pays for kernel selection
-                times.append(time.perf_counter() - t0)
+                times.append(now() - t0)
     flops = 2.0 * 3**spatial_dims * channels * channels * patch**spatial_dims
     return flops / statistics.median(times) / 1e9
 
@@ -382,8 +387,8 @@ def run_benchmark(
     spatial_dims = CASES[case].spatial_dims
     half = max(width // 2, 1)
     probes = {
-        f"conv{width}": conv_probe_gflops(width, patch, spatial_dims, repeats, channels_last, device),
-        f"conv{half}": conv_probe_gflops(half, patch, spatial_dims, repeats, channels_last, device),
+        f"conv{c}_{clock}": conv_probe_gflops(c, patch, spatial_dims, repeats, channels_last, device, clock=clock)
+        for c in (width, half) for clock in ("wall", "cpu")
     }
     rows = []
     bar = tqdm(total=2 * len(depths) * len(variants), desc="bench memory", unit="run", disable=not progress)
@@ -409,8 +414,10 @@ def run_benchmark(
         p = plain.get(r["depth"])
         r["time_vs_plain"] = r["step_s"] / p["step_s"] if p else float("nan")
         r["cpu_vs_plain"] = r["cpu_s"] / p["cpu_s"] if p and p["cpu_s"] > 0 else float("nan")
-        r["probe_GFLOP_s"] = probes[f"conv{width}"]
-        r["probe_half_GFLOP_s"] = probes[f"conv{half}"]
+        r["probe_GFLOP_s"] = probes[f"conv{width}_wall"]
+        r["probe_GFLOP_s_cpu"] = probes[f"conv{width}_cpu"]
+        r["probe_half_GFLOP_s"] = probes[f"conv{half}_wall"]
+        r["probe_half_GFLOP_s_cpu"] = probes[f"conv{half}_cpu"]
     return rows, probes
 
 
@@ -554,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
           f"device {device}, threads {args.threads or torch.get_num_threads()}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}; peak = {mem}")
     print(format_table(rows))
-    print("conv probe (forward, 3^d, same layout): " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in probes.items()))
+    print("conv probe (forward, 3^d, reflect padding, same layout; wall and CPU clocks): " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in probes.items()))
     for line in check_targets(rows):
         print(line)
     if args.csv is not None:
