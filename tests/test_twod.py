@@ -152,7 +152,7 @@ def test_parameter_counts_match_paper(name: str, width: int, depth: int, million
 
 
 def test_rev_resnet2d_shapes_core_and_gradients() -> None:
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
     m = create_model("rev_resnet2d", width=4, depth=3, memory_efficient=True)
     plain = create_model("rev_resnet2d", width=4, depth=3, memory_efficient=False)
     for p in m.core.parameters():  # leave the identity start so the core does something
@@ -180,10 +180,11 @@ def test_segnet_and_patchgan2d_shapes() -> None:
 
 
 # ----------------------------------------------------------------------------- training + evaluation
-def _config(root: Path, out: Path, mode: str, model: str, kwargs: dict, steps: int = 3) -> dict:
+def _config(root: Path, out: Path, mode: str, model: str, kwargs: dict, steps: int = 3,
+            dataset: str | None = None) -> dict:
     return {
         "output_dir": str(out),
-        "data": {"type": "aligned2d", "root": str(root), "image_size": 32, "flip": True},
+        "data": {"type": "aligned2d", "root": str(root), "image_size": 32, "flip": True, "dataset": dataset},
         "model": {"name": model, "kwargs": {"in_channels": "auto", **kwargs}},
         "discriminator": {"name": "patchgan2d", "kwargs": {"in_channels": "auto", "width": 8}},
         "train": {"mode": mode, "batch_size": 2, "n_epochs": 1, "n_epochs_decay": 1, "max_steps": steps,
@@ -236,7 +237,8 @@ def test_segmentation_mode_and_cityscapes_scores(tmp_path: Path, data2d: dict[st
     from pipelines.cli import main
     from pipelines.train import train
 
-    seg = train(_config(data2d["cityscapes"], tmp_path / "seg", "segmentation", "segnet2d", {"width": 4, "depth": 1}))
+    seg = train(_config(data2d["cityscapes"], tmp_path / "seg", "segmentation", "segnet2d", {"width": 4, "depth": 1},
+                        dataset="cityscapes"))
     log = pd.read_csv(seg / "log.csv")
     assert np.isfinite(log["ce"]).all() and log["ce"].iloc[0] > 0
     gen = train(_config(data2d["cityscapes"], tmp_path / "gen", "paired_l1", "rev_resnet2d", {"width": 4, "depth": 1},
@@ -251,3 +253,22 @@ def test_segmentation_mode_and_cityscapes_scores(tmp_path: Path, data2d: dict[st
     # A checkpoint that is not a segmenter is refused as --fcn, naming the file.
     assert main(["evaluate2d", "--checkpoint", str(gen / "last.pt"), "--data", str(data2d["cityscapes"]),
                  "--csv", str(tmp_path / "x.csv"), "--fcn", str(gen / "last.pt")]) == 2
+
+
+# ----------------------------------------------------------------------------- memory trend
+def test_memory_trend_2d() -> None:
+    """Saved activations: flat in depth for the RevGAN generator, growing for the CycleGAN ResNet."""
+    from pipelines.bench.memory import measure_memory
+
+    def saved(case: str, variant: str, depth: int) -> float:
+        return measure_memory(dict(case=case, variant=variant, depth=depth, width=4, channels=3, patch=32,
+                                   device="cpu"))["saved_MiB"]
+
+    rev = [saved("2d", "reversible", d) for d in (1, 3, 6)]
+    res = [saved("2d_cyclegan", "plain", d) for d in (1, 3, 6)]
+    plain = [saved("2d", "plain", d) for d in (1, 6)]
+    assert max(rev) - min(rev) <= 0.02 * rev[0]
+    assert res[0] < res[1] < res[2]
+    # Each residual block adds about the same activations (linear growth).
+    assert (res[2] - res[1]) / 3 == pytest.approx((res[1] - res[0]) / 2, rel=0.1)
+    assert plain[1] > plain[0] * 1.2 and rev[-1] < plain[1]
