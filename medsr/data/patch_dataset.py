@@ -224,7 +224,9 @@ def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind:
         xin = norm_x.denormalise(subject.x[sl])
         yhr = norm_y.denormalise(subject.y[sl])
         yout = norm_y.denormalise(out)
-        return [("LR input", scalar(xin)[:, :, z]), ("output", scalar(yout)[:, :, z]), ("HR", scalar(yhr)[:, :, z])]
+        what = " (MD)" if kind == "dti" and subject.x.shape[0] == 6 else ""
+        return [(f"LR input{what}", scalar(xin)[:, :, z]), (f"output{what}", scalar(yout)[:, :, z]),
+                (f"HR{what}", scalar(yhr)[:, :, z])]
 
     return preview
 
