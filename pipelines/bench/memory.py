@@ -656,16 +656,16 @@ def run_benchmark_2d(
 
 
 def format_table_2d(rows: list[dict[str, Any]]) -> str:
-    """Paper Table 5 layout: per depth, each model's weights and saved activations (MiB)."""
+    """Paper Table 5 layout: per depth, each model's weights, saved activations and step peak rise (MiB)."""
     labels = list(dict.fromkeys(r["model"] for r in rows))
     by = {(r["model"], r["depth"]): r for r in rows}
-    head = ["depth"] + [f"{m} {k}" for m in labels for k in ("params_M", "weights_MiB", "activations_MiB", "peak_MiB")]
+    head = ["depth"] + [f"{m} {k}" for m in labels for k in ("params_M", "weights_MiB", "activations_MiB", "step_MiB")]
     cells = [head]
     for d in sorted({r["depth"] for r in rows}):
         line = [str(d)]
         for m in labels:
             r = by[(m, d)]
-            line += [f"{r['params_M']:.2f}", f"{r['params_MiB']:.1f}", f"{r['saved_MiB']:.1f}", f"{r['peak_MiB']:.0f}"]
+            line += [f"{r['params_M']:.2f}", f"{r['params_MiB']:.1f}", f"{r['saved_MiB']:.1f}", f"{r['step_MiB']:.0f}"]
         cells.append(line)
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(c, widths)) for c in cells)
