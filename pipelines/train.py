@@ -79,7 +79,9 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
         ckpt = run_dir / "last.pt"
         state = None
         if resume:
-            state = load_checkpoint(ckpt, device) if info.is_main and ckpt.is_file() else None
+            # Read on rank 0 into CPU memory and broadcast: other nodes need no shared disk, and no
+            # rank's tensors land on rank 0's GPU; load_state_dict copies them to each rank's device.
+            state = load_checkpoint(ckpt, "cpu") if info.is_main and ckpt.is_file() else None
             state = broadcast_object(state, info)
             if state is None and info.is_main:
                 print(f"medsr train: no {ckpt} to resume from; starting a new run")
