@@ -75,10 +75,10 @@ def test_cli_validates_arguments(tmp_path):
         memory.run(p.parse_args(["--width", "7"]))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         memory.run(p.parse_args(["--csv", str(tmp_path / "missing" / "m.csv")]))
-    with pytest.raises(ValueError, match="2d"):
-        if "2d" in memory.CASES:
-            raise ValueError("2d registered")  # the 2D module registered its case: nothing to test
-        memory.run(p.parse_args(["--2d"]))
+    with pytest.raises(ValueError, match="depths"):
+        memory.run(p.parse_args(["--depths", "2,x"]))
+    with pytest.raises(ValueError, match="variants"):
+        memory.run(p.parse_args(["--variants", "reversible,bogus"]))
 
 
 def test_memcnn_variant_when_installed():
