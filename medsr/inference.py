@@ -147,7 +147,9 @@ def _n_windows(length: int, roi: int, overlap: float) -> int:
     return int(math.ceil((length - roi) / step)) + 1
 
 
-def fewest_voxels_roi(shape: Sequence[int], overlap: float, max_voxels: int, max_per_axis: int = 8) -> tuple[int, int, int]:
+def fewest_voxels_roi(
+    shape: Sequence[int], overlap: float, max_voxels: int, max_per_axis: int = 8
+) -> tuple[int, int, int]:
     """The window (per-axis sizes) that computes the fewest voxels with at most ``max_voxels`` each.
 
     For every count of windows per axis (1..``max_per_axis``), the smallest window edge that MONAI

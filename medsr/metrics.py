@@ -202,7 +202,9 @@ def check_comparable(pred: Volume, target: Volume, mask: np.ndarray, mask_name: 
         raise ValueError(f"{pred.name}: affine differs from target {target.name}'s (not the same grid)")
     mask = np.asarray(mask)
     if mask.shape != target.spatial_shape:
-        raise ValueError(f"{mask_name}: mask shape {mask.shape} differs from target {target.name} {target.spatial_shape}")
+        raise ValueError(
+            f"{mask_name}: mask shape {mask.shape} differs from target {target.name} {target.spatial_shape}"
+        )
     if not mask.any():
         raise ValueError(f"{mask_name}: the brain mask is empty (no voxel > 0)")
     for vol, what in ((pred, "prediction"), (target, "target")):

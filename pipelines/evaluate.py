@@ -60,7 +60,9 @@ def prediction_paths(subjects: Sequence[str], predictions: str | Path) -> dict[s
         else:
             missing.append(s)
     if missing:
-        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{'...' if len(missing) > 4 else ''})" if len(missing) > 1 else ""
+        more = ""
+        if len(missing) > 1:
+            more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{'...' if len(missing) > 4 else ''})"
         raise FileNotFoundError(
             f"{predictions / (missing[0] + '.nii.gz')}: no prediction for manifest subject {missing[0]}{more}"
         )
@@ -160,7 +162,9 @@ def format_summary(summary: pd.DataFrame) -> str:
     for _, r in summary.iterrows():
         cells.append([str(r["model"]), str(r["n"])] + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics])
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 

@@ -59,7 +59,9 @@ def collect_items(
 
         df = read_manifest(src)
         col = "hr" if reverse else "lr_up"
-        items_m = [InferItem(str(r["subject"]), Path(r[col]), "hr", out / f"{r['subject']}.nii.gz") for _, r in df.iterrows()]
+        items_m = [
+            InferItem(str(r["subject"]), Path(r[col]), "hr", out / f"{r['subject']}.nii.gz") for _, r in df.iterrows()
+        ]
         return _only(items_m, subjects, src)
     if src.is_dir():
         items: dict[str, InferItem] = {}

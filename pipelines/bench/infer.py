@@ -158,7 +158,8 @@ def _child(spec: str) -> int:
     assert out.data.shape == vol.data.shape and np.isfinite(out.data).all()
     print(json.dumps({
         "window": list(plan.roi), "overlap": plan.overlap, "n_windows": plan.n_windows,
-        "overlap_factor": plan.overlap_factor, "seconds": dt, "cpu_seconds": dc, "peak_rss": rss, "rss_before": rss_before,
+        "overlap_factor": plan.overlap_factor, "seconds": dt, "cpu_seconds": dc, "peak_rss": rss,
+        "rss_before": rss_before,
         "reason": plan.reason,
     }))
     return 0
