@@ -171,3 +171,18 @@ def test_bad_inputs_give_one_line_errors_and_no_csv(prepped, tmp_path, capsys, o
     assert main(["evaluate", "--pred", str(d / "lr_up.nii.gz"), "--target", str(d / "hr.nii.gz"),
                  "--mask", str(tmp_path / "empty.nii.gz")]) == 2
     assert "empty.nii.gz: the brain mask is empty" in _err(capsys)
+
+
+def test_scalar_figure_without_lr_column(tmp_path, oblique) -> None:
+    from medsr.report import display_map, subject_figure
+
+    t1 = Volume(np.random.rand(1, 16, 18, 14).astype(np.float32), oblique, name="t1")
+    assert np.array_equal(display_map(t1), t1.data[0])  # scalar: the intensity itself
+    mask = np.zeros((16, 18, 14), bool)
+    mask[3:-3, 3:-3, 3:-3] = True
+    png = subject_figure(tmp_path / "t1.png", hr=t1, mask=mask, predictions=[("noisy", t1.with_data(t1.data + 0.1))])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="bad: noisy shape"):
+        subject_figure(tmp_path / "x.png", hr=t1, mask=mask,
+                       predictions=[("noisy", Volume(np.zeros((1, 4, 4, 4)), oblique, name="bad"))])
+    assert not (tmp_path / "x.png").exists()
