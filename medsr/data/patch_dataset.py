@@ -255,5 +255,10 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
                                 unpaired=cfg.train.mode == "unpaired")
     entry = {"factor": int(info["factor"]), "patch_size": int(d.patch_size), "channels": int(c), "kind": info["kind"],
              "subjects": [s.name for s in subjects], "n_patches": int(dataset.n_grid)}
+    # The training HR voxel size lets inference tell an LR-grid input from an HR-grid one by its
+    # geometry instead of its file name; stored only when the training subjects agree on it.
+    sizes = np.array([np.linalg.norm(s.affine[:3, :3], axis=0) for s in subjects])
+    if np.allclose(sizes, sizes[0], rtol=0.05):
+        entry["voxel_size"] = [float(v) for v in sizes.mean(0)]
     return TrainData(dataset, sampler, c, entry, {"x": norm_x, "y": norm_y},
                      _preview(subjects[0], norm_x, norm_y, info["kind"]))
