@@ -43,8 +43,12 @@ def test_conv_flops_match_the_formula():
 
 
 def test_subprocess_measure_timing_and_outputs(tmp_path):
+    # A parent bigger than the child: the child's peak must be its own (ru_maxrss would inherit ours).
+    ballast = torch.ones(100 * 2**20)  # 400 MiB, touched
     row = memory.measure_in_subprocess(_cfg("reversible", 2), timeout=120)
     assert row["peak_MiB"] > 0 and row["saved_MiB"] > 0
+    assert row["peak_MiB"] < memory._vm_rss_bytes() / memory.MIB
+    del ballast
     wall, cpu = memory.measure_times([_cfg("reversible", 2), _cfg("plain", 2)], repeats=2)
     assert [len(t) for t in wall] == [2, 2] and all(t > 0 for ts in wall for t in ts)
     assert [len(t) for t in cpu] == [2, 2]

@@ -14,8 +14,9 @@ Measures, per configuration (each run in a fresh subprocess on CPU, so peak RSS 
   ``torch.autograd.graph.saved_tensors_hooks`` (unique storages, parameters excluded): deterministic.
   (memcnn keeps its per-block outputs on ``ctx`` where the hooks cannot see them.)
 * ``peak_MiB`` / ``step_MiB``: CUDA ``max_memory_allocated`` (GPU), else peak RSS of the
-  subprocess (``ru_maxrss``, run with ``MALLOC_MMAP_THRESHOLD_=65536`` so RSS tracks live
-  tensors rather than glibc's retained heap) and its rise over the RSS just before the step.
+  subprocess (``VmHWM``: ``ru_maxrss`` would include the parent's peak, inherited at fork/exec),
+  run with ``MALLOC_MMAP_THRESHOLD_=65536`` so RSS tracks live tensors rather than glibc's
+  retained heap; and its rise over the RSS just before the step.
 * ``step_s`` / ``cpu_s``: median wall / process-CPU time of ``--repeats`` steps after one warm-up
   step, the variants of one depth interleaved round-robin in one process.
 * ``GFLOP/s``: convolution FLOPs of the step (2 k^d Cin Cout per output voxel per conv, x3 for
@@ -253,12 +254,26 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _vm_rss_bytes() -> int:
+def _proc_status_bytes(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _vm_rss_bytes() -> int:
+    return _proc_status_bytes("VmRSS")
+
+
+def _peak_rss_bytes() -> int:
+    """Peak RSS of this process's own address space (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark into a child at fork/exec, so a
+    child spawned by a big parent would report the parent's peak.
+    """
+    hwm = _proc_status_bytes("VmHWM")
+    return hwm if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _build(cfg: dict[str, Any]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -296,7 +311,7 @@ def measure_memory(cfg: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        peak = _peak_rss_bytes()
     return {
         "case": cfg["case"], "variant": cfg["variant"], "depth": cfg["depth"], "width": cfg["width"],
         "channels": cfg["channels"], "patch": cfg["patch"], "device": device,
