@@ -72,7 +72,8 @@ class _Translator:
     def __init__(self, checkpoint: str | os.PathLike, device: torch.device) -> None:
         model, sx, sy, ck = load_generator(checkpoint, map_location="cpu")
         if not callable(getattr(model, "reverse", None)):
-            raise ValueError(f"{checkpoint}: model {ck['model']['name']!r} has no reverse(); not a 2D translation generator")
+            raise ValueError(f"{checkpoint}: model {ck['model']['name']!r} has no reverse(); "
+                             "not a 2D translation generator")
         self.model = model.to(device)
         self.ck = ck
         data = (ck.get("config") or {}).get("data", {}) or {}
@@ -176,7 +177,8 @@ def evaluate_cityscapes(
                 conf["label2photo_real"] += cs.confusion_matrix(gt, seg_real[i])
         count += a.shape[0]
     keys = ["photo2label"] + (["label2photo", "label2photo_real"] if seg is not None else [])
-    return [{"dataset": "cityscapes", "direction": k, "n_images": count, **cs.segmentation_scores(conf[k])} for k in keys]
+    return [{"dataset": "cityscapes", "direction": k, "n_images": count, **cs.segmentation_scores(conf[k])}
+            for k in keys]
 
 
 def load_segmenter(path: str | os.PathLike, device: torch.device) -> torch.nn.Module:

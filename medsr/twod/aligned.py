@@ -179,8 +179,7 @@ class AlignedUnpaired(_AlignedBase):
     """Unpaired view: A and B come through two independent permutations of the files.
 
     Item i = ``{"x": A_{p(i)}, "y": B_{q(i)}}`` with p, q fresh permutations each epoch, so the
-    model never sees which B belongs to which A. Each image is decoded for its half only once per
-    item, so the cost is two decodes per item.
+    model never sees which B belongs to which A (two file decodes per item).
     """
 
     def _perms(self) -> tuple[np.ndarray, np.ndarray]:

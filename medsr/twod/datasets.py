@@ -73,7 +73,8 @@ class AlignedItems(torch.utils.data.Dataset):
 
     def __init__(self, files: list[Path], size: int, label_b: bool, swap: bool = False, flip: bool = False,
                  target: str = "image") -> None:
-        self.files, self.size, self.label_b, self.swap, self.flip, self.target = files, size, label_b, swap, flip, target
+        self.files, self.size, self.label_b = files, size, label_b
+        self.swap, self.flip, self.target = swap, flip, target
 
     def __len__(self) -> int:
         return len(self.files)
@@ -121,8 +122,10 @@ def _preview(ds: AlignedItems, segmentation: bool):
         if segmentation:
             from medsr.twod.cityscapes import train_ids_to_colours
 
-            return [("photo", rgb(item["x"])), ("predicted labels", upright(train_ids_to_colours(out.argmax(0)) / 255.0)),
-                    ("labels", upright(train_ids_to_colours(item["y"]) / 255.0))]
+            def colours(ids: torch.Tensor) -> np.ndarray:
+                return upright(train_ids_to_colours(ids) / 255.0)
+
+            return [("photo", rgb(item["x"])), ("predicted labels", colours(out.argmax(0))), ("labels", colours(item["y"]))]
         return [("input", rgb(item["x"])), ("output", rgb(out)), ("target", rgb(item["y"]))]
 
     return preview
@@ -137,7 +140,8 @@ def build_aligned2d(cfg: Any, dist: Any) -> TrainData:
     dataset, source = resolve_dataset(d)
     segmentation = cfg.train.mode in SEGMENTATION_MODES
     if segmentation and dataset != "cityscapes":
-        raise ValueError(f"train.mode {cfg.train.mode!r} needs Cityscapes label colours; {d.root} is read as {dataset!r}")
+        raise ValueError(f"train.mode {cfg.train.mode!r} needs Cityscapes label colours; {d.root} is read as "
+                         f"{dataset!r} (set data.dataset: cityscapes)")
     if segmentation and d.direction != "AtoB":
         raise ValueError("train.mode 'segmentation' segments photos (A): set data.direction to AtoB")
     size = int(d.image_size)
@@ -150,7 +154,8 @@ def build_aligned2d(cfg: Any, dist: Any) -> TrainData:
                          target="labels" if segmentation else "image")
     sampler = EpochBatchSampler(len(items), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired")
-    info = {"kind": "image2d", "dataset": dataset, "dataset_source": source, "image_size": size, "channels": 3, "direction": d.direction,
+    info = {"kind": "image2d", "dataset": dataset, "dataset_source": source, "image_size": size, "channels": 3,
+            "direction": d.direction,
             "root": str(d.root), "n_images": len(items)}
     ident = ChannelStats.identity(3)
     return TrainData(items, sampler, 3, info, {"x": ident, "y": ident}, _preview(items, segmentation))

@@ -38,5 +38,6 @@ class Segmentation(TrainMode):
         opt.step()
         with torch.no_grad():
             valid = y != IGNORE
-            acc = (logits.argmax(1)[valid] == y[valid]).float().mean() if valid.any() else torch.zeros((), device=x.device)
+            hits = (logits.argmax(1)[valid] == y[valid]).float()
+            acc = hits.mean() if hits.numel() else torch.zeros((), device=x.device)
         return {"ce": loss.detach(), "pixel_acc": acc}
