@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-DEFAULT_MINUTES = 5.0
+DEFAULT_MINUTES = 6.0
 MODEL_NAME = "revsrcnn"
 BASELINES = ("nn", "linear", "cubic")
 # Subfolders that mark an OUTPUT folder as a previous demo run (only such a folder is replaced).
