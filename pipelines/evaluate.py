@@ -122,11 +122,10 @@ def evaluate_manifest(
             metrics = evaluate_volumes(vol, hr, mask, kind=kind, mask_name=str(r["mask"]))
             rows.append({"model": model, "subject": subject, **metrics})
         if figures:
-            from medsr.degrade import nn_upsample
             from medsr.report import subject_figure
 
-            lr_up = nn_upsample(lr, factor)
-            if lr_up.spatial_shape != hr.spatial_shape:
+            lr_up = dict(scored).get("nn")  # the nn baseline already is the NN-upsampled input
+            if lr_up is None:
                 lr_up = upsample(lr, factor, "nn", out_shape=hr.spatial_shape)
             shown = [(m, v) for m, v in scored if m != "nn"]  # the LR input column already is NN
             subject_figure(Path(figures) / f"{subject}.png", hr=hr, mask=mask, predictions=shown,
@@ -186,14 +185,20 @@ def summary_path(csv: str | Path) -> Path:
     return csv.with_name(f"{stem}_summary.csv")
 
 
+def check_outputs(csv: str | Path, *, overwrite: bool = False) -> None:
+    """Raise FileExistsError naming the file if the CSV or its summary exists and ``overwrite`` is False."""
+    if overwrite:
+        return
+    for p in (Path(csv), summary_path(csv)):
+        if p.exists():
+            raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
+
+
 def write_results(df: pd.DataFrame, csv: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
     """Write the per-subject CSV and its summary atomically; returns both paths."""
     csv = Path(csv)
     summ = summary_path(csv)
-    if not overwrite:
-        for p in (csv, summ):
-            if p.exists():
-                raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
+    check_outputs(csv, overwrite=overwrite)
     with atomic_path(csv, overwrite=overwrite) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(summ, overwrite=overwrite) as tmp:
@@ -208,13 +213,6 @@ def evaluate_single(pred: str | Path, target: str | Path, mask: str | Path, *, k
     from medsr.metrics import evaluate_volumes
 
     p, t = load_volume(pred), load_volume(target)
-    m = load_volume(mask)
-    if m.channels != 1:
-        raise ValueError(f"{mask}: a mask must have one channel, got {m.channels}")
-    if m.spatial_shape != t.spatial_shape:
-        raise ValueError(f"{mask}: mask shape {m.spatial_shape} differs from target {target} {t.spatial_shape}")
-    if not np.allclose(m.affine, t.affine, atol=1e-3):
-        raise ValueError(f"{mask}: mask affine differs from target {target}'s")
-    del m
-    metrics = evaluate_volumes(p, t, load_mask(mask), kind=kind, mask_name=str(mask))
+    m = load_mask(mask, like=t, ref_name=f"target {target}")  # one read; checks channels and grid
+    metrics = evaluate_volumes(p, t, m, kind=kind, mask_name=str(mask))
     return pd.DataFrame([{"model": model_name, "subject": subject or Path(str(target)).name.split(".")[0], **metrics}])

@@ -45,9 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.cli import UserError
     from pipelines.evaluate import (
-        evaluate_manifest, evaluate_single, format_summary, parse_baselines, summarise, write_results,
+        check_outputs, evaluate_manifest, evaluate_single, format_summary, parse_baselines, summarise,
+        write_results,
     )
 
+    if args.csv:  # refuse before minutes of scoring, not after
+        check_outputs(args.csv, overwrite=args.overwrite)
     single = [args.pred, args.target, args.mask]
     if any(single):
         if args.manifest or args.predictions:
