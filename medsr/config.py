@@ -298,6 +298,7 @@ def load_config(
         FileNotFoundError: the YAML file does not exist.
         ValueError: unknown keys, wrong types, bad YAML; the message names the key or file.
     """
+    path: Path | None = None
     if isinstance(source, Config):
         d = source.to_dict()
     elif isinstance(source, dict):
@@ -309,12 +310,20 @@ def load_config(
         try:
             d = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: invalid YAML ({e})") from e
+            mark = getattr(e, "problem_mark", None)  # one line: the problem and where, not the YAML excerpt
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ValueError(f"{path}: invalid YAML{where} ({problem})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
         d = _yaml_floats(d)
     # Validate first so an unknown section is reported before an override is applied to it.
-    base = Config.from_dict(d).to_dict()
+    try:
+        base = Config.from_dict(d).to_dict()
+    except ValueError as e:
+        if path is None:
+            raise
+        raise ValueError(f"{path}: {e}") from None  # name the file too: the user may hold several configs
     for item in overrides or []:
         apply_override(base, item)
     return Config.from_dict(base)
