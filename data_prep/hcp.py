@@ -46,6 +46,8 @@ CHUNK_VOXELS = 65536  # voxels per WLS fit call: ~ 65536 x N_sel x 8 bytes per f
 def find_subjects(input_dir: str | os.PathLike) -> list[str]:
     """Subject folder names under ``input_dir`` (every non-hidden sub-folder; missing files fail later)."""
     root = Path(input_dir)
+    if root.is_file():
+        raise ValueError(f"{root}: is a file; --input expects a folder of subject folders")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input folder not found")
     if (root / DIFFUSION).is_dir():

@@ -26,6 +26,8 @@ EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 def find_subjects(input_dir: str | os.PathLike) -> list[str]:
     """Every non-hidden sub-folder of ``input_dir`` (a folder lacking files fails on its own later)."""
     root = Path(input_dir)
+    if root.is_file():
+        raise ValueError(f"{root}: is a file; --input expects a folder of subject folders")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input folder not found")
     subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
