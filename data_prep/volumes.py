@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsr.degrade import block_mean, fit_to_factor, nn_upsample
+from medsr.degrade import block_mean, fit_array, fit_to_factor, nn_upsample
 from medsr.io import load_mask, load_volume, save_mask, save_volume
 from medsr.manifest import format_triple
 from medsr.patches import count_brain_patches
@@ -56,7 +56,7 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
         raise ValueError(f"{image_path}: {bad} NaN/Inf values")
     mask = load_mask(mask_path, image)
     hr = fit_to_factor(image, factor, pad=pad)
-    mask = np.asarray(fit_to_factor(image.with_data(mask[None].astype(np.float32)), factor, pad=pad).data[0] != 0)
+    mask = fit_array(mask, factor, pad=pad)  # the same crop/pad as the image, on the bool array itself
     if not mask.any():
         raise ValueError(f"{mask_path}: mask is empty (no brain voxels)")
     lr = block_mean(hr, factor)
