@@ -25,18 +25,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from medsr.baselines import upsample
-    from medsr.degrade import nn_upsample
     from medsr.io import load_mask, load_volume
     from medsr.manifest import read_manifest
     from medsr.report import subject_figure
-    from pipelines.evaluate import parse_baselines, prediction_paths
+    from pipelines.evaluate import parse_baselines, prediction_paths, select_subjects
 
-    df = read_manifest(args.manifest)
-    if args.subjects:
-        unknown = sorted(set(args.subjects) - set(df["subject"].astype(str)))
-        if unknown:
-            raise ValueError(f"{args.manifest}: no ok subject {unknown[0]}")
-        df = df[df["subject"].astype(str).isin(args.subjects)]
+    df = select_subjects(read_manifest(args.manifest), args.subjects, args.manifest)
     subjects = [str(s) for s in df["subject"]]
     pred_dirs = [(Path(d).resolve().name, prediction_paths(subjects, d)) for d in args.predictions]
     baselines = parse_baselines(args.baselines)
@@ -51,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         mask = load_mask(r["mask"], like=hr)
         lr = load_volume(r["lr"])
         factor = int(r["factor"]) or 2
-        lr_up = nn_upsample(lr, factor)
-        if lr_up.spatial_shape != hr.spatial_shape:
-            lr_up = upsample(lr, factor, "nn", out_shape=hr.spatial_shape)
+        lr_up = upsample(lr, factor, "nn", out_shape=hr.spatial_shape)  # prep's lr_up, even for padded grids
         cols = [(b, upsample(lr, factor, b, out_shape=hr.spatial_shape)) for b in baselines]
         cols += [(name, load_volume(paths[s])) for name, paths in pred_dirs]
         subject_figure(out / f"{s}.png", hr=hr, mask=mask, predictions=cols, lr_up=lr_up,
