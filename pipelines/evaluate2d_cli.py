@@ -35,11 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--per-image", type=Path, default=None, help="Maps: also write per-image scores here")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing CSV files")
 
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.evaluate2d import evaluate2d
 
+    if not args.overwrite:  # refuse before the evaluation, not after it
+        for p in (args.csv, args.per_image):
+            if p is not None and p.exists():
+                raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
     summary = evaluate2d(
         args.checkpoint, args.data, args.csv, dataset=args.dataset, fcn=args.fcn, split=args.split,
         size=args.size, batch_size=args.batch_size, device=args.device, limit=args.limit,
