@@ -46,7 +46,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"{path}: not a readable medsr checkpoint ({type(e).__name__}: {e})") from e
+        # One line: torch's weights-only message is a paragraph (advising weights_only=False, which
+        # medsr never does); keep only its cause, e.g. "Unsupported operand 31".
+        msg = str(e).split("WeightsUnpickler error:", 1)[-1].split("Check the documentation of torch.load")[0]
+        detail = " ".join(msg.split())[:200] or type(e).__name__
+        raise ValueError(f"{path}: not a readable medsr checkpoint ({type(e).__name__}: {detail})") from e
 
 
 def model_entry(name: str, kwargs: dict[str, Any], module: torch.nn.Module) -> dict[str, Any]:
