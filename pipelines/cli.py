@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except (UserError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        # The one-line contract is kept here, whatever a library put in the message.
+        msg = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
         print(f"medsr {verb}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
