@@ -93,12 +93,15 @@ def data_range(target: np.ndarray, mask: np.ndarray) -> float:
     return float(vals.max() - vals.min())
 
 
-def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
+def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, err: float | None = None) -> float:
     """10 log10(range^2 / MSE) within the mask; range = :func:`data_range` of the target.
+
+    Args:
+        err: the RMSE within ``mask`` when the caller has it already (skips recomputing it).
 
     Returns ``inf`` for a perfect prediction.
     """
-    err = rmse(pred, target, mask)
+    err = rmse(pred, target, mask) if err is None else float(err)
     rng = data_range(target, mask)
     if err == 0.0:
         return float("inf")
@@ -232,10 +235,11 @@ def evaluate_volumes(
     inner = interior_mask(mask)
     if not inner.any():
         raise ValueError(f"{mask_name}: no interior voxel (no 5x5x5 cube fits inside the mask)")
+    total = rmse(pred.data, target.data, mask)
     out = {
         "rmse_interior": rmse(pred.data, target.data, inner),
-        "rmse_total": rmse(pred.data, target.data, mask),
-        "psnr": psnr(pred.data, target.data, mask),
+        "rmse_total": total,
+        "psnr": psnr(pred.data, target.data, mask, err=total),
         "ssim": ssim(pred.data, target.data, mask),
     }
     if kind is None:
