@@ -86,22 +86,28 @@ def mean_diffusivity(t6: np.ndarray) -> np.ndarray:
     return (t6[0] + t6[3] + t6[5]) / 3.0
 
 
-def fractional_anisotropy(t6: np.ndarray) -> np.ndarray:
+def fractional_anisotropy(t6: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     """FA in [0, 1], shape (...) from FSL components (6, ...); 0 where the tensor is zero.
 
     Uses the invariant form FA = sqrt(3/2) * ||D - MD*I||_F / ||D||_F, which equals the usual
     eigenvalue formula exactly without an eigen-decomposition (faster, and defined for any
-    symmetric D). Computed in float64 to avoid cancellation for nearly isotropic tensors.
+    symmetric D). Computed in float64 to avoid cancellation for nearly isotropic tensors, ``chunk``
+    voxels at a time so a whole HCP volume never has a float64 copy.
     """
     _check_len(t6, 0, 6, "FSL tensor")
-    t = np.asarray(t6, dtype=np.float64)
-    md = (t[0] + t[3] + t[5]) / 3.0
-    dev2 = (t[0] - md) ** 2 + (t[3] - md) ** 2 + (t[5] - md) ** 2 + 2.0 * (t[1] ** 2 + t[2] ** 2 + t[4] ** 2)
-    norm2 = t[0] ** 2 + t[3] ** 2 + t[5] ** 2 + 2.0 * (t[1] ** 2 + t[2] ** 2 + t[4] ** 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fa = np.sqrt(1.5 * dev2 / norm2)
-    fa = np.where(norm2 > 0, fa, 0.0)
-    return np.clip(fa, 0.0, 1.0).astype(np.float32 if t6.dtype == np.float32 else np.float64)
+    t6 = np.asarray(t6)
+    flat = t6.reshape(6, -1)
+    out = np.empty(flat.shape[1], dtype=np.float32 if t6.dtype == np.float32 else np.float64)
+    for s in range(0, flat.shape[1], chunk):
+        t = flat[:, s : s + chunk].astype(np.float64)
+        md = (t[0] + t[3] + t[5]) / 3.0
+        off2 = 2.0 * (t[1] ** 2 + t[2] ** 2 + t[4] ** 2)
+        dev2 = (t[0] - md) ** 2 + (t[3] - md) ** 2 + (t[5] - md) ** 2 + off2
+        norm2 = t[0] ** 2 + t[3] ** 2 + t[5] ** 2 + off2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fa = np.sqrt(1.5 * dev2 / norm2)
+        out[s : s + chunk] = np.clip(np.where(norm2 > 0, fa, 0.0), 0.0, 1.0)
+    return out.reshape(t6.shape[1:])
 
 
 def eigenvalues(t6: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
