@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="demo folder (default ./medsr-demo); must be empty or a previous demo with --overwrite")
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                         help=f"wall-clock budget of the training stage in minutes (default {DEFAULT_MINUTES:g}; "
-                             "the whole demo takes about 2 minutes more on 2 CPU cores)")
+                             "the rest of the demo takes about 1-2 minutes on 2 CPU cores)")
     parser.add_argument("--subjects", type=int, default=4,
                         help="phantom subjects; the last is held out for testing (default 4, at least 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")
