@@ -110,6 +110,26 @@ def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, err: float |
     return float(20.0 * np.log10(rng / err))
 
 
+def ssim_map(
+    x: np.ndarray, y: np.ndarray, data_range: float, *, sigma: float = 1.5, truncate: float = 3.5
+) -> np.ndarray:
+    """The local SSIM map of two same-shape float64 arrays (any number of dims; 2D and 3D callers).
+
+    Gaussian window (Wang et al.: sigma 1.5, truncated at 3.5 sigma), K1 = 0.01, K2 = 0.03 and
+    L = ``data_range``; variances from E[x^2] - E[x]^2 (the sample-size correction is negligible).
+    """
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma=sigma, truncate=truncate, mode="reflect")
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
 def ssim(
     pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, sigma: float = 1.5, truncate: float = 3.5
 ) -> float:
@@ -142,17 +162,7 @@ def ssim(
         rng = float(y[m].max() - y[m].min())
         if rng == 0.0:
             rng = 1.0  # a constant channel: any positive L gives SSIM 1 for an exact match
-        c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
-
-        def blur(a: np.ndarray) -> np.ndarray:
-            return ndimage.gaussian_filter(a, sigma=sigma, truncate=truncate, mode="reflect")
-
-        mx, my = blur(x), blur(y)
-        vx = blur(x * x) - mx * mx
-        vy = blur(y * y) - my * my
-        cxy = blur(x * y) - mx * my
-        smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        scores.append(float(smap[m].mean()))
+        scores.append(float(ssim_map(x, y, rng, sigma=sigma, truncate=truncate)[m].mean()))
     return float(np.mean(scores))
 
 

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except (UserError, ValueError, FileNotFoundError, FileExistsError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         # The one-line contract is kept here, whatever a library put in the message.
         msg = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())

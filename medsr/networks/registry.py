@@ -11,6 +11,10 @@ import torch.nn as nn
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
+class UnknownModelError(KeyError, ValueError):
+    """A model name that is not registered: a lookup miss (KeyError) and a bad user value (ValueError)."""
+
+
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a constructor (a class or a factory function) under ``name``."""
 
@@ -37,5 +41,5 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with keyword arguments ``kwargs``."""
     _ensure_loaded()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownModelError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**kwargs)
