@@ -474,8 +474,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
 
 
-def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Memory vs depth (saved activations and step peak) and step time vs depth, per variant."""
+def plot_vs_depth(
+    rows: list[dict[str, Any]], path: Path, title: str, *, series: str, panels: list[tuple[str, str]], xlabel: str
+) -> None:
+    """One panel per ``(column, label)`` in ``panels``: that column vs depth, one line per ``series`` value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -483,15 +485,12 @@ def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     from medsr.utils.atomic import atomic_path
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    panels = [("saved_MiB", "activations saved for backward (MiB)"),
-              ("step_MiB", "peak memory of the step (MiB)"), ("step_s", "step time (s, median)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4))
     for ax, (key, label) in zip(axes, panels):
-        for variant in VARIANTS:
-            pts = sorted((r["depth"], r[key]) for r in rows if r["variant"] == variant)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=variant)
-        ax.set_xlabel("reversible depth R")
+        for name in dict.fromkeys(r[series] for r in rows):
+            pts = sorted((r["depth"], r[key]) for r in rows if r[series] == name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -500,6 +499,15 @@ def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
+
+
+MEMORY_PANELS = [("saved_MiB", "activations saved for backward (MiB)"), ("step_MiB", "peak memory of the step (MiB)")]
+
+
+def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Memory vs depth (saved activations and step peak) and step time vs depth, per variant."""
+    plot_vs_depth(rows, path, title, series="variant", xlabel="reversible depth R",
+                  panels=MEMORY_PANELS + [("step_s", "step time (s, median)")])
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -707,28 +715,8 @@ def check_targets_2d(rows: list[dict[str, Any]]) -> list[str]:
 
 def write_png_2d(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Saved activations and step peak vs depth, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medsr.utils.atomic import atomic_path
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (key, label) in zip(axes, [("saved_MiB", "activations saved for backward (MiB)"),
-                                       ("step_MiB", "peak memory of the step (MiB)")]):
-        for m in dict.fromkeys(r["model"] for r in rows):
-            pts = sorted((r["depth"], r[key]) for r in rows if r["model"] == m)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
-        ax.set_xlabel("depth (residual / reversible blocks)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    plot_vs_depth(rows, path, title, series="model", xlabel="depth (residual / reversible blocks)",
+                  panels=MEMORY_PANELS)
 
 
 def run_2d(args: argparse.Namespace) -> int:
