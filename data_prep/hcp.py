@@ -33,6 +33,7 @@ import numpy as np
 from medsr.degrade import block_mean_array, downsample_mask, fit_array, lr_affine, nn_upsample_array
 from medsr.dti import lower_to_fsl
 from medsr.io import check_grid, read_array, read_nifti_image, save_mask, save_volume
+from data_prep.runner import subject_folders
 from medsr.manifest import format_triple
 from medsr.patches import count_brain_patches
 from medsr.volume import Volume
@@ -45,17 +46,7 @@ CHUNK_VOXELS = 65536  # voxels per WLS fit call: ~ 65536 x N_sel x 8 bytes per f
 
 def find_subjects(input_dir: str | os.PathLike) -> list[str]:
     """Subject folder names under ``input_dir`` (every non-hidden sub-folder; missing files fail later)."""
-    root = Path(input_dir)
-    if root.is_file():
-        raise ValueError(f"{root}: is a file; --input expects a folder of subject folders")
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder not found")
-    if (root / DIFFUSION).is_dir():
-        raise ValueError(f"{root}: is a single subject folder; pass its parent folder as --input")
-    subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not subjects:
-        raise ValueError(f"{root}: no subject folders found (expected <subject>/{DIFFUSION.as_posix()}/data.nii.gz)")
-    return subjects
+    return subject_folders(input_dir, f"<subject>/{DIFFUSION.as_posix()}/data.nii.gz", DIFFUSION.as_posix())
 
 
 def subject_files(subject_dir: Path) -> dict[str, Path]:

@@ -17,6 +17,7 @@ Guarantees:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -35,6 +36,27 @@ Process = Callable[[str, Path, bool], dict]
 def subject_outputs(out_dir: Path, subject: str) -> dict[str, Path]:
     """The four output paths of ``subject`` under ``out_dir``."""
     return {k: Path(out_dir) / subject / v for k, v in OUTPUT_FILES.items()}
+
+
+def subject_folders(input_dir: str | os.PathLike, expected: str, single_subject_marker: str | None = None) -> list[str]:
+    """Every non-hidden sub-folder of ``input_dir``: the subjects (a folder lacking files fails on its own later).
+
+    Args:
+        expected: the layout inside a subject folder, quoted in the error when there is none.
+        single_subject_marker: a relative path that exists only inside a subject folder, to catch a
+            subject folder given where its parent is expected.
+    """
+    root = Path(input_dir)
+    if root.is_file():
+        raise ValueError(f"{root}: is a file; --input expects a folder of subject folders")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: input folder not found")
+    if single_subject_marker and (root / single_subject_marker).exists():
+        raise ValueError(f"{root}: is a single subject folder; pass its parent folder as --input")
+    subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subjects:
+        raise ValueError(f"{root}: no subject folders found (expected {expected})")
+    return subjects
 
 
 def one_line(err: BaseException) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from medsr.degrade import block_mean, fit_array, fit_to_factor, nn_upsample
 from medsr.io import load_mask, load_volume, save_mask, save_volume
+from data_prep.runner import subject_folders
 from medsr.manifest import format_triple
 from medsr.patches import count_brain_patches
 
@@ -25,15 +26,7 @@ EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 def find_subjects(input_dir: str | os.PathLike) -> list[str]:
     """Every non-hidden sub-folder of ``input_dir`` (a folder lacking files fails on its own later)."""
-    root = Path(input_dir)
-    if root.is_file():
-        raise ValueError(f"{root}: is a file; --input expects a folder of subject folders")
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder not found")
-    subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not subjects:
-        raise ValueError(f"{root}: no subject folders found (expected <subject>/image.nii.gz and mask.nii.gz)")
-    return subjects
+    return subject_folders(input_dir, "<subject>/image.nii.gz and mask.nii.gz")
 
 
 def _find(folder: Path, stem: str) -> Path:
