@@ -90,9 +90,15 @@ def _remove_outputs(out_dir: Path, subject: str) -> None:
 
 
 def _is_done(row: dict | None, out_dir: Path, subject: str) -> bool:
+    """The row is ``ok``, names this subject's own output files, and they all exist.
+
+    A row whose paths point elsewhere (e.g. a manifest written by an older medsr with a relative
+    ``--output``) is redone, so a rerun repairs the manifest instead of keeping it.
+    """
     if not row or row.get("status") != "ok":
         return False
-    return all(p.exists() for p in subject_outputs(out_dir, subject).values())
+    outputs = subject_outputs(out_dir, subject)
+    return all(p.exists() and row.get(k) and Path(row[k]).resolve() == p.resolve() for k, p in outputs.items())
 
 
 def run_subjects(
@@ -120,7 +126,8 @@ def run_subjects(
     Returns:
         0 if every subject's row is ``ok`` after the run, else 1.
     """
-    out_dir = Path(out_dir)
+    # Absolute from here on: rows, workers and the manifest must agree whatever the working directory.
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / MANIFEST_NAME
     rows: dict[str, dict] = {}

@@ -50,7 +50,9 @@ def empty_row(subject: str) -> dict:
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     """Write ``rows`` (dicts with the manifest columns; absolute or relative paths) atomically.
 
-    Absolute paths inside the manifest's folder are stored relative to it. Rows are sorted by subject.
+    Relative paths in ``rows`` are read against the current working directory (as every other path a
+    user passes); paths inside the manifest's folder are stored relative to it, so the stored manifest
+    reads the same from any working directory. Rows are sorted by subject.
     """
     path = Path(path)
     base = path.parent.resolve()
@@ -60,12 +62,11 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
         row.update({k: r[k] for k in COLUMNS if k in r and r[k] is not None})
         for c in PATH_COLUMNS:
             if row[c]:
-                p = Path(row[c])
-                if p.is_absolute():
-                    try:
-                        p = p.resolve().relative_to(base)
-                    except ValueError:  # outside the folder: keep it absolute
-                        pass
+                p = Path(row[c]).resolve()  # relative = relative to the working directory
+                try:
+                    p = p.relative_to(base)
+                except ValueError:  # outside the folder: keep it absolute
+                    pass
                 row[c] = p.as_posix()
         out.append(row)
     df = pd.DataFrame(out, columns=list(COLUMNS)).sort_values("subject", kind="stable")

@@ -37,6 +37,12 @@ MODEL_NAME = "revsrcnn"
 BASELINES = ("nn", "linear", "cubic")
 # Subfolders that mark an OUTPUT folder as a previous demo run (only such a folder is replaced).
 DEMO_PARTS = ("hcp", "prep", "run")
+# Written first into OUTPUT: marks the folder as the demo's own, so the same command run again (after
+# a success, a failure or Ctrl-C) replaces it without --overwrite.
+MARKER = ".medsr-demo"
+# Everything a demo run writes into OUTPUT; --overwrite refuses a folder holding anything else.
+DEMO_ENTRIES = frozenset(DEMO_PARTS + ("predictions", "figures", "evaluation.csv", "evaluation_summary.csv",
+                                       "summary.txt", MARKER))
 
 
 @dataclass
@@ -75,18 +81,35 @@ def _fmt_s(seconds: float) -> str:
 
 
 def prepare_output(output: Path, overwrite: bool) -> None:
-    """Refuse a non-empty OUTPUT unless ``overwrite`` and it is a previous demo folder."""
+    """Make OUTPUT ready for a demo run, never deleting anything but a previous demo's own files.
+
+    * empty or missing: used as it is;
+    * a folder marked as the demo's own (finished, failed or interrupted): replaced, so rerunning the
+      same command just works;
+    * an unmarked folder with the demo's layout (an older medsr's demo): replaced only with ``overwrite``;
+    * anything else (or a demo folder holding other files): refused, naming what is in the way.
+    """
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output}: exists and is not a folder")
     if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{output}: exists and is not empty (pass --overwrite to replace a previous demo run)")
-        if not any((output / p).exists() for p in DEMO_PARTS):
+        entries = sorted(p.name for p in output.iterdir())
+        is_demo = (output / MARKER).exists() or any((output / p).exists() for p in DEMO_PARTS)
+        if not is_demo:
             raise FileExistsError(
                 f"{output}: not empty and not a medsr demo folder (no {', '.join(DEMO_PARTS)}); refusing to delete it"
             )
+        foreign = [e for e in entries if e not in DEMO_ENTRIES]
+        if foreign:
+            raise FileExistsError(f"{output}: holds files the demo did not write ({', '.join(foreign[:5])}); "
+                                  "refusing to replace it, choose another --output")
+        marked = (output / MARKER).exists()
+        if not (overwrite or marked):
+            raise FileExistsError(f"{output}: exists and is not empty (pass --overwrite to replace a previous demo run)")
+        state = "finished" if (output / "summary.txt").exists() else "unfinished"
+        print(f"demo: replacing the previous {state} demo run in {output}", file=sys.stderr)
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
+    (output / MARKER).write_text("medsr demo folder\n")
 
 
 def _steps_per_second(run_dir: Path, batch_size: int, since_step: int) -> float | None:

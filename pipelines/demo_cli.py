@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "held-out subject and score it against interpolation baselines.")
     parser.epilog = EPILOG
     parser.add_argument("--output", type=Path, default=Path("medsr-demo"),
-                        help="demo folder (default ./medsr-demo); must be empty or a previous demo with --overwrite")
+                        help="demo folder (default ./medsr-demo); must be missing, empty or a previous demo run (replaced)")
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                         help=f"wall-clock budget of the training stage in minutes (default {DEFAULT_MINUTES:g}; "
                              "the rest of the demo takes about 1-2 minutes on 2 CPU cores)")
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="training config (default configs/demo.yaml)")
     parser.add_argument("--workers", type=int, default=2, help="processes for prep (default 2)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --output")
+    parser.add_argument("--overwrite", action="store_true", help="also replace a demo folder written by an older medsr (no .medsr-demo marker)")
 
 
 def run(args: argparse.Namespace) -> int:
