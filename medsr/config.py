@@ -93,6 +93,9 @@ class TrainConfig:
         n_epochs: epochs at the constant learning rate.
         n_epochs_decay: further epochs with the learning rate decaying linearly to zero.
         max_steps: stop after this many optimisation steps (``null`` = run all epochs).
+        max_minutes: stop after this many minutes of training (``null`` = no time limit). Checked
+            after every step, counted over resumes (the checkpoint stores the time trained); under
+            torchrun every rank stops at the same step. The checkpoint is written at the stop.
         lr, beta1, beta2: Adam settings (paper: 2e-4, 0.5, 0.999).
         lambda_l1: weight of the paired L1 terms in ``paired`` mode (paper: 100).
         lambda_cycle: weight of the cycle terms in ``unpaired`` mode (paper: 10).
@@ -113,6 +116,7 @@ class TrainConfig:
     n_epochs: int = 20
     n_epochs_decay: int = 0
     max_steps: int | None = None
+    max_minutes: float | None = None
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999

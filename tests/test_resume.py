@@ -44,7 +44,7 @@ def _config(manifest: Path, out: Path) -> dict:
 
 
 def _losses(path: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "patches_per_s"} for r in csv.DictReader(open(path))]
+    return [{k: v for k, v in r.items() if k not in ("patches_per_s", "train_s")} for r in csv.DictReader(open(path))]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
@@ -106,3 +106,36 @@ def test_resume_refuses_another_model(tmp_path):
     cfg["model"]["kwargs"]["width"] = 6
     with pytest.raises(ValueError, match="differs from the config"):
         train(cfg, resume=True, overrides=["train.max_steps=4"])
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
+    """A time-limited run stops after the step that crossed the limit, checkpointed; resuming it
+    (limit lifted) ends bit-identical to a run that was never stopped; an exhausted budget trains nothing."""
+    manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), "dti", patch_size=8)
+
+    def cfg(out: str, **train_kw) -> dict:
+        c = _config(manifest, tmp_path / out)
+        c["train"].update(mode="paired_l1", n_epochs=1, n_epochs_decay=0, max_steps=4, checkpoint_every=100)
+        c["train"].update(train_kw)
+        return c
+
+    try:
+        ref = load_checkpoint(train(cfg("ref")) / "last.pt")
+        assert ref["step"] == 4 and ref["train_seconds"] > 0
+
+        # 1e-6 minutes: over the limit after the first step, whatever the machine's speed
+        run = train(cfg("timed", max_minutes=1e-6))
+        ck = load_checkpoint(run / "last.pt")
+        assert ck["step"] == 1
+        assert [int(r["step"]) for r in csv.DictReader(open(run / "log.csv"))] == [1]
+        # the budget counts over resumes: a resume with the same limit trains no further step
+        again = load_checkpoint(train(cfg("timed", max_minutes=1e-6), resume=True) / "last.pt")
+        assert again["step"] == 1 and again["train_seconds"] == ck["train_seconds"]
+
+        done = load_checkpoint(train(cfg("timed"), resume=True) / "last.pt")
+        assert done["step"] == 4
+        assert all(torch.equal(ref["model"]["state_dict"][k], done["model"]["state_dict"][k])
+                   for k in ref["model"]["state_dict"])
+        assert done["train_seconds"] > ck["train_seconds"]
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -140,6 +140,9 @@ class Trainer:
         total = (t.n_epochs + t.n_epochs_decay) * self.steps_per_epoch
         self.total_steps = min(total, t.max_steps) if t.max_steps is not None else total
         self.step = 0
+        # Seconds of training loop behind ``self.step`` (restored on resume): train.max_minutes
+        # counts over every run that led to this checkpoint, as max_steps does.
+        self.train_seconds = 0.0
         self.log_rows: list[dict[str, Any]] = []
         self.last_good: tuple[int, Path] | None = None
         self._tb = None
@@ -163,6 +166,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "step": int(self.step),
             "epoch": int(self.step // self.steps_per_epoch),
+            "train_seconds": float(self.train_seconds),
             "rng": {"world_size": self.dist.world_size, "per_rank": rngs},
             "mode": self.cfg.train.mode,
             "mode_state": {"per_rank": modes},
@@ -189,6 +193,7 @@ class Trainer:
         for k, s in self.schedulers.items():
             s.load_state_dict(ck["schedulers"][k])
         self.step = int(ck["step"])
+        self.train_seconds = float(ck.get("train_seconds", 0.0))
         per_rank = ck["rng"]["per_rank"]
         set_rng_state(per_rank[self.dist.rank if self.dist.rank < len(per_rank) else 0])
         modes = ck.get("mode_state", {}).get("per_rank", [])
@@ -263,11 +268,17 @@ class Trainer:
             persistent_workers=workers > 0,
         )
 
+    def out_of_time(self) -> bool:
+        """``train.max_minutes`` is set and the time trained (agreed by all ranks) has reached it."""
+        budget = self.cfg.train.max_minutes
+        return budget is not None and self.train_seconds >= 60.0 * float(budget)
+
     def fit(self) -> Path:
-        """Train from ``self.step`` to the last step; returns the checkpoint path."""
+        """Train from ``self.step`` to the last step (or ``train.max_minutes``); returns the checkpoint path."""
         t = self.cfg.train
         names = self.mode.loss_names
         loader = self.make_loader()
+        seconds_before, loop_start = self.train_seconds, time.perf_counter()
         show = t.progress and self.dist.is_main and sys.stderr.isatty()
         from tqdm import tqdm
 
@@ -276,29 +287,36 @@ class Trainer:
         tick, tick_step = time.perf_counter(), self.step
         rate = 0.0
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not self.out_of_time():
                 epoch = self.step // self.steps_per_epoch
                 self.data.sampler.set_epoch(epoch, self.step % self.steps_per_epoch)
                 for batch in loader:
                     batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                     losses = self.mode.train_step(batch)
                     self.step += 1
-                    vec = all_mean(torch.stack([losses[n].float() for n in names]), self.dist).cpu()
-                    values = dict(zip(names, vec.tolist()))
+                    # The elapsed time rides along with the losses' all-reduce: every rank gets the
+                    # same mean, so under torchrun all ranks stop at the same step without an extra
+                    # collective.
+                    elapsed = torch.tensor([seconds_before + time.perf_counter() - loop_start], device=self.device)
+                    vec = all_mean(torch.cat([torch.stack([losses[n].float() for n in names]), elapsed]), self.dist)
+                    *losses_mean, self.train_seconds = vec.cpu().double().tolist()
+                    values = dict(zip(names, losses_mean))
                     if not all(math.isfinite(v) for v in values.values()):
                         bad = ", ".join(f"{k}={v:g}" for k, v in values.items())
                         kept = (f"last good checkpoint {self.last_good[1]} (step {self.last_good[0]}) kept"
                                 if self.last_good else "no checkpoint was written")
                         raise TrainingDiverged(f"non-finite loss at step {self.step} ({bad}); stopped, {kept}")
                     end_of_epoch = self.step % self.steps_per_epoch == 0
-                    if self.step % t.log_every == 0 or end_of_epoch or self.step == self.total_steps:
+                    last = self.step >= self.total_steps or self.out_of_time()
+                    if self.step % t.log_every == 0 or end_of_epoch or last:
                         now = time.perf_counter()
                         rate = per_step * (self.step - tick_step) / max(now - tick, 1e-9)
                         tick, tick_step = now, self.step
                         lr = self.optimizers["G"].param_groups[0]["lr"]
                         row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch}
                         row.update({k: f"{v:.6g}" for k, v in values.items()})
-                        row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}"})
+                        row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}",
+                                    "train_s": f"{self.train_seconds:.1f}"})
                         self.log_rows.append(row)
                         tb = self._tensorboard()
                         if tb:
@@ -314,10 +332,12 @@ class Trainer:
                         for s in self.schedulers.values():
                             s.step()
                         self.write_preview(f"epoch_{self.step // self.steps_per_epoch:03d}")
-                    if self.step % t.checkpoint_every == 0 or self.step == self.total_steps:
+                    if self.step % t.checkpoint_every == 0 or last:
                         self.save()
-                    if self.step >= self.total_steps:
+                    if last:
                         break
+                if self.out_of_time():
+                    break
         finally:
             bar.close()
             if self._tb:
