@@ -170,6 +170,51 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _FREE_DICTS = {"model.kwargs", "discriminator.kwargs"}
 
+# Allowed ranges of numeric keys: (low, high, low inclusive, high inclusive); None = unbounded.
+# A key absent from the config classes is simply never checked (null values are never checked).
+_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.image_size": (1, None, True, True),
+    "data.patch_size": (1, None, True, True),
+    "data.stride": (1, None, True, True),
+    "data.random_per_subject": (0, None, True, True),
+    "data.min_brain_fraction": (0, 1, True, True),
+    "data.num_workers": (0, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.n_epochs": (0, None, True, True),
+    "train.n_epochs_decay": (0, None, True, True),
+    "train.max_steps": (1, None, True, True),
+    "train.max_minutes": (0, None, False, True),
+    "train.lr": (0, None, False, True),
+    "train.beta1": (0, 1, True, False),
+    "train.beta2": (0, 1, True, False),
+    "train.lambda_l1": (0, None, True, True),
+    "train.lambda_cycle": (0, None, True, True),
+    "train.pool_size": (0, None, True, True),
+    "train.checkpoint_every": (1, None, True, True),
+    "train.log_every": (1, None, True, True),
+    "train.threads": (0, None, True, True),
+}
+
+
+def _range_text(lo: float | None, hi: float | None, lo_inc: bool, hi_inc: bool) -> str:
+    if hi is None:
+        return f"{'>=' if lo_inc else '>'} {lo:g}"
+    return f"in {'[' if lo_inc else '('}{lo:g}, {hi:g}{']' if hi_inc else ')'}"
+
+
+def _check_range(key: str, value: Any) -> None:
+    """Raise ValueError naming ``key`` and its allowed range when a number lies outside it (NaN included)."""
+    if key not in _RANGES or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi, lo_inc, hi_inc = _RANGES[key]
+    ok = value == value and value not in (float("inf"), float("-inf"))  # finite
+    if ok and lo is not None:
+        ok = value >= lo if lo_inc else value > lo
+    if ok and hi is not None:
+        ok = value <= hi if hi_inc else value < hi
+    if not ok:
+        raise ValueError(f"config key {key!r}: {value!r} is out of range; allowed: {_range_text(lo, hi, lo_inc, hi_inc)}")
+
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -243,7 +288,15 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
         value = _coerce(tp, d[name], key)
         if key in _CHOICES and value not in _CHOICES[key]:
             raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+        _check_range(key, value)
         kwargs[name] = value
+    if prefix == "train":
+        default = cls()
+        n_ep = kwargs.get("n_epochs", default.n_epochs)
+        n_decay = kwargs.get("n_epochs_decay", default.n_epochs_decay)
+        if n_ep + n_decay < 1:
+            raise ValueError(f"config keys 'train.n_epochs' + 'train.n_epochs_decay': {n_ep} + {n_decay} epochs "
+                             "train nothing; allowed: a sum >= 1")
     return cls(**kwargs)
 
 
@@ -330,7 +383,30 @@ def load_config(
         raise ValueError(f"{path}: {e}") from None  # name the file too: the user may hold several configs
     for item in overrides or []:
         apply_override(base, item)
-    return Config.from_dict(base)
+    cfg = Config.from_dict(base)
+    check_names(cfg)
+    return cfg
+
+
+def check_names(cfg: Config) -> None:
+    """Raise ValueError naming the key and the registered names when a name in ``cfg`` is unknown.
+
+    Checks ``data.type``, ``train.mode``, ``model.name`` and ``discriminator.name`` against the
+    registries (imported here, lazily: plain config handling needs no torch).
+    """
+    from medsr.data.registry import list_datasets  # imports the dataset modules, which register the modes
+    from medsr.networks import list_models
+    from medsr.training.modes import list_modes
+
+    models = list_models()
+    for key, value, allowed in (
+        ("data.type", cfg.data.type, list_datasets()),
+        ("train.mode", cfg.train.mode, list_modes()),
+        ("model.name", cfg.model.name, models),
+        ("discriminator.name", cfg.discriminator.name, models),
+    ):
+        if value not in allowed:
+            raise ValueError(f"config key {key!r}: unknown name {value!r}; allowed: {', '.join(allowed)}")
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
