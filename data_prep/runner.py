@@ -8,7 +8,10 @@ the others carry on.
 Guarantees:
 
 * every output file is written through :func:`medsr.utils.atomic.atomic_path`, and a subject that
-  fails has its output files removed, so no partial subject is left behind;
+  fails has the output files this run created removed, so no partial subject is left behind (files
+  that were there before the run started are never removed);
+* no output path may resolve outside the output folder (a link there is refused), and the caller
+  refuses an output folder overlapping an input subject folder (:func:`check_output_folder`);
 * the manifest is rewritten (atomically) after each subject, so an interrupted run keeps its progress;
 * a rerun skips subjects whose row is ``ok`` and whose files all exist, and retries the others
   (``overwrite=True`` redoes every subject);
@@ -26,6 +29,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from medsr.manifest import PATH_COLUMNS, empty_row, read_manifest_raw, write_manifest
+from medsr.utils.paths import check_subject_name, inside
 
 OUTPUT_FILES: dict[str, str] = {"hr": "hr.nii.gz", "lr": "lr.nii.gz", "lr_up": "lr_up.nii.gz", "mask": "mask.nii.gz"}
 MANIFEST_NAME = "manifest.csv"
@@ -54,6 +58,8 @@ def subject_folders(input_dir: str | os.PathLike, expected: str, single_subject_
     if single_subject_marker and (root / single_subject_marker).exists():
         raise ValueError(f"{root}: is a single subject folder; pass its parent folder as --input")
     subjects = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for s in subjects:
+        check_subject_name(s, root)
     if not subjects:
         raise ValueError(f"{root}: no subject folders found (expected {expected})")
     return subjects
@@ -67,26 +73,79 @@ def one_line(err: BaseException) -> str:
     return msg if isinstance(err, known) else f"{type(err).__name__}: {msg}"
 
 
-def run_one(process: Process, subject: str, out_dir: Path, kind: str, factor: int, progress: bool = False) -> dict:
-    """Run ``process`` for one subject; never raises (a failure becomes a ``failed`` row)."""
+def check_output_folder(input_dir: str | os.PathLike, subjects: list[str], out_dir: str | os.PathLike) -> None:
+    """Refuse an output folder that is, contains, or lies inside one of the input subject folders.
+
+    Prep writes ``<out>/<subject>/mask.nii.gz`` and removes its own files when a subject fails; with
+    the output inside (or equal to) an input subject folder, either could replace or delete the user's
+    own files (``--input D --output D`` would overwrite ``D/<subject>/mask.nii.gz``).
+    """
+    out = Path(out_dir).resolve()
+    for s in subjects:
+        folder = (Path(input_dir) / s).resolve()
+        if out == folder or folder in out.parents or out in folder.parents:
+            how = "is" if out == folder else ("lies inside" if folder in out.parents else "contains")
+            raise ValueError(
+                f"{out_dir}: the output folder {how} the input subject folder {Path(input_dir) / s}; prep would "
+                "overwrite or delete input files there, choose an output folder outside the input subjects"
+            )
+
+
+Snapshot = dict[str, "tuple[int, int, int, int] | None"]
+
+
+def _snapshot(out_dir: Path, subject: str) -> Snapshot:
+    """Identity (device, inode, mtime, size) of each output path before a subject runs; None = absent.
+
+    Clean-up after a failure removes only paths whose identity changed, i.e. files this run created
+    (an atomic write always makes a new inode), never a file that was there before it started.
+    """
+    snap: Snapshot = {"<dir>": _identity(Path(out_dir) / subject)}
+    for k, p in subject_outputs(out_dir, subject).items():
+        snap[k] = _identity(p)
+    return snap
+
+
+def _identity(p: Path) -> "tuple[int, int, int, int] | None":
     try:
+        st = p.lstat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def run_one(process: Process, subject: str, out_dir: Path, kind: str, factor: int, progress: bool = False,
+            before: Snapshot | None = None) -> dict:
+    """Run ``process`` for one subject; never raises (a failure becomes a ``failed`` row).
+
+    Args:
+        before: :func:`_snapshot` taken before the subject started (taken here when None).
+    """
+    before = _snapshot(out_dir, subject) if before is None else before
+    try:
+        for p in subject_outputs(out_dir, subject).values():
+            inside(out_dir, p)  # a link placed in the output folder must not redirect writes elsewhere
         row = process(subject, out_dir, progress)
         row.setdefault("status", "ok")
         return row
     except Exception as e:  # noqa: BLE001 - one bad subject must not stop the others
-        _remove_outputs(out_dir, subject)
+        _remove_outputs(out_dir, subject, before)
         row = empty_row(subject)
         row.update(status="failed", error=f"subject {subject}: {one_line(e)}", kind=kind, factor=factor)
         return row
 
 
-def _remove_outputs(out_dir: Path, subject: str) -> None:
-    for p in subject_outputs(out_dir, subject).values():
-        p.unlink(missing_ok=True)
-    try:
-        (Path(out_dir) / subject).rmdir()  # only if now empty
-    except OSError:
-        pass
+def _remove_outputs(out_dir: Path, subject: str, before: Snapshot) -> None:
+    """Remove the output files of ``subject`` that this run created (see :func:`_snapshot`)."""
+    for k, p in subject_outputs(out_dir, subject).items():
+        now = _identity(p)
+        if now is not None and now != before.get(k) and not p.is_symlink():
+            p.unlink(missing_ok=True)
+    if before.get("<dir>") is None:
+        try:
+            (Path(out_dir) / subject).rmdir()  # created by this run; only if now empty
+        except OSError:
+            pass
 
 
 def _is_done(row: dict | None, out_dir: Path, subject: str) -> bool:
@@ -165,8 +224,9 @@ def run_subjects(
             # spawn: a fresh interpreter per worker, safe with BLAS threads and any imported library
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+                before = {s: _snapshot(out_dir, s) for s in todo}
                 pending: dict[Future, str] = {
-                    pool.submit(run_one, process, s, out_dir, kind, factor, False): s for s in todo
+                    pool.submit(run_one, process, s, out_dir, kind, factor, False, before[s]): s for s in todo
                 }
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -175,7 +235,7 @@ def run_subjects(
                         try:
                             row = fut.result()
                         except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
-                            _remove_outputs(out_dir, s)
+                            _remove_outputs(out_dir, s, before[s])
                             row = empty_row(s)
                             row.update(status="failed", error=f"subject {s}: worker died: {one_line(e)}",
                                        kind=kind, factor=factor)

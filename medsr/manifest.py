@@ -20,6 +20,7 @@ from typing import Iterable
 import pandas as pd
 
 from medsr.utils.atomic import atomic_path
+from medsr.utils.paths import check_subject_name
 
 COLUMNS: tuple[str, ...] = (
     "subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size",
@@ -89,6 +90,8 @@ def read_manifest_raw(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype(int)
+    for s in df["subject"]:  # subject names become file names downstream (infer, evaluate, report)
+        check_subject_name(s, path)
     return df[list(COLUMNS)]
 
 

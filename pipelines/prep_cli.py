@@ -57,12 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.runner import run_subjects
+    from data_prep.runner import check_output_folder, run_subjects
 
     if args.factor < 1:
         raise ValueError(f"--factor must be a positive integer, got {args.factor}")
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if args.source == "hcp" and not args.shell > 0:
+        raise ValueError(f"--shell must be a positive b-value (s/mm^2), got {args.shell:g}")
+    if args.source == "hcp" and not args.shell_tolerance >= 0:
+        raise ValueError(f"--shell-tolerance must be >= 0, got {args.shell_tolerance:g}")
     if args.source == "hcp":
         from data_prep import hcp as mod
 
@@ -75,12 +79,16 @@ def run(args: argparse.Namespace) -> int:
         process = functools.partial(mod.prep_subject, input_dir=str(args.input), factor=args.factor, pad=args.pad)
         kind = "scalar"
     subjects = mod.find_subjects(args.input)
-    # an output folder placed inside the input folder is not a subject
-    subjects = [s for s in subjects if (args.input / s).resolve() != args.output.resolve()]
+    # An output folder placed inside the input folder (written by an earlier prep: it holds the
+    # manifest, or nothing yet) is not a subject; any other overlap is refused below.
+    out = args.output.resolve()
+    if out.is_dir() and ((out / "manifest.csv").is_file() or not any(out.iterdir())):
+        subjects = [s for s in subjects if (args.input / s).resolve() != out]
     if args.subjects:
         unknown = sorted(set(args.subjects) - set(subjects))
         if unknown:
             raise ValueError(f"{args.input}: no subject folder(s) {', '.join(unknown)}")
         subjects = [s for s in subjects if s in set(args.subjects)]
+    check_output_folder(args.input, subjects, args.output)
     return run_subjects(subjects, process, args.output, kind=kind, factor=args.factor, workers=args.workers,
                         overwrite=args.overwrite, desc=f"prep {args.source}")

@@ -43,6 +43,9 @@ def env_dist_info() -> DistInfo:
 
 def select_device(request: str, info: DistInfo) -> torch.device:
     """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
+    from medsr.utils.device import check_device
+
+    request = check_device(request, "config key 'train.device':")
     if request == "auto":
         request = "cuda" if torch.cuda.is_available() else "cpu"
     if request.startswith("cuda"):
