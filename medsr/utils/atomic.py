@@ -1,19 +1,81 @@
-"""Atomic file writes: a crash or a bad input never leaves a partial output behind."""
+"""Atomic file writes: a crash or a bad input never leaves a partial output behind.
+
+A write goes to a hidden temporary file beside its target, named
+``.<target name>.<pid>-<random>.medsr-tmp<suffixes>`` (the suffixes kept so writers that infer the
+format from the extension still work), and is renamed over the target only on success. The temporary
+file gets the permissions of any new file (``0666`` minus the umask), not ``mkstemp``'s private
+``0600``, so outputs on a shared disk are as readable as the user's other files. A process killed in
+the middle of a write leaves its temporary file behind; the next write to the same target removes
+the temporaries of writers that are no longer running.
+"""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
+
+TEMP_TAG = ".medsr-tmp"
+_UMASK_LOCK = threading.Lock()
+
+
+def _suffix(path: Path) -> str:
+    return "".join(path.suffixes) or ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc on Linux; elsewhere set and restored under a lock)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or unknown: keep its file
+    return True
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files of earlier writes to ``path`` whose writing process is gone (killed or crashed)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-[^/]*{re.escape(TEMP_TAG + _suffix(path))}")
+    found = []
+    for q in path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_TAG}*"):
+        m = pattern.fullmatch(q.name)
+        if m and q.is_file() and not q.is_symlink() and not _pid_alive(int(m.group(1))):
+            found.append(q)
+    return found
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_path`'s temporaries."""
+    return name.startswith(".") and TEMP_TAG in name
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
-
-    The temporary name keeps the full suffix (``.nii.gz``, ``.csv``...) so writers that infer
-    the format from the extension still work.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
@@ -22,10 +84,15 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    for q in stale_temporaries(path):  # left by a killed write to this same output
+        with contextlib.suppress(OSError):
+            q.unlink()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TEMP_TAG + _suffix(path), dir=path.parent)
     tmp_path = Path(tmp)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
