@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -245,6 +245,12 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def lr_grid_factor(model: torch.nn.Module) -> int:
+    """r for a model that computes on the LR grid (``input_factor`` and ``forward_lr``), else 1."""
+    r = int(getattr(model, "input_factor", 1) or 1)
+    return r if r > 1 and hasattr(model, "forward_lr") else 1
+
+
 class Predictor:
     """A loaded generator with its normalisation and training-data facts.
 
@@ -294,6 +300,25 @@ class Predictor:
         grid = detect_grid(vol, self.factor, self.train_voxel_size, path) if input_grid == "auto" else input_grid
         return to_hr_grid(vol, self.factor, grid)
 
+    def plan(self, shape: Sequence[int], window: int | Sequence[int] | None = None, overlap: float | None = None,
+             reverse: bool = False) -> WindowPlan:
+        """The windows for an HR-grid volume of spatial ``shape``, on the grid the model runs on.
+
+        An LR-grid model (:func:`lr_grid_factor`) runs its forward windows on the LR grid: the shape
+        and a requested ``window`` (HR voxels) are divided by r, and the plan is in LR voxels.
+        """
+        r = lr_grid_factor(self.model)
+        if r > 1 and not reverse:
+            if any(int(s) % r for s in shape):
+                raise ValueError(f"volume size {tuple(shape)} is not a multiple of the model's factor {r} "
+                                 "(prep crops or pads to a multiple; pass an HR grid prep wrote)")
+            shape = tuple(int(s) // r for s in shape)
+            if window is not None:
+                window = tuple(max(-(-int(w) // r), 1) if int(w) > 0 else 0 for w in _as_roi(window))
+            plan = choose_window(shape, self.ck, window, overlap)
+            return replace(plan, reason=f"{plan.reason}; LR grid, x{r} output")
+        return choose_window(shape, self.ck, window, overlap)
+
     @torch.inference_mode()
     def predict(
         self,
@@ -311,7 +336,7 @@ class Predictor:
         Args:
             vol: (C, X, Y, Z) on the HR grid, original units.
             reverse: run ``model.reverse`` (HR -> LR-up) instead of ``model.forward``.
-            plan: precomputed windows; else :func:`choose_window` with ``window``/``overlap``.
+            plan: precomputed windows (:meth:`plan`); else :meth:`plan` with ``window``/``overlap``.
             sw_batch_size: windows per model call.
             progress: MONAI's tqdm bar over windows.
 
@@ -325,10 +350,18 @@ class Predictor:
         if not np.isfinite(vol.data).all():
             raise ValueError(f"{vol.name}: input has NaN or inf values")
         if plan is None:
-            plan = choose_window(vol.spatial_shape, self.ck, window, overlap)
+            plan = self.plan(vol.spatial_shape, window, overlap, reverse)
         s_in, s_out = (self.y_stats, self.x_stats) if reverse else (self.x_stats, self.y_stats)
         fn = self.model.reverse if reverse else self.model.forward
         x = torch.from_numpy(np.ascontiguousarray(s_in.normalise(vol.data, channel_axis=0), dtype=np.float32))[None]
+        r = lr_grid_factor(self.model)
+        if r > 1 and not reverse:
+            # An LR-grid model: windows run on the LR grid (MONAI stitches the r-times larger
+            # outputs), so every window starts on an LR block boundary whatever the overlap.
+            from medsr.networks.interpolate import block_mean
+
+            x = block_mean(x, r)
+            fn = self.model.forward_lr
         y = sliding_window_inference(
             x,
             roi_size=plan.roi,

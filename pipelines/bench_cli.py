@@ -12,6 +12,7 @@ BENCHES: dict[str, str] = {
     "loader": "patch loader throughput vs model consumption",
     "infer": "full-volume inference throughput and peak memory on an HCP-size volume",
     "prep": "HCP-size preprocessing: seconds and peak RSS per subject",
+    "quality": "train configs at an equal budget and score held-out volumes against cubic",
 }
 
 

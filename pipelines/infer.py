@@ -115,7 +115,7 @@ def run_inference(
     Returns:
         The paths written, in input order.
     """
-    from medsr.inference import Predictor, choose_window
+    from medsr.inference import Predictor
     from medsr.io import load_volume, save_volume
 
     items = collect_items(src, out, reverse=reverse, input_grid=input_grid, subjects=subjects)
@@ -131,7 +131,7 @@ def run_inference(
     for it in tqdm(items, desc="subjects", unit="vol", disable=quiet or not batch):
         vol = load_volume(it.path)
         hr_in = predictor.prepare(vol, it.grid, reverse, path=str(it.path))
-        plan = choose_window(hr_in.spatial_shape, predictor.ck, window, overlap)
+        plan = predictor.plan(hr_in.spatial_shape, window, overlap, reverse)
         if not quiet and (plan.roi, plan.overlap) != shown_plan:
             shown_plan = (plan.roi, plan.overlap)
             tqdm.write(

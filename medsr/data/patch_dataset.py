@@ -114,6 +114,9 @@ class PatchDataset(torch.utils.data.Dataset):
         flip: random flip augmentation.
         dti: the channels are FSL-ordered tensors (flips change off-diagonal signs).
         norm_x, norm_y: statistics the subjects were normalised with (needed by DTI flips).
+        align: patch origins are multiples of this (``data.factor``), so every patch starts on an LR
+            block boundary: LR-grid models recover the LR voxels from ``lr_up`` exactly, and every
+            model sees the blocks in one phase, as whole-volume inference does.
 
     ``dataset[item]`` returns ``{"x": (C, s, s, s), "y": (C, s, s, s)}`` float32 tensors.
     """
@@ -121,8 +124,9 @@ class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, subjects: list[Subject], patch_size: int = 24, stride: int | None = None,
                  sampling: str = "grid", random_per_subject: int = 0, min_fraction: float = 0.01,
                  flip: bool = False, dti: bool = False, norm_x: ChannelStats | None = None,
-                 norm_y: ChannelStats | None = None) -> None:
+                 norm_y: ChannelStats | None = None, align: int = 1) -> None:
         self.subjects = subjects
+        self.align = max(int(align), 1)
         self.size = int(patch_size)
         self.min_fraction = float(min_fraction)
         self.flip = bool(flip)
@@ -136,6 +140,7 @@ class PatchDataset(torch.utils.data.Dataset):
             if any(d < self.size for d in s.mask.shape):
                 raise ValueError(f"subject {s.name}: volume {s.mask.shape} is smaller than a {self.size}^3 patch")
             origins = brain_patch_origins(s.mask, self.size, stride, self.min_fraction)
+            origins = np.unique(origins // self.align * self.align, axis=0) if len(origins) else origins
             if sampling in ("grid", "both") and len(origins) == 0 or not s.mask.any():
                 empty.append(s.name)
             grid.append(np.concatenate([np.full((len(origins), 1), si), origins], 1))
@@ -171,7 +176,7 @@ class PatchDataset(torch.utils.data.Dataset):
         best = None
         for _ in range(16):  # rejection sampling against the brain rule
             centre = self._brain[si][rng.integers(len(self._brain[si]))]
-            origin = np.clip(centre - n // 2, 0, shape - n)
+            origin = np.clip(centre - n // 2, 0, shape - n) // self.align * self.align
             # One patch: count its voxels directly (patch_fractions builds a whole-volume summed
             # table per call, ~0.1 s on an HCP mask, which would dominate the loader).
             o = origin
@@ -253,7 +258,7 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
         s.y = norm_y.normalise(s.y).astype(np.float32, copy=False)
     dataset = PatchDataset(
         subjects, d.patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
-        d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y,
+        d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=int(info["factor"]),
     )
     sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired")

@@ -116,6 +116,8 @@ class Trainer:
         self.mode: TrainMode = create_mode(cfg, dist.rank)
         where = f"the data ({data.info.get('manifest') or cfg.data.root or cfg.data.type})"
         self.gen_kwargs = resolve_kwargs(cfg.model.kwargs, data.channels, "model.kwargs", where)
+        if self.gen_kwargs.get("factor") == "auto":  # LR-grid models take the data's upsampling factor
+            self.gen_kwargs["factor"] = int(data.info.get("factor", 2))
         self.generator = _build_net(cfg.model.name, self.gen_kwargs, "model").to(device)
         self.disc_kwargs: dict[str, Any] = {}
         self.discs: dict[str, torch.nn.Module] = {}

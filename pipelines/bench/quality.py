@@ -1,0 +1,238 @@
+"""``medsr bench quality``: train configs at an equal budget, upsample held-out volumes, score against cubic.
+
+Every config goes through the same code as the verbs: :func:`pipelines.train.train` (with
+``train.max_minutes`` or ``train.max_steps`` set to the budget), :func:`pipelines.infer.run_inference`
+on whole held-out volumes, and :func:`pipelines.evaluate.evaluate_manifest`. The data is either a
+generated DTI phantom (``--train-subjects N --test-subjects M``; cached under ``OUTPUT/data-<key>``
+so reruns skip generation and prep) or any prepared manifest (``--manifest M --train S1 S2 --test S3``).
+
+A config is a YAML path optionally followed by ``key=value`` overrides in the same (quoted) argument,
+so one file gives several variants::
+
+    medsr bench quality --minutes 5 --configs configs/demo.yaml "configs/demo.yaml model.kwargs.depth=2"
+
+Outputs: ``OUTPUT/quality.csv`` (one row per config, held-out subject and metric family: the
+model's value, cubic's and their ratio), ``OUTPUT/quality_summary.csv`` (means over subjects) and the
+table on the terminal; runs, predictions and the baselines' scores stay under ``OUTPUT``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+# Metrics shown, lower is better except psnr / ssim.
+SHOWN = ("rmse_interior", "rmse_total", "md_rmse", "fa_rmse", "psnr", "ssim")
+HIGHER_IS_BETTER = ("psnr", "ssim")
+REFERENCE = "cubic"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("--configs", nargs="+", required=True, metavar="CONFIG",
+                        help="YAML configs, each optionally followed by key=value overrides in one quoted argument")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--minutes", type=float, help="wall-clock training budget per config (train.max_minutes)")
+    budget.add_argument("--steps", type=int, help="training steps per config (train.max_steps)")
+    parser.add_argument("--output", type=Path, default=Path("bench_quality"),
+                        help="folder for runs, predictions and CSVs (default ./bench_quality)")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="a prepared manifest to use instead of the generated phantom")
+    parser.add_argument("--train", nargs="+", default=None, metavar="ID", help="training subjects (with --manifest)")
+    parser.add_argument("--test", nargs="+", default=None, metavar="ID", help="held-out subjects (with --manifest)")
+    parser.add_argument("--train-subjects", type=int, default=3, help="phantom training subjects (default 3)")
+    parser.add_argument("--test-subjects", type=int, default=1, help="phantom held-out subjects (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="phantom and training seed (default 0)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="overrides applied to every config (e.g. train.threads=2)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for phantom prep (default 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace runs already in OUTPUT/runs")
+
+
+def parse_spec(spec: str) -> tuple[Path, list[str]]:
+    """``"configs/a.yaml k=v k2=v2"`` -> (Path("configs/a.yaml"), ["k=v", "k2=v2"])."""
+    parts = shlex.split(spec)
+    if not parts:
+        raise ValueError("--configs: empty config")
+    for o in parts[1:]:
+        if "=" not in o:
+            raise ValueError(f"--configs {spec!r}: {o!r} is not a key=value override")
+    return Path(parts[0]), parts[1:]
+
+
+def spec_name(path: Path, overrides: list[str]) -> str:
+    """A readable, file-safe run name: the config stem plus its overrides."""
+    tail = "_".join(o.split(".")[-1] for o in overrides)
+    name = path.stem + (f"__{tail}" if tail else "")
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)[:120]
+
+
+def phantom_data(output: Path, n_train: int, n_test: int, seed: int, workers: int) -> tuple[Path, list[str], list[str]]:
+    """Generate (or reuse) the phantom dataset; the folder is keyed on the settings and the phantom code."""
+    import data_prep.phantom as phantom
+    from data_prep.phantom import PhantomConfig
+    from data_prep.phantom_dataset import prepare_phantoms
+
+    code = Path(phantom.__file__).read_bytes()
+    key = hashlib.sha1(code + repr((PhantomConfig(), n_train, n_test, seed)).encode()).hexdigest()[:10]
+    manifest, names = prepare_phantoms(output / f"data-{key}", n_train + n_test, seed=seed, workers=workers,
+                                       reuse=True)
+    return manifest, names[:n_train], names[n_train:]
+
+
+def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], test_subjects: list[str],
+                    output: Path, minutes: float | None, steps: int | None, seed: int, overrides: list[str],
+                    overwrite: bool) -> pd.DataFrame:
+    """Train one config to the budget, infer the held-out volumes, return evaluate's rows for it."""
+    from medsr.checkpoint import load_checkpoint
+    from medsr.config import load_config
+    from pipelines.evaluate import evaluate_manifest
+    from pipelines.infer import run_inference
+    from pipelines.train import train
+
+    path, own = parse_spec(spec)
+    name = spec_name(path, own)
+    cfg = load_config(path, own + list(overrides))
+    cfg.data.manifest = str(manifest)
+    cfg.data.subjects = list(train_subjects)
+    cfg.output_dir = str(output / "runs" / name)
+    cfg.train.seed = seed
+    cfg.train.samples = False
+    cfg.train.max_minutes = minutes
+    cfg.train.max_steps = steps
+    if minutes is not None:  # the time is the budget: no epoch or step cap may end the run first
+        cfg.train.n_epochs, cfg.train.n_epochs_decay = max(cfg.train.n_epochs, 10**6), 0
+    elif steps is not None and cfg.train.n_epochs_decay == 0:
+        cfg.train.n_epochs = max(cfg.train.n_epochs, 10**6)
+    print(f"bench quality: training {name} ({path})", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    run_dir = train(cfg, overwrite=overwrite)
+    wall = time.perf_counter() - t0
+    ck = load_checkpoint(run_dir / "last.pt")
+    pred_dir = output / "predictions" / name
+    t1 = time.perf_counter()
+    run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=test_subjects, overwrite=True, quiet=True)
+    infer_s = time.perf_counter() - t1
+    rows = evaluate_manifest(manifest, pred_dir, model_name=name, baselines=(), subjects=test_subjects, quiet=True)
+    rows.insert(1, "config", str(path))
+    rows.insert(2, "overrides", " ".join(own))
+    rows["steps"] = int(ck["step"])
+    rows["train_minutes"] = float(ck.get("train_seconds", wall)) / 60.0
+    rows["infer_seconds"] = infer_s / max(len(test_subjects), 1)
+    return rows
+
+
+def compare(models: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, subject): each shown metric, cubic's value on that subject, and model / cubic."""
+    ref = baselines[baselines["model"] == REFERENCE].set_index("subject")
+    out = models.copy()
+    for m in SHOWN:
+        if m not in out.columns:
+            continue
+        out[f"{m}_{REFERENCE}"] = out["subject"].map(ref[m]).astype(float)
+        out[f"{m}_ratio"] = out[m].astype(float) / out[f"{m}_{REFERENCE}"]
+    return out
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Means over held-out subjects per config (metrics, cubic's, ratios, steps, minutes)."""
+    num = [c for c in table.columns if c not in ("model", "subject", "config", "overrides")
+           and pd.api.types.is_numeric_dtype(table[c])]
+    g = table.groupby("model", sort=False)
+    out = g[num].mean()
+    out.insert(0, "n_subjects", g.size())
+    return out.reset_index()
+
+
+def format_table(summary: pd.DataFrame, baselines: pd.DataFrame) -> str:
+    """Terminal table: per config, steps, minutes and each metric as ``value (ratio x cubic)``."""
+    metrics = [m for m in SHOWN if f"{m}_ratio" in summary.columns]
+    base = baselines.groupby("model", sort=False)[metrics].mean()
+    cells = [["model", "steps", "min"] + metrics]
+    for _, r in summary.iterrows():
+        cells.append([str(r["model"]), f"{int(r['steps'])}", f"{r['train_minutes']:.1f}"]
+                     + [f"{_fmt(m, r[m])} ({r[f'{m}_ratio']:.3f}x)" for m in metrics])
+    for b, r in base.iterrows():
+        cells.append([str(b), "", ""] + [_fmt(m, r[m]) for m in metrics])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    note = (f"ratios are model / {REFERENCE} per held-out subject, averaged (lower is better for RMSEs, "
+            "higher for psnr/ssim)")
+    return "\n".join(lines + [note])
+
+
+def _fmt(metric: str, v: float) -> str:
+    return f"{v:.4g}" if metric in HIGHER_IS_BETTER else f"{v:.4e}"
+
+
+def run_quality(configs: list[str], *, minutes: float | None = None, steps: int | None = None,
+                output: str | Path = "bench_quality", manifest: str | Path | None = None,
+                train: list[str] | None = None, test: list[str] | None = None, train_subjects: int = 3,
+                test_subjects: int = 1, seed: int = 0, overrides: list[str] | None = None, workers: int = 2,
+                overwrite: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The benchmark as a function (see the module docstring). Returns (per-subject table, summary, text)."""
+    from medsr.utils.atomic import atomic_path
+    from pipelines.evaluate import evaluate_manifest
+
+    if (minutes is None) == (steps is None):
+        raise ValueError("give exactly one budget: --minutes or --steps")
+    if minutes is not None and minutes <= 0 or steps is not None and steps < 1:
+        raise ValueError(f"the budget must be positive (--minutes {minutes}, --steps {steps})")
+    output = Path(output)
+    for spec in configs:  # check every config before hours of training
+        path, own = parse_spec(spec)
+        from medsr.config import load_config
+
+        load_config(path, own + list(overrides or []))
+    if manifest is not None:
+        if not train or not test:
+            raise ValueError("--manifest needs --train and --test subject lists")
+        manifest = Path(manifest)
+        train_s, test_s = list(train), list(test)
+    else:
+        if train or test:
+            raise ValueError("--train/--test name subjects of --manifest; for the phantom use --train-subjects N")
+        if train_subjects < 1 or test_subjects < 1:
+            raise ValueError("--train-subjects and --test-subjects must be at least 1")
+        manifest, train_s, test_s = phantom_data(output, train_subjects, test_subjects, seed, workers)
+    baselines = evaluate_manifest(manifest, None, baselines=("nn", "linear", "cubic"), subjects=test_s, quiet=True)
+    rows = [train_and_score(spec, manifest=manifest, train_subjects=train_s, test_subjects=test_s, output=output,
+                            minutes=minutes, steps=steps, seed=seed, overrides=list(overrides or []),
+                            overwrite=overwrite) for spec in configs]
+    table = compare(pd.concat(rows, ignore_index=True), baselines)
+    summary = summarise(table)
+    text = format_table(summary, baselines)
+    budget = f"{minutes:g} min" if minutes is not None else f"{steps} steps"
+    header = (f"medsr bench quality: {budget} per config; train {', '.join(train_s)}; "
+              f"held out {', '.join(test_s)}; data {manifest}")
+    text = header + "\n" + text
+    output.mkdir(parents=True, exist_ok=True)
+    for df, name in ((table, "quality.csv"), (summary, "quality_summary.csv"), (baselines, "baselines.csv")):
+        with atomic_path(output / name) as tmp:
+            df.to_csv(tmp, index=False)
+    with atomic_path(output / "quality.txt") as tmp:
+        tmp.write_text(text + "\n")
+    with atomic_path(output / "quality.json") as tmp:
+        tmp.write_text(json.dumps({"configs": configs, "minutes": minutes, "steps": steps, "seed": seed,
+                                   "overrides": overrides or [], "train": train_s, "test": test_s,
+                                   "manifest": str(manifest)}, indent=2) + "\n")
+    return table, summary, text
+
+
+def run(args: argparse.Namespace) -> int:
+    _, _, text = run_quality(args.configs, minutes=args.minutes, steps=args.steps, output=args.output,
+                             manifest=args.manifest, train=args.train, test=args.test,
+                             train_subjects=args.train_subjects, test_subjects=args.test_subjects, seed=args.seed,
+                             overrides=args.overrides, workers=args.workers, overwrite=args.overwrite)
+    print(text)
+    return 0
