@@ -6,14 +6,26 @@ importing torch. Each verb module defines::
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...          # the exit code
 
-Errors a user can fix (bad files, bad configs) are raised as :class:`UserError`, ``ValueError``,
-``FileNotFoundError`` or ``FileExistsError`` and printed as one line, with exit code 2.
+Every failure is printed as one line, ``medsr VERB: error: ...``, without a traceback; ``--debug``
+(anywhere on the command line) or ``MEDSR_DEBUG=1`` shows the traceback instead. Exit codes:
+
+* 0: success;
+* 1: the run failed on its own terms (a diverged training, failed prep subjects, out of memory, or an
+  internal error, which asks for ``--debug``);
+* 2: refused input: a bad argument, config key, file or folder (:class:`UserError`, ``ValueError``,
+  any ``OSError`` such as a missing file, a permission error or a full disk, with the path named);
+* 130: interrupted.
+
+Notes added to an exception (``e.add_note``, e.g. which outputs a batch wrote before it failed)
+are appended to its line.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 # verb -> (module, one-line help). Nested verbs (prep hcp) are handled by the module itself.
 VERBS: dict[str, tuple[str, str]] = {
@@ -41,12 +53,44 @@ def _top_parser() -> argparse.ArgumentParser:
         + "\n\nRun 'medsr VERB --help' for the options of a verb.",
     )
     p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (anywhere on the line; or set MEDSR_DEBUG=1)")
     p.add_argument("verb", nargs="?", choices=list(VERBS), metavar="VERB", help="one of: " + ", ".join(VERBS))
     return p
 
 
+def _one_line(text: object) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def error_line(e: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception reaching the command line."""
+    code = 2
+    if isinstance(e, KeyError) and e.args:
+        msg = str(e.args[0])
+    elif isinstance(e, OSError) and e.filename is not None:
+        # "[Errno 13] Permission denied: 'x'" -> "x: permission denied"
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+        msg = f"{where}: {(e.strerror or type(e).__name__).lower()}"
+    elif isinstance(e, OSError) and e.errno is not None and e.strerror:
+        msg = e.strerror  # no file known here; a writer adds it as a note (see atomic_path)
+    else:
+        msg = str(e)
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        code = 1
+        msg = f"out of memory{': ' + msg if msg else ''} (try a smaller --window, batch or patch size)"
+    elif not isinstance(e, (UserError, ValueError, OSError)):
+        code = 1
+        msg = f"internal error {type(e).__name__}: {msg} (rerun with --debug for the traceback)"
+    msg = _one_line(msg) or type(e).__name__
+    notes = [_one_line(n) for n in getattr(e, "__notes__", []) if _one_line(n)]
+    return "; ".join([msg, *notes]), code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MEDSR_DEBUG", "").strip() not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
@@ -66,15 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, FileExistsError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        # The one-line contract is kept here, whatever a library put in the message.
-        msg = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
-        print(f"medsr {verb}: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"medsr {verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the one-line contract is kept here, whatever was raised
+        msg, code = error_line(e)
+        if debug:
+            traceback.print_exc()
+        print(f"medsr {verb}: error: {msg}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,6 +51,8 @@ def collect_items(
         FileNotFoundError: ``src`` does not exist. ValueError: no inputs, a bad output name, or two
             inputs mapping to one subject.
     """
+    from medsr.utils.paths import check_subject_name
+
     src, out = Path(src), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"{src}: input not found")
@@ -69,6 +71,7 @@ def collect_items(
             subject = _strip_nifti(p.name)
             if subject is None or p.name.startswith(".") or not p.is_file():
                 continue  # hidden files include atomic writers' temporaries
+            check_subject_name(subject, p)
             if subject in items:
                 raise ValueError(f"{src}: two inputs for subject {subject!r} ({items[subject].path.name}, {p.name})")
             items[subject] = InferItem(subject, p, input_grid, out / f"{subject}.nii.gz")
@@ -116,9 +119,14 @@ def run_inference(
         The paths written, in input order.
     """
     from medsr.inference import Predictor
-    from medsr.io import load_volume, save_volume
+    from medsr.utils.device import check_device
+    from medsr.utils.paths import inside
 
     items = collect_items(src, out, reverse=reverse, input_grid=input_grid, subjects=subjects)
+    if len(items) > 1 or Path(src).is_dir() or Path(src).suffix.lower() == ".csv":
+        for it in items:  # batch mode: every output inside the output folder (subject names, links)
+            inside(out, it.out)
+    device = check_device(device)
     if not overwrite:
         existing = [str(it.out) for it in items if it.out.exists()]
         if existing:
@@ -127,6 +135,21 @@ def run_inference(
     predictor = Predictor.from_checkpoint(checkpoint, device)
     batch = len(items) > 1 or Path(src).is_dir() or Path(src).suffix.lower() == ".csv"
     written: list[Path] = []
+    try:
+        _run_items(predictor, items, batch, written, window=window, overlap=overlap, reverse=reverse,
+                   overwrite=overwrite, quiet=quiet)
+    except Exception as e:
+        if batch:
+            _note_written(e, written, len(items))
+        raise
+    return written
+
+
+def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Path], *, window, overlap,
+               reverse: bool, overwrite: bool, quiet: bool) -> None:
+    """Predict and write each item in turn, appending each written path to ``written``."""
+    from medsr.io import load_volume, save_volume
+
     shown_plan = None
     for it in tqdm(items, desc="subjects", unit="vol", disable=quiet or not batch):
         vol = load_volume(it.path)
@@ -142,4 +165,12 @@ def run_inference(
         pred = predictor.predict(hr_in, reverse=reverse, plan=plan, progress=not quiet and not batch)
         pred.meta["kind"] = predictor.kind
         written.append(save_volume(pred, it.out, overwrite=overwrite))
-    return written
+
+
+def _note_written(e: BaseException, written: list[Path], total: int) -> None:
+    """Say on the error which outputs a batch wrote before it failed (they are complete files)."""
+    if not written:
+        e.add_note(f"no output written (0 of {total})")
+        return
+    names = ", ".join(str(p) for p in written[:3]) + (f" and {len(written) - 3} more" if len(written) > 3 else "")
+    e.add_note(f"wrote {len(written)} of {total} output(s) before the failure: {names}")

@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
         window = args.window[0] if len(args.window) == 1 else tuple(args.window)
         if len(args.window) not in (1, 3):
             raise ValueError(f"--window takes 1 or 3 integers, got {len(args.window)}")
+        if any(w < 0 for w in args.window) or (len(args.window) == 3 and 0 in args.window):
+            raise ValueError(f"--window {' '.join(map(str, args.window))}: window edges must be >= 1 "
+                             "(or one 0 for a single pass over the whole volume)")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap {args.overlap:g}: allowed range is [0, 1)")
     written = run_inference(
         args.checkpoint, args.input, args.output, reverse=args.reverse, device=args.device, window=window,
         overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=args.subjects,

@@ -7,7 +7,7 @@ data and the networks, only rank 0 writes into the run folder.
 from __future__ import annotations
 
 import os
-import shutil
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,40 @@ from medsr.training.distributed import (
 )
 
 RUN_FILES = ("last.pt", "log.csv", "config.yaml")
+# Sub-folders a run writes, and the names it writes there; --overwrite removes only these.
+RUN_DIRS: dict[str, re.Pattern[str]] = {
+    "samples": re.compile(r"[^/]*\.png"),
+    "tensorboard": re.compile(r"events\.out\.tfevents\.[^/]*"),
+}
+
+
+def run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Split what ``run_dir`` holds into (medsr's own run files, anything else).
+
+    Own: ``last.pt``, ``log.csv``, ``config.yaml``, the images in ``samples/``, TensorBoard event
+    files in ``tensorboard/`` and the temporaries of interrupted atomic writes of those. Folders are
+    listed last, after their files.
+    """
+    from medsr.utils.atomic import is_temporary
+
+    own: list[Path] = []
+    other: list[Path] = []
+    for p in sorted(run_dir.iterdir()):
+        if p.is_symlink() or not (p.is_file() or p.is_dir()):
+            other.append(p)
+        elif p.is_file():
+            mine = p.name in RUN_FILES or (is_temporary(p.name) and any(p.name.startswith(f".{f}.") for f in RUN_FILES))
+            (own if mine else other).append(p)
+        elif p.name in RUN_DIRS:
+            pattern = RUN_DIRS[p.name]
+            for q in sorted(p.rglob("*")):
+                ok = q.is_file() and not q.is_symlink() and q.parent == p and (
+                    pattern.fullmatch(q.name) or is_temporary(q.name))
+                (own if ok else other).append(q)
+            own.append(p)
+        else:
+            other.append(p)
+    return own, other
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -33,6 +67,14 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 f"output_dir {run_dir}: not empty and holds no medsr run (no {', '.join(RUN_FILES)}); "
                 "refusing to delete it, choose another output_dir"
             )
+        _, other = run_files(run_dir)
+        if other:
+            names = ", ".join(str(p.relative_to(run_dir)) for p in other[:3])
+            more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+            raise FileExistsError(
+                f"output_dir {run_dir}: --overwrite replaces only medsr's run files, but the folder also holds "
+                f"{names}{more}; move them or choose another output_dir"
+            )
         return
     if not resume:
         raise FileExistsError(
@@ -47,7 +89,9 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
     Args:
         config: the experiment config.
         resume: continue from ``<output_dir>/last.pt`` (a fresh start when there is none).
-        overwrite: delete an existing run in ``output_dir`` first.
+        overwrite: replace an existing run in ``output_dir``: its medsr files (``last.pt``, ``log.csv``,
+            ``config.yaml``, ``samples/``, ``tensorboard/``) are deleted once config, data and model
+            have been checked; a folder holding any other file is refused.
         overrides: ``a.b=value`` strings applied on top of ``config``.
 
     Raises:
@@ -85,14 +129,22 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
             state = broadcast_object(state, info)
             if state is None and info.is_main:
                 print(f"medsr train: no {ckpt} to resume from; starting a new run")
+        if state is not None:
+            # Before anything is written: a refused resume (another model, mode, a foreign or
+            # incomplete checkpoint) leaves the run folder exactly as it was.
+            try:
+                trainer.load_state_dict(state)
+            except (KeyError, IndexError, TypeError, RuntimeError) as e:
+                detail = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:200]
+                raise ValueError(f"{ckpt}: not a complete checkpoint of this run's model "
+                                 f"({type(e).__name__}: {detail})") from e
         if info.is_main:
-            if overwrite and run_dir.exists():
-                shutil.rmtree(run_dir)
+            if overwrite and run_dir.is_dir():
+                check_run_dir(run_dir, resume, overwrite)  # again: files may have appeared meanwhile
+                remove_run_files(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
         barrier(info)
-        if state is not None:
-            trainer.load_state_dict(state)
         trainer.fit()
         barrier(info)
         return run_dir
@@ -100,6 +152,19 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
         torch.set_num_threads(threads_before)  # train.threads must not leak into the caller
         if owns_group:
             shutdown_distributed()
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete medsr's own files of an earlier run in ``run_dir`` (see :func:`run_files`); nothing else."""
+    own, _ = run_files(run_dir)
+    for p in own:
+        if p.is_dir():
+            try:
+                p.rmdir()  # empty by now, unless something appeared meanwhile: then it stays
+            except OSError:
+                pass
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _dist_initialized() -> bool:

@@ -96,7 +96,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.filename in (None, str(tmp_path)):
+            e.add_note(f"writing {path}")  # e.g. a full disk: name the output, not the temporary
         raise
