@@ -99,6 +99,14 @@ class TrainConfig:
         lr, beta1, beta2: Adam settings (paper: 2e-4, 0.5, 0.999).
         lambda_l1: weight of the paired L1 terms in ``paired`` mode (paper: 100).
         lambda_cycle: weight of the cycle terms in ``unpaired`` mode (paper: 10).
+        lambda_reverse: weight of the reverse direction's pixel loss L(G(y), x) in ``paired_l1`` /
+            ``paired_l2`` (paper: 1, both directions); 0 trains F alone and skips computing G.
+        lr_decay: ``epochs`` (the paper: constant for ``n_epochs``, then linear to zero over
+            ``n_epochs_decay``) or ``cosine`` (a per-step cosine from ``lr`` to zero over the run's
+            length: the larger of step / ``max_steps``-or-epochs and time / ``max_minutes``, so a
+            time-limited run ends annealed; with a time limit, resume is no longer bit-exact).
+        loss_region: where pixel losses are averaged: ``patch`` (every voxel, the paper) or ``brain``
+            (mask voxels only: the voxels the evaluation scores).
         gan_loss: ``vanilla`` (BCE with logits) or ``lsgan``.
         pool_size: image pool of generated samples shown to the discriminators (unpaired).
         checkpoint_every: write ``last.pt`` every this many steps (and always at the end).
@@ -122,6 +130,9 @@ class TrainConfig:
     beta2: float = 0.999
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
+    lambda_reverse: float = 1.0
+    loss_region: str = "patch"
+    lr_decay: str = "epochs"
     gan_loss: str = "vanilla"
     pool_size: int = 50
     checkpoint_every: int = 1000
@@ -167,6 +178,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.sampling": ("grid", "random", "both"),
     "data.direction": ("AtoB", "BtoA"),
     "train.gan_loss": ("vanilla", "lsgan"),
+    "train.loss_region": ("patch", "brain"),
+    "train.lr_decay": ("epochs", "cosine"),
 }
 _FREE_DICTS = {"model.kwargs", "discriminator.kwargs"}
 
@@ -184,6 +197,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.n_epochs_decay": (0, None, True, True),
     "train.max_steps": (1, None, True, True),
     "train.max_minutes": (0, None, False, True),
+    "train.lambda_reverse": (0, None, True, True),
     "train.lr": (0, None, False, True),
     "train.beta1": (0, 1, True, False),
     "train.beta2": (0, 1, True, False),

@@ -142,3 +142,30 @@ def test_linear_decay_schedule():
     f = LinearDecay(3, 2)
     assert [f(e) for e in range(5)] == pytest.approx([1, 1, 1, 2 / 3, 1 / 3])
     assert LinearDecay(20, 0)(19) == 1.0
+
+
+def test_forward_only_brain_loss_and_cosine_decay(manifest, tmp_path):
+    """lambda_reverse=0 trains F alone (G's own layers untouched); loss_region=brain averages the
+    loss over mask voxels only (a change outside the mask costs nothing); cosine decay ends near 0."""
+    from medsr.training.modes import region_loss
+
+    cfg = tiny(manifest, tmp_path / "fwd", max_steps=3, lambda_reverse=0.0, loss_region="brain",
+               lr_decay="cosine", lr=1e-2)
+    cfg["model"] = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 1, "factor": "auto"}}
+    run = train(cfg)
+    ck = load_checkpoint(run / "last.pt")
+    assert ck["model"]["kwargs"]["factor"] == 2  # "auto" resolved from the data
+    sd = ck["model"]["state_dict"]
+    assert all(float(sd[k].abs().sum()) == 0.0 for k in ("dec_x.weight", "dec_x.bias"))  # G's decoder never moved
+    assert float(sd["dec_y.weight"].abs().sum()) > 0.0
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [float(r["l1_G"]) for r in rows] == [0.0, 0.0, 0.0]
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] > lrs[1] > lrs[2]  # the LR logged after step s is the one step s used
+
+    pred, target = torch.zeros(1, 2, 4, 4, 4), torch.ones(1, 2, 4, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4, 4)
+    mask[..., :2] = 1
+    target[..., 2:] = 100.0  # outside the mask: ignored
+    loss = region_loss(torch.nn.functional.l1_loss, pred, target, mask)
+    assert float(loss) == pytest.approx(1.0)

@@ -117,15 +117,18 @@ class PatchDataset(torch.utils.data.Dataset):
         align: patch origins are multiples of this (``data.factor``), so every patch starts on an LR
             block boundary: LR-grid models recover the LR voxels from ``lr_up`` exactly, and every
             model sees the blocks in one phase, as whole-volume inference does.
+        with_mask: also return the brain mask of paired patches (for ``train.loss_region: brain``).
 
-    ``dataset[item]`` returns ``{"x": (C, s, s, s), "y": (C, s, s, s)}`` float32 tensors.
+    ``dataset[item]`` returns ``{"x": (C, s, s, s), "y": (C, s, s, s)}`` float32 tensors, and with
+    ``with_mask`` a paired item adds ``"mask"``: (1, s, s, s) float32 in {0, 1}.
     """
 
     def __init__(self, subjects: list[Subject], patch_size: int = 24, stride: int | None = None,
                  sampling: str = "grid", random_per_subject: int = 0, min_fraction: float = 0.01,
                  flip: bool = False, dti: bool = False, norm_x: ChannelStats | None = None,
-                 norm_y: ChannelStats | None = None, align: int = 1) -> None:
+                 norm_y: ChannelStats | None = None, align: int = 1, with_mask: bool = False) -> None:
         self.subjects = subjects
+        self.with_mask = bool(with_mask)
         self.align = max(int(align), 1)
         self.size = int(patch_size)
         self.min_fraction = float(min_fraction)
@@ -205,10 +208,20 @@ class PatchDataset(torch.utils.data.Dataset):
         x = self._patch(self.subjects[si].x, ox, self._bits(sx), self.norm_x)
         if ix == iy and sx == sy:
             y = self._patch(self.subjects[si].y, ox, self._bits(sx), self.norm_y)
+            if self.with_mask:
+                return {"x": x, "y": y, "mask": self._mask_patch(si, ox, self._bits(sx))}
         else:
             sj, oy = self.position(iy, sy)
             y = self._patch(self.subjects[sj].y, oy, self._bits(sy), self.norm_y)
         return {"x": x, "y": y}
+
+    def _mask_patch(self, si: int, origin: np.ndarray, bits: int) -> torch.Tensor:
+        s, o = self.size, origin
+        m = self.subjects[si].mask[o[0]:o[0] + s, o[1]:o[1] + s, o[2]:o[2] + s]
+        axes = flip_axes_from_bits(bits)
+        if axes:
+            m = np.flip(m, axis=axes)
+        return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None])
 
 
 def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind: str, crop: int = 64):
@@ -259,6 +272,7 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     dataset = PatchDataset(
         subjects, d.patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
         d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=int(info["factor"]),
+        with_mask=cfg.train.loss_region == "brain",
     )
     sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired")

@@ -131,8 +131,25 @@ class TrainMode:
         pass
 
 
+def region_loss(loss_fn: Callable[..., torch.Tensor], pred: torch.Tensor, target: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+    """``loss_fn`` averaged over every voxel, or over the voxels where ``mask`` (B, 1, *S) is 1."""
+    if mask is None:
+        return loss_fn(pred, target)
+    per_voxel = loss_fn(pred, target, reduction="none")  # (B, C, *S)
+    weight = mask.expand_as(per_voxel)
+    return (per_voxel * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 class _PixelMode(TrainMode):
     kind = "l1"
+
+    def __init__(self, cfg: Config, rank: int = 0) -> None:
+        super().__init__(cfg, rank)
+        self.lam_reverse = float(cfg.train.lambda_reverse)
+        self.brain_only = cfg.train.loss_region == "brain"
+        # Without the reverse term, G's encoder/decoder get no gradient: DDP must be told.
+        self.find_unused = self.lam_reverse == 0
 
     @property
     def loss_names(self) -> list[str]:
@@ -140,13 +157,20 @@ class _PixelMode(TrainMode):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
+        mask = batch.get("mask") if self.brain_only else None
         loss_fn = pixel_loss(self.kind)
-        out = self.gen(x=x, y=y)
-        loss_f = loss_fn(out["fake_y"], y)  # F(x) ~ y
-        loss_g = loss_fn(out["fake_x"], x)  # G(y) ~ x, through the same core run backwards
+        reverse = self.lam_reverse > 0
+        out = self.gen(x=x, y=y if reverse else None)
+        loss_f = region_loss(loss_fn, out["fake_y"], y, mask)  # F(x) ~ y
+        loss = loss_f
+        if reverse:  # G(y) ~ x, through the same core run backwards
+            loss_g = region_loss(loss_fn, out["fake_x"], x, mask)
+            loss = loss + self.lam_reverse * loss_g
+        else:
+            loss_g = torch.zeros((), device=loss_f.device)
         opt = self.opts["G"]
         opt.zero_grad(set_to_none=True)
-        (loss_f + loss_g).backward()
+        loss.backward()
         opt.step()
         return {f"{self.kind}_F": loss_f.detach(), f"{self.kind}_G": loss_g.detach()}
 

@@ -275,6 +275,23 @@ class Trainer:
         budget = self.cfg.train.max_minutes
         return budget is not None and self.train_seconds >= 60.0 * float(budget)
 
+    def progress(self) -> float:
+        """Fraction of the run done: steps of ``total_steps`` or time of ``train.max_minutes``."""
+        done = self.step / max(self.total_steps, 1)
+        budget = self.cfg.train.max_minutes
+        if budget is not None:
+            done = max(done, self.train_seconds / (60.0 * float(budget)))
+        return min(done, 1.0)
+
+    def _apply_lr_decay(self) -> None:
+        """``train.lr_decay: cosine``: set every optimiser's LR from the run's progress (before a step)."""
+        if self.cfg.train.lr_decay != "cosine":
+            return
+        lr = self.cfg.train.lr * 0.5 * (1.0 + math.cos(math.pi * self.progress()))
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
     def fit(self) -> Path:
         """Train from ``self.step`` to the last step (or ``train.max_minutes``); returns the checkpoint path."""
         t = self.cfg.train
@@ -294,6 +311,7 @@ class Trainer:
                 self.data.sampler.set_epoch(epoch, self.step % self.steps_per_epoch)
                 for batch in loader:
                     batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    self._apply_lr_decay()
                     losses = self.mode.train_step(batch)
                     self.step += 1
                     # The elapsed time rides along with the losses' all-reduce: every rank gets the
