@@ -32,7 +32,10 @@ import numpy as np
 
 from medsr.degrade import block_mean_array, downsample_mask, fit_array, lr_affine, nn_upsample_array
 from medsr.dti import lower_to_fsl
-from medsr.io import check_grid, read_array, read_nifti_image, save_mask, save_volume
+from medsr.io import (
+    check_affine, check_binary_mask, check_fits_in_memory, check_grid, check_real, read_array, read_nifti_image,
+    save_mask, save_volume,
+)
 from data_prep.runner import subject_folders
 from medsr.manifest import format_triple
 from medsr.patches import count_brain_patches
@@ -41,6 +44,7 @@ from medsr.volume import Volume
 DIFFUSION = Path("T1w") / "Diffusion"
 FILES = {"data": "data.nii.gz", "bvals": "bvals", "bvecs": "bvecs", "mask": "nodif_brain_mask.nii.gz"}
 B0_MAX = 50.0  # HCP b0 volumes have b ~ 5 s/mm^2; dipy's default b0 threshold is 50
+BVEC_TOLERANCE = 1e-2  # |norm - 1| allowed for a diffusion-weighted volume's b-vector (dipy's default atol)
 CHUNK_VOXELS = 65536  # voxels per WLS fit call: ~ 65536 x N_sel x 8 bytes per float64 buffer in dipy
 
 
@@ -76,10 +80,19 @@ def read_gradients(bvals_path: Path, bvecs_path: Path) -> tuple[np.ndarray, np.n
         raise ValueError(f"{bvecs_path}: has {bvecs.shape[1]} vectors but {bvals_path.name} has {bvals.size} values")
     if not np.isfinite(bvals).all():
         raise ValueError(f"{bvals_path}: contains NaN or Inf")
+    if (bvals < 0).any():
+        i = int(np.flatnonzero(bvals < 0)[0])
+        raise ValueError(f"{bvals_path}: negative b-value {bvals[i]:g} (volume {i}); b-values are >= 0 s/mm^2")
     # A b0's direction is meaningless and some tools write NaN there (dipy's small_64D does): zero it.
     bvecs = np.where(np.isfinite(bvecs) | (bvals > B0_MAX)[None, :], bvecs, 0.0)
     if not np.isfinite(bvecs).all():
         raise ValueError(f"{bvecs_path}: contains NaN or Inf for a diffusion-weighted volume")
+    norms = np.linalg.norm(bvecs, axis=0)
+    off = np.flatnonzero((bvals > B0_MAX) & (np.abs(norms - 1.0) > BVEC_TOLERANCE))
+    if off.size:
+        i = int(off[0])
+        raise ValueError(f"{bvecs_path}: b-vector {i} has length {norms[i]:.4g}, not 1 ({off.size} such vector(s) "
+                         f"of diffusion-weighted volumes); b-vectors must be unit vectors")
     return bvals, bvecs.T
 
 
@@ -110,6 +123,8 @@ def read_volumes(path: Path, img, indices: np.ndarray, crop: tuple[int, int, int
     dtype = np.dtype(proxy.dtype)
     nbytes = int(np.prod(shape3)) * dtype.itemsize
     slope, inter = float(proxy.slope), float(proxy.inter)
+    check_real(path, dtype)
+    check_fits_in_memory(path, (len(indices),) + tuple(out_shape))
     out = np.empty((len(indices),) + tuple(out_shape), dtype=np.float32)
     try:
         with ImageOpener(str(path), "rb") as f:
@@ -181,6 +196,8 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
     img = read_nifti_image(files["data"])
     if len(img.shape) != 4:
         raise ValueError(f"{files['data']}: expected a 4D DWI (X, Y, Z, volumes), got shape {img.shape}")
+    check_real(files["data"], img.get_data_dtype())
+    check_affine(files["data"], img.affine)
     if img.shape[3] != bvals.size:
         raise ValueError(
             f"{files['bvals']}: has {bvals.size} b-values but {files['data'].name} has {img.shape[3]} volumes"
@@ -191,8 +208,7 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
     if len(mask_img.shape) != 3 and not (len(mask_img.shape) == 4 and mask_img.shape[3] == 1):
         raise ValueError(f"{files['mask']}: expected a 3D mask, got shape {mask_img.shape}")
     mask_raw = read_array(files["mask"], mask_img.dataobj).reshape(mask_img.shape[:3])
-    if not np.isfinite(mask_raw).all():
-        raise ValueError(f"{files['mask']}: contains NaN or Inf values")
+    check_binary_mask(files["mask"], mask_raw)
     mask = fit_array(mask_raw != 0, factor, pad=pad)
     if not mask.any():
         raise ValueError(f"{files['mask']}: mask is empty (no brain voxels)")

@@ -51,6 +51,65 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None when unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(path: str | os.PathLike, shape: tuple[int, ...], itemsize: int = 4) -> None:
+    """Refuse, before allocating, an image whose declared size exceeds this machine's memory.
+
+    A corrupt or hostile header can declare billions of voxels; reading it would end in a MemoryError
+    (or the kernel killing the process) after minutes of swapping instead of a message naming the file.
+    """
+    need = itemsize
+    for s in shape:
+        need *= max(int(s), 0)
+    total = memory_bytes()
+    if total is not None and need > total:
+        raise ValueError(
+            f"{path}: the header declares shape {tuple(int(s) for s in shape)} ({need / 2**30:.1f} GiB in memory), more "
+            f"than this machine has ({total / 2**30:.1f} GiB); the header is corrupt or the image too large"
+        )
+
+
+def check_real(path: str | os.PathLike, dtype: np.dtype) -> None:
+    """Refuse complex-valued data (converting it to float would silently drop the imaginary part)."""
+    if np.dtype(dtype).kind == "c":
+        raise ValueError(f"{path}: complex-valued image ({np.dtype(dtype)}); medsr needs real values "
+                         "(save the magnitude or the real part as a separate image)")
+
+
+def check_affine(path: str | os.PathLike, affine: np.ndarray) -> None:
+    """Refuse a voxel-to-world affine that is non-finite or singular (no voxel size, no world grid)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise ValueError(f"{path}: the affine (voxel-to-world matrix) has NaN or Inf entries")
+    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    if np.any(spacing == 0) or abs(np.linalg.det(a[:3, :3] / spacing[None, :])) < 1e-6:
+        raise ValueError(f"{path}: the affine (voxel-to-world matrix) is singular (voxel sizes "
+                         f"{', '.join(f'{s:g}' for s in spacing)} mm); fix the header's sform/qform or pixdim")
+
+
+def check_binary_mask(path: str | os.PathLike, values: np.ndarray) -> None:
+    """Refuse a mask with NaN/Inf or with values other than 0 and 1 (naming the file and a bad value)."""
+    arr = np.asarray(values)
+    if arr.dtype == bool:
+        return
+    bad = ~np.isfinite(arr) if arr.dtype.kind == "f" else np.zeros(arr.shape, bool)
+    if bad.any():
+        raise ValueError(f"{path}: mask has {int(bad.sum())} NaN/Inf value(s); a mask must hold only 0 and 1")
+    other = (arr != 0) & (arr != 1)
+    if other.any():
+        found = np.unique(arr[other])
+        shown = ", ".join(f"{v:g}" for v in found[:4]) + ("..." if found.size > 4 else "")
+        raise ValueError(f"{path}: mask has {int(other.sum())} voxel(s) with values other than 0 and 1 ({shown}); "
+                         "a mask must be binary (threshold it first)")
+
+
 def _check_exists(path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
@@ -84,6 +143,7 @@ def load_volume(path: str | os.PathLike, *, name: str | None = None) -> Volume:
     else:
         raise ValueError(f"{path}: unsupported extension {suffix!r} (use .nii, .nii.gz, .nrrd, .mha or .mhd)")
     meta["source"] = str(path)
+    check_affine(path, affine)
     return Volume(data, affine, name=str(path) if name is None else name, meta=meta)
 
 
@@ -105,6 +165,9 @@ def read_array(path: str | os.PathLike, dataobj, index=(), dtype=np.float32) -> 
     ``index`` slices the on-disk array before any scaling or conversion, so selecting volumes
     of a 4D DWI never materialises the whole file in memory.
     """
+    check_real(path, getattr(dataobj, "dtype", np.float32))
+    if index == () and hasattr(dataobj, "shape"):
+        check_fits_in_memory(path, tuple(dataobj.shape), max(np.dtype(dtype).itemsize, 1))
     try:
         arr = dataobj[index] if index != () else np.asanyarray(dataobj)
         return np.asarray(arr, dtype=dtype)
@@ -141,8 +204,13 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     import SimpleITK as sitk
 
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        check_fits_in_memory(path, tuple(reader.GetSize()) + (reader.GetNumberOfComponents(),))
+        img = reader.Execute()
         arr = sitk.GetArrayFromImage(img)
+        check_real(path, arr.dtype)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: cannot read image ({first})") from None
@@ -172,7 +240,7 @@ def load_mask(
     atol: float = 1e-3,
     ref_name: str | None = None,
 ) -> np.ndarray:
-    """Load a brain mask as a bool (X, Y, Z) array (any non-zero voxel is brain).
+    """Load a brain mask as a bool (X, Y, Z) array: values must be 0 or 1 (bool, integer or float).
 
     Args:
         path: a 3D image (or 4D/5D with a single channel).
@@ -181,11 +249,13 @@ def load_mask(
         ref_name: how to call ``like`` in messages (default: the Volume's name).
 
     Raises:
-        ValueError: more than one channel, or the grid differs from ``like`` (shape or affine).
+        ValueError: more than one channel, NaN/Inf or values other than 0 and 1, or the grid differs
+            from ``like`` (shape or affine).
     """
     vol = load_volume(path)
     if vol.channels != 1:
         raise ValueError(f"{path}: a mask must have one channel, got {vol.channels}")
+    check_binary_mask(path, vol.data[0])
     if like is not None:
         shape, affine = (like.spatial_shape, like.affine) if isinstance(like, Volume) else like
         if ref_name is None:
