@@ -14,13 +14,11 @@ faithful miniature of a real HCP study. Layout of ``OUTPUT``::
     figures/phantom.png, figures/tensor_components.png
     summary.txt                              the summary printed at the end
 
-Training is bounded by wall-clock time (``minutes``): a short calibration run measures the step
-rate on this machine, then the run is resumed (exact resume) up to the number of steps that fits
-the budget, re-measured once on the way. The config's ``train.max_steps`` stays an upper bound.
+Training is bounded by wall-clock time (``minutes``, the config's ``train.max_minutes``), checked
+after every step; the config's ``train.max_steps`` stays an upper bound.
 """
 from __future__ import annotations
 
-import functools
 import math
 import shutil
 import sys
@@ -32,8 +30,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-DEFAULT_MINUTES = 6.0
-MODEL_NAME = "revsrcnn"
+DEFAULT_MINUTES = 7.0
 BASELINES = ("nn", "linear", "cubic")
 # Subfolders that mark an OUTPUT folder as a previous demo run (only such a folder is replaced).
 DEMO_PARTS = ("hcp", "prep", "run")
@@ -112,68 +109,23 @@ def prepare_output(output: Path, overwrite: bool) -> None:
     (output / MARKER).write_text("medsr demo folder\n")
 
 
-def _steps_per_second(run_dir: Path, batch_size: int, since_step: int) -> float | None:
-    """Training speed from the run's log.csv rows after ``since_step`` (patches/s / batch)."""
-    import pandas as pd
+def train_for(config: Any, minutes: float) -> tuple[Path, int]:
+    """Train ``config`` for ``minutes`` of wall-clock time (``train.max_minutes``), never past ``train.max_steps``.
 
-    log = run_dir / "log.csv"
-    if not log.is_file():
-        return None
-    df = pd.read_csv(log)
-    df = df[df["step"] > since_step]
-    if df.empty or "patches_per_s" not in df:
-        return None
-    rate = float(df["patches_per_s"].astype(float).tail(3).median()) / max(batch_size, 1)
-    return rate if rate > 0 else None
-
-
-def train_for(config: Any, minutes: float, *, calibration_steps: int = 20, quiet: bool = False) -> tuple[Path, int]:
-    """Train ``config`` for about ``minutes`` of wall-clock time (never past ``train.max_steps``).
-
-    A calibration run of ``calibration_steps`` measures steps/s; the run is then resumed to the
-    step count that fits the remaining time, with one re-measurement half-way (the machine may be
-    shared). Each resume is exact (``pipelines.train`` restores weights, optimiser and RNG).
+    The limit is checked after every step (see :class:`medsr.training.trainer.Trainer`), so a machine
+    that slows down mid-run still stops on time; the checkpoint is written at the stop.
 
     Returns:
         (run folder, steps trained).
     """
+    from medsr.checkpoint import load_checkpoint
     from medsr.config import Config
     from pipelines.train import train
 
-    cap = config.train.max_steps
-    if cap is None:
-        raise ValueError("the demo config needs train.max_steps (an upper bound on the steps)")
-    budget = max(float(minutes), 0.0) * 60.0
-    start = time.perf_counter()
-    deadline = start + budget
-    bs = config.train.batch_size
-
-    def run(steps: int, resume: bool) -> Path:
-        cfg = Config.from_dict(config.to_dict())
-        cfg.train.max_steps = int(steps)
-        return train(cfg, resume=resume)
-
-    step = min(calibration_steps, cap)
-    t0 = time.perf_counter()
-    run_dir = run(step, resume=False)
-    first_wall = time.perf_counter() - t0
-    rate = _steps_per_second(run_dir, bs, 0) or step / max(first_wall, 1e-6)
-    overhead = max(first_wall - step / rate, 0.0)  # data loading + set-up paid by every (re)start
-    for part in (0.6, 1.0):  # two resumes: most of the budget, then what is left at the measured speed
-        left = deadline - time.perf_counter() - overhead
-        extra = int(left * rate * part) if left > 0 else 0
-        if extra < 5 or step >= cap:
-            break
-        target = min(cap, step + extra)
-        if not quiet:
-            print(f"demo: training to step {target} ({rate:.2f} steps/s measured, {_fmt_s(left)} of the "
-                  f"{_fmt_s(budget)} budget left)", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        run(target, resume=True)
-        wall = time.perf_counter() - t0
-        rate = _steps_per_second(run_dir, bs, step) or (target - step) / max(wall - overhead, 1e-6)
-        step = target
-    return run_dir, step
+    cfg = Config.from_dict(config.to_dict())
+    cfg.train.max_minutes = float(minutes)
+    run_dir = train(cfg)
+    return run_dir, int(load_checkpoint(run_dir / "last.pt")["step"])
 
 
 def load_demo_config(path: str | Path, manifest: Path, run_dir: Path, train_subjects: list[str], seed: int):
@@ -224,7 +176,7 @@ def _phantom_figure(subject_dir: Path, path: Path) -> Path:
     return path
 
 
-def _components_figure(row: Any, prediction: Path, path: Path) -> Path:
+def _components_figure(row: Any, prediction: Path, path: Path, label: str = "model") -> Path:
     """The six tensor components (rows) of LR input, cubic, the model and the HR target (columns)."""
     import matplotlib
 
@@ -241,7 +193,7 @@ def _components_figure(row: Any, prediction: Path, path: Path) -> Path:
     lr = load_volume(row["lr"])
     cols = [("LR input (NN)", load_volume(row["lr_up"]).data),
             ("cubic spline", upsample(lr, int(row["factor"]), "cubic", out_shape=hr.spatial_shape).data),
-            (f"{MODEL_NAME}", load_volume(prediction).data), ("HR target", hr.data)]
+            (label, load_volume(prediction).data), ("HR target", hr.data)]
     z = int(np.argwhere(mask)[:, 2].mean())
     fig, axes = plt.subplots(6, 4, figsize=(9, 13))
     for c in range(6):
@@ -280,18 +232,29 @@ def metrics_table(table: Any) -> str:
     return "\n".join(lines)
 
 
-def format_report(res: DemoResult, summary_table: str, rmse: dict[str, float]) -> str:
+def versus_cubic(table: Any, model: str) -> list[str]:
+    """One line per metric: the model's value as a multiple of the cubic spline's, and who wins."""
+    rows = table.set_index("model")
+    if model not in rows.index or "cubic" not in rows.index:
+        return []
+    out = []
+    for c in [c for c in SHOWN if c in table.columns]:
+        m, cu = float(rows.loc[model, c]), float(rows.loc["cubic", c])
+        better = m > cu if c in ("psnr", "ssim") else m < cu
+        ratio = f"{m / cu:.3f}x cubic" if cu else "n/a"
+        out.append(f"  {c:<14} {ratio:<14} {'better' if better else 'WORSE'} than cubic "
+                   f"({'higher' if c in ('psnr', 'ssim') else 'lower'} is better)")
+    return out
+
+
+def format_report(res: DemoResult, summary_table: str, model: str) -> str:
     """The text summary printed at the end of the demo."""
     lines = ["", "=" * 78, "medsr demo: summary", "=" * 78,
              f"train subjects: {', '.join(res.train_subjects)}   held-out test subject: {res.test_subject}",
-             f"model: {MODEL_NAME} ({res.steps} training steps)", "",
+             f"model: {model} ({res.steps} training steps)", "",
              f"evaluation on {res.test_subject} (DTI, mm^2/s; interior = brain eroded by 5^3):",
-             summary_table, ""]
-    cubic, model = rmse.get("cubic", math.nan), rmse.get(MODEL_NAME, math.nan)
-    verdict = "BEATS" if res.beats_cubic else "does NOT beat"
-    gain = 100.0 * (1 - model / cubic) if cubic > 0 else math.nan
-    lines.append(f"{MODEL_NAME} {verdict} cubic spline on interior RMSE: {model:.4g} vs {cubic:.4g} "
-                 f"({gain:+.1f}% lower)")
+             summary_table, "", f"{model} against the cubic spline on {res.test_subject}:"]
+    lines += versus_cubic(res.table, model)
     lines += ["", "timings: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in res.timings.items()), "", "outputs:"]
     width = max(len(k) for k in res.paths)
     lines += [f"  {k.ljust(width)}  {p}" for k, p in res.paths.items()]
@@ -323,9 +286,7 @@ def run_demo(
         phantom_config: a :class:`data_prep.phantom.PhantomConfig` (default: the phantom's defaults).
         quiet: no stage headers (the tools' own progress bars still follow their settings).
     """
-    from data_prep import hcp
-    from data_prep.phantom import PhantomConfig, generate
-    from data_prep.runner import run_subjects
+    from data_prep.phantom_dataset import prepare_phantoms
     from medsr.manifest import read_manifest
     from pipelines.evaluate import evaluate_manifest, write_results
     from pipelines.infer import run_inference
@@ -338,54 +299,46 @@ def run_demo(
     say = (lambda *a: None) if quiet else _stage
     prepare_output(output, overwrite)
     timings: dict[str, float] = {}
-    n = 6
+    n = 5
 
     t = time.perf_counter()
-    say(1, n, f"generating {subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}")
-    pcfg = phantom_config or PhantomConfig()
-    folders = generate(output / "hcp", subjects, seed=seed, config=pcfg, progress=not quiet)
-    names = [f.name for f in folders]
-    train_subjects, test_subject = names[:-1], names[-1]
-    timings["phantom"] = time.perf_counter() - t
+    say(1, n, f"generating {subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
+              "(HR DTI fit, block-averaged LR DTI fit, manifest)")
+    manifest, names = prepare_phantoms(output, subjects, seed=seed, config=phantom_config, workers=workers,
+                                       progress=not quiet)
+    train_subjects, test_subjects = names[:-1], names[-1:]
+    test_subject = test_subjects[0]
+    timings["phantom + prep"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(2, n, "prep hcp: HR DTI fit, block-averaged LR DTI fit, manifest")
-    process = functools.partial(hcp.prep_subject, input_dir=str(output / "hcp"), shell=1000.0, tolerance=100.0,
-                                factor=2, pad=False)
-    prep_dir = output / "prep"
-    if run_subjects(names, process, prep_dir, kind="dti", factor=2, workers=workers, desc="prep hcp") != 0:
-        raise ValueError(f"{prep_dir / 'manifest.csv'}: prep failed for some phantom subject (see the error column)")
-    manifest = prep_dir / "manifest.csv"
-    timings["prep"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    say(3, n, f"training {MODEL_NAME} on {', '.join(train_subjects)} for about {minutes:g} min ({config})")
     cfg = load_demo_config(config, manifest, output / "run", train_subjects, seed)
-    run_dir, steps = train_for(cfg, minutes, quiet=quiet)
+    label = cfg.model.name
+    say(2, n, f"training {label} on {', '.join(train_subjects)} for {minutes:g} min ({config})")
+    run_dir, steps = train_for(cfg, minutes)
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(4, n, f"full-volume inference on the held-out subject {test_subject}")
+    say(3, n, f"full-volume inference on the held-out subject {test_subject}")
     pred_dir = output / "predictions"
     (prediction,) = run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=[test_subject], quiet=quiet)
     timings["infer"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(5, n, "evaluation against nn / linear / cubic baselines, figures")
+    say(4, n, "evaluation against nn / linear / cubic baselines, figures")
     fig_dir = output / "figures"
-    table = evaluate_manifest(manifest, pred_dir, model_name=MODEL_NAME, baselines=BASELINES, figures=fig_dir,
+    table = evaluate_manifest(manifest, pred_dir, model_name=label, baselines=BASELINES, figures=fig_dir,
                               subjects=[test_subject], quiet=quiet)
     csv, summ_csv = write_results(table, output / "evaluation.csv", overwrite=True)
     row = read_manifest(manifest).set_index("subject", drop=False).loc[test_subject]
     phantom_png = _phantom_figure(output / "hcp" / test_subject, fig_dir / "phantom.png")
-    comp_png = _components_figure(row, prediction, fig_dir / "tensor_components.png")
+    comp_png = _components_figure(row, prediction, fig_dir / "tensor_components.png", label)
     timings["evaluate"] = time.perf_counter() - t
 
-    say(6, n, "summary")
+    say(5, n, "summary")
     rmse = dict(zip(table["model"], table["rmse_interior"].astype(float)))
     res = DemoResult(output=output, train_subjects=train_subjects, test_subject=test_subject, steps=steps,
                      table=table, timings=timings,
-                     beats_cubic=bool(rmse.get(MODEL_NAME, math.inf) < rmse.get("cubic", -math.inf)))
+                     beats_cubic=bool(rmse.get(label, math.inf) < rmse.get("cubic", -math.inf)))
     res.paths = {
         "phantom (HCP layout)": output / "hcp",
         "prepared pairs": manifest,
@@ -399,7 +352,7 @@ def run_demo(
         "phantom figure": phantom_png,
         "this summary": output / "summary.txt",
     }
-    res.summary = format_report(res, metrics_table(table), rmse)
+    res.summary = format_report(res, metrics_table(table), label)
     from medsr.utils.atomic import atomic_path
 
     with atomic_path(output / "summary.txt") as tmp:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 EPILOG = """\
 stages:
-  1. phantom    N subjects in the HCP layout (OUTPUT/hcp), b0s + a b=1000 shell, Rician noise
-  2. prep hcp   HR DTI fit, LR DTI from block-averaged DWIs, manifest (OUTPUT/prep)
-  3. train      paired RevSRCNN (configs/demo.yaml) on N-1 subjects, bounded by --minutes (OUTPUT/run)
-  4. infer      full volume of the held-out subject (OUTPUT/predictions)
-  5. evaluate   interior/total RMSE, PSNR, SSIM, MD/FA errors vs nn/linear/cubic (OUTPUT/evaluation.csv),
+  1. data       N phantom subjects in the HCP layout (OUTPUT/hcp), b0s + a b=1000 shell, Rician noise;
+                prep hcp: HR DTI fit, LR DTI from block-averaged DWIs, manifest (OUTPUT/prep)
+  2. train      paired model (configs/demo.yaml) on N-1 subjects, stopped at --minutes (OUTPUT/run)
+  3. infer      full volume of the held-out subject (OUTPUT/predictions)
+  4. evaluate   interior/total RMSE, PSNR, SSIM, MD/FA errors vs nn/linear/cubic (OUTPUT/evaluation.csv),
                 figures with MD maps (OUTPUT/figures)
-  6. summary    table and paths on the terminal and in OUTPUT/summary.txt
+  5. summary    table and paths on the terminal and in OUTPUT/summary.txt
 """
 
 
