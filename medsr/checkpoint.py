@@ -77,11 +77,16 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
         (model in eval mode, x-stats, y-stats, checkpoint dict)
     """
     ck = load_checkpoint(path, map_location)
-    if "model" not in ck:
+    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
         raise ValueError(f"{path}: no 'model' entry; not a medsr checkpoint")
-    model = build_model(ck["model"]).eval()
-    norm = ck.get("norm") or {}
-    channels = int(ck.get("data", {}).get("channels", 1))
-    sx = ChannelStats.from_dict(norm["x"]) if "x" in norm else ChannelStats.identity(channels)
-    sy = ChannelStats.from_dict(norm["y"]) if "y" in norm else ChannelStats.identity(channels)
+    try:
+        model = build_model(ck["model"]).eval()
+        norm = ck.get("norm") or {}
+        channels = int(ck.get("data", {}).get("channels", 1))
+        sx = ChannelStats.from_dict(norm["x"]) if "x" in norm else ChannelStats.identity(channels)
+        sy = ChannelStats.from_dict(norm["y"]) if "y" in norm else ChannelStats.identity(channels)
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as e:
+        # A foreign or incomplete checkpoint: missing entries, weights of another shape, unknown model.
+        detail = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:200]
+        raise ValueError(f"{path}: not a complete medsr checkpoint ({type(e).__name__}: {detail})") from e
     return model, sx, sy, ck

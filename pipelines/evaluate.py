@@ -97,9 +97,14 @@ def evaluate_manifest(
     from medsr.manifest import read_manifest
     from medsr.metrics import evaluate_volumes
 
+    from medsr.utils.paths import inside
+
     df = read_manifest(manifest)
     df = select_subjects(df, subjects, manifest)
     subjects = [str(s) for s in df["subject"]]
+    if figures:
+        for s in subjects:  # before minutes of scoring: no figure may land outside its folder
+            inside(figures, Path(figures) / f"{s}.png", "figure")
     preds = prediction_paths(subjects, predictions) if predictions is not None else {}
     name = model_name or (Path(predictions).resolve().name if predictions is not None else "")
     if name in baselines:

@@ -34,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     subjects = [str(s) for s in df["subject"]]
     pred_dirs = [(Path(d).resolve().name, prediction_paths(subjects, d)) for d in args.predictions]
     baselines = parse_baselines(args.baselines)
+    from medsr.utils.paths import inside
+
     out = Path(args.output)
+    for s in subjects:
+        inside(out, out / f"{s}.png", "figure")
     if not args.overwrite:
         for s in subjects:
             if (out / f"{s}.png").exists():

@@ -96,9 +96,14 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException as e:
+    except OSError as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        if isinstance(e, OSError) and e.filename in (None, str(tmp_path)):
-            e.add_note(f"writing {path}")  # e.g. a full disk: name the output, not the temporary
+        if e.errno is not None and e.filename in (None, str(tmp_path)):
+            # e.g. a full disk, or a folder at the output path: name the output, not the temporary
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
         raise

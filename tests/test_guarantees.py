@@ -1,0 +1,401 @@
+"""What the README's "Guarantees" promise, case by case through the command line.
+
+Every case runs ``medsr ...`` in-process on a copy of one small prepared world (two 16^3 scalar
+subjects, their prep output and a 2-step checkpoint) and checks the contract:
+
+* the exit code;
+* stderr holds one line, ``medsr VERB: error: ...``, naming the file or the config key, and no traceback;
+* every file that existed before is byte-identical afterwards, and nothing new appears outside the
+  case's own output folder (for a refused command: nothing new at all).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines.cli import main
+
+QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick_paired_l1.yaml"
+SHAPE = (16, 16, 16)
+TRAIN = ["train.max_steps=2", "data.patch_size=8", "train.progress=false", "train.samples=false",
+         "train.threads=1"]
+
+
+# ------------------------------------------------------------------------------------------ the world
+def _image(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
+    return (100 + 50 * np.sin(3 * x) * np.cos(2 * y) + 20 * z + rng.normal(0, 1, SHAPE)).astype(np.float32)
+
+
+def _mask() -> np.ndarray:
+    m = np.zeros(SHAPE, np.uint8)
+    m[2:14, 2:14, 2:14] = 1
+    return m
+
+
+def write_scalar_subject(root: Path, name: str, image=None, mask=None, affine=None) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(_image(len(name)) if image is None else image, affine), folder / "image.nii.gz")
+    nib.save(nib.Nifti1Image(_mask() if mask is None else mask, affine), folder / "mask.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """``vol/`` (inputs), ``prep/`` (prep output + manifest), ``run/`` (a 2-step run with last.pt)."""
+    root = tmp_path_factory.mktemp("world")
+    for s in ("s1", "s2"):
+        write_scalar_subject(root / "vol", s)
+    assert main(["prep", "volumes", "--input", str(root / "vol"), "--output", str(root / "prep")]) == 0
+    assert main(["train", str(QUICK), "--set", f"data.manifest={root / 'prep' / 'manifest.csv'}",
+                 f"output_dir={root / 'run'}", *TRAIN]) == 0
+    return root
+
+
+@pytest.fixture
+def world(template, tmp_path) -> Path:
+    dst = tmp_path / "w"
+    shutil.copytree(template, dst, symlinks=True)
+    # The copied run's config names the template's manifest; point it at this copy's.
+    cfg = dst / "run" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace(str(template), str(dst)))
+    return dst
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file (links by their target) under ``root``."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the cases
+@dataclass
+class Case:
+    """One command and what it must do.
+
+    ``setup(world) -> argv`` prepares the world (writing files counts as "before") and returns the
+    command line; ``{w}`` in argv strings is replaced by the world folder.
+    """
+
+    id: str
+    setup: Callable[[Path], list[str]]
+    code: int
+    says: tuple[str, ...]  # substrings of the error line (file or key named, cause)
+    output: str | None = None  # folder (relative to the world) where new files may appear; None = nowhere
+    one_line: bool = True  # stderr is exactly the error line (prep reports per subject instead)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _argv(*parts: str) -> Callable[[Path], list[str]]:
+    return lambda w: [p.replace("{w}", str(w)) for p in parts]
+
+
+def _then(fn: Callable[[Path], None], *parts: str) -> Callable[[Path], list[str]]:
+    def setup(w: Path) -> list[str]:
+        fn(w)
+        return _argv(*parts)(w)
+
+    return setup
+
+
+def _train(*overrides: str, flags: tuple[str, ...] = ()) -> Callable[[Path], list[str]]:
+    return _argv("train", str(QUICK), "--set", "data.manifest={w}/prep/manifest.csv", "output_dir={w}/run",
+                 *TRAIN, *overrides, *flags)
+
+
+def _infer(*extra: str) -> Callable[[Path], list[str]]:
+    return _argv("infer", "--checkpoint", "{w}/run/last.pt", "--input", "{w}/prep/manifest.csv",
+                 "--output", "{w}/pred", "--quiet", *extra)
+
+
+def _manifest_subject(name: str) -> Callable[[Path], None]:
+    def fn(w: Path) -> None:
+        path = w / "prep" / "manifest.csv"
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df.loc[0, "subject"] = name
+        df.to_csv(path, index=False)
+
+    return fn
+
+
+def _bad_mask(values) -> Callable[[Path], None]:
+    def fn(w: Path) -> None:
+        m = _mask().astype(np.float32)
+        m[5, 5, 5] = values
+        nib.save(nib.Nifti1Image(m, np.eye(4)), w / "vol" / "s1" / "mask.nii.gz")
+
+    return fn
+
+
+def _foreign_file(w: Path) -> None:
+    (w / "run" / "notes.txt").write_text("my notes\n")
+
+
+def _torch_save(obj_fn: Callable[[Path], object], name: str = "run/last.pt") -> Callable[[Path], None]:
+    def fn(w: Path) -> None:
+        torch.save(obj_fn(w), w / name)
+
+    return fn
+
+
+def _incomplete_checkpoint(w: Path) -> dict:
+    ck = torch.load(w / "run" / "last.pt", weights_only=True)
+    sd = ck["model"]["state_dict"]
+    sd.pop(next(iter(sd)))  # one tensor missing
+    return ck
+
+
+def _link_out(rel: str) -> Callable[[Path], None]:
+    def fn(w: Path) -> None:
+        link = w / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        (w / "outside.txt").write_text("keep me\n")
+        link.symlink_to(w / "outside.txt")
+
+    return fn
+
+
+def _huge_header(w: Path) -> None:
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.float32)
+    hdr.set_data_shape((30000, 30000, 30000))
+    with open(w / "huge.nii", "wb") as f:
+        hdr.write_to(f)
+        f.write(b"\0" * 4 + b"\0" * 64)
+
+
+def _complex_image(w: Path) -> None:
+    nib.save(nib.Nifti1Image((_image(1) + 1j * _image(2)).astype(np.complex64), np.eye(4)), w / "c.nii.gz")
+
+
+def _singular_image(w: Path) -> None:
+    a = np.eye(4)
+    a[2, :3] = a[1, :3]  # rows 1 and 2 equal: a flat grid (only an sform can hold it)
+    img = nib.Nifti1Image(_image(1), None)
+    img.header.set_sform(a, code=1)
+    img.header.set_qform(None, code=0)
+    nib.save(img, w / "flat.nii.gz")
+
+
+def _corrupt_second_subject(w: Path) -> None:
+    (w / "prep" / "s2" / "lr_up.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+
+
+def _hcp_subject(bvals: list[float], bvec_scale: float = 1.0) -> Callable[[Path], None]:
+    def fn(w: Path) -> None:
+        folder = w / "hcp" / "h1" / "T1w" / "Diffusion"
+        folder.mkdir(parents=True)
+        n = len(bvals)
+        nib.save(nib.Nifti1Image(np.ones((6, 6, 6, n), np.float32), np.eye(4)), folder / "data.nii.gz")
+        nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4)), folder / "nodif_brain_mask.nii.gz")
+        np.savetxt(folder / "bvals", np.atleast_2d(bvals), fmt="%g")
+        rng = np.random.default_rng(0)
+        v = rng.normal(size=(n, 3))
+        v = v / np.linalg.norm(v, axis=1, keepdims=True) * bvec_scale
+        np.savetxt(folder / "bvecs", v.T, fmt="%.6f")
+
+    return fn
+
+
+CASES = [
+    # --- prep: an output folder overlapping an input subject folder is refused; nothing is touched
+    Case("prep-output-is-input", _argv("prep", "volumes", "--input", "{w}/vol", "--output", "{w}/vol"), 2,
+         ("{w}/vol", "contains the input subject folder")),
+    Case("prep-output-is-subject", _argv("prep", "volumes", "--input", "{w}/vol", "--output", "{w}/vol/s1"), 2,
+         ("{w}/vol/s1", "is the input subject folder")),
+    Case("prep-output-inside-subject", _argv("prep", "volumes", "--input", "{w}/vol", "--output", "{w}/vol/s1/out"),
+         2, ("{w}/vol/s1/out", "lies inside the input subject folder")),
+    Case("prep-subject-name-control-char", _then(lambda w: write_scalar_subject(w / "vol", "bad\tname"),
+                                                 "prep", "volumes", "--input", "{w}/vol", "--output", "{w}/out"),
+         2, ("{w}/vol", "'bad\\tname'", "control character")),
+    # --- prep: bad subject inputs fail that subject (exit 1), named in its line; the user's files stay
+    Case("prep-mask-not-binary", _then(_bad_mask(2.0), "prep", "volumes", "--input", "{w}/vol",
+                                       "--output", "{w}/out"),
+         1, ("{w}/vol/s1/mask.nii.gz", "other than 0 and 1"), output="out", one_line=False),
+    Case("prep-mask-nan", _then(_bad_mask(np.nan), "prep", "volumes", "--input", "{w}/vol", "--output", "{w}/out"),
+         1, ("{w}/vol/s1/mask.nii.gz", "NaN"), output="out", one_line=False),
+    Case("prep-clean-up-keeps-existing-files",
+         _then(lambda w: (_bad_mask(3.0)(w), (w / "out" / "s1").mkdir(parents=True),
+                          (w / "out" / "s1" / "mask.nii.gz").write_bytes(b"the user's own file")),
+               "prep", "volumes", "--input", "{w}/vol", "--output", "{w}/out"),
+         1, ("{w}/vol/s1/mask.nii.gz",), output="out", one_line=False),
+    Case("prep-negative-bvalue", _then(_hcp_subject([0, -5, 1000, 1000, 1000, 1000, 1000, 1000]),
+                                       "prep", "hcp", "--input", "{w}/hcp", "--output", "{w}/out"),
+         1, ("{w}/hcp/h1/T1w/Diffusion/bvals", "negative b-value"), output="out", one_line=False),
+    Case("prep-non-unit-bvecs", _then(_hcp_subject([0, 1000, 1000, 1000, 1000, 1000, 1000, 1000], 1.5),
+                                      "prep", "hcp", "--input", "{w}/hcp", "--output", "{w}/out"),
+         1, ("{w}/hcp/h1/T1w/Diffusion/bvecs", "has length 1.5"), output="out", one_line=False),
+    Case("prep-bad-shell-tolerance", _argv("prep", "hcp", "--input", "{w}/vol", "--output", "{w}/out",
+                                           "--shell-tolerance", "-1"), 2, ("--shell-tolerance",)),
+    # --- train: config ranges and names, at load time, before anything is written
+    *[Case(f"train-{key}={value}", _train(f"{key}={value}", "output_dir={w}/newrun"), 2, (f"'{key}'", allowed))
+      for key, value, allowed in [
+          ("train.max_steps", "0", ">= 1"), ("train.max_steps", "-5", ">= 1"),
+          ("train.batch_size", "-2", ">= 1"), ("train.batch_size", "0", ">= 1"),
+          ("train.checkpoint_every", "0", ">= 1"), ("data.patch_size", "0", ">= 1"),
+          ("data.patch_size", "-4", ">= 1"), ("train.lr", "-1", "> 0"), ("train.beta1", "1", "[0, 1)"),
+          ("train.lambda_l1", "-1", ">= 0"), ("train.pool_size", "-1", ">= 0"), ("data.num_workers", "-1", ">= 0"),
+          ("data.min_brain_fraction", "1.5", "[0, 1]"), ("train.n_epochs", "-1", ">= 0"),
+          ("train.mode", "pared", "paired_l1"), ("model.name", "nope", "rev_srcnn3d"),
+          ("discriminator.name", "nope", "patchgan3d"), ("data.type", "nope", "patches3d"),
+          ("train.gan_loss", "wgan", "lsgan"), ("train.device", "gpu7", "not a device name"),
+      ]],
+    # --- train: --overwrite removes only medsr's own files, and only after every check
+    Case("train-overwrite-foreign-file", _then(_foreign_file, *_train()(Path("{w}")), "--overwrite"), 2,
+         ("{w}/run", "notes.txt", "only medsr's run files")),
+    Case("train-overwrite-bad-config", _train("train.max_steps=0", flags=("--overwrite",)), 2,
+         ("'train.max_steps'",)),
+    Case("train-overwrite-bad-model", _train("model.kwargs.nonsense=1", flags=("--overwrite",)), 2,
+         ("model.kwargs", "nonsense")),
+    # --- train: a refused --resume changes nothing (config.yaml included)
+    Case("train-resume-other-model", _train("model.kwargs.width=12", flags=("--resume",)), 2,
+         ("{w}/run/last.pt", "differs from the config")),
+    Case("train-resume-foreign-checkpoint", _then(_torch_save(lambda w: {"weights": torch.zeros(2)}),
+                                                  *_train()(Path("{w}")), "--resume"),
+         2, ("{w}/run/last.pt",)),
+    Case("train-resume-incomplete-checkpoint", _then(_torch_save(_incomplete_checkpoint),
+                                                     *_train()(Path("{w}")), "--resume"),
+         2, ("{w}/run/last.pt", "not a complete checkpoint", "Missing key")),
+    # --- infer: subject names, output paths, flags, checkpoints, devices
+    *[Case(f"infer-subject-name-{i}", _then(_manifest_subject(name), *_infer()(Path("{w}"))), 2,
+           ("{w}/prep/manifest.csv", "subject name"))
+      for i, name in enumerate(["../x", "a/b", "..", "/tmp/abs", "x\ny", " x"])],
+    Case("infer-output-link-outside", _then(_link_out("pred/s1.nii.gz"), *_infer("--overwrite")(Path("{w}"))), 2,
+         ("{w}/pred/s1.nii.gz", "outside its folder")),
+    Case("infer-window-negative", _infer("--window", "-3"), 2, ("--window -3",)),
+    Case("infer-overlap", _infer("--overlap", "1.5"), 2, ("--overlap 1.5", "[0, 1)")),
+    Case("infer-device-name", _infer("--device", "gpu"), 2, ("--device 'gpu'", "not a device name")),
+    Case("infer-device-cuda-index", _infer("--device", "cuda:7"), 2, ("--device 'cuda:7'",)),
+    Case("infer-foreign-checkpoint", _then(_torch_save(lambda w: {"model": {"name": "rev_srcnn3d", "kwargs": {}}}),
+                                           *_infer()(Path("{w}"))),
+         2, ("{w}/run/last.pt", "not a complete medsr checkpoint")),
+    Case("infer-incomplete-checkpoint", _then(_torch_save(_incomplete_checkpoint), *_infer()(Path("{w}"))), 2,
+         ("{w}/run/last.pt", "not a complete medsr checkpoint")),
+    Case("infer-huge-header", _then(_huge_header, "infer", "--checkpoint", "{w}/run/last.pt", "--input",
+                                    "{w}/huge.nii", "--output", "{w}/o.nii.gz", "--quiet"),
+         2, ("{w}/huge.nii", "more than this machine has")),
+    Case("infer-complex-image", _then(_complex_image, "infer", "--checkpoint", "{w}/run/last.pt", "--input",
+                                      "{w}/c.nii.gz", "--output", "{w}/o.nii.gz", "--quiet"),
+         2, ("{w}/c.nii.gz", "complex-valued")),
+    Case("infer-singular-affine", _then(_singular_image, "infer", "--checkpoint", "{w}/run/last.pt", "--input",
+                                        "{w}/flat.nii.gz", "--output", "{w}/o.nii.gz", "--quiet"),
+         2, ("{w}/flat.nii.gz", "singular")),
+    Case("infer-batch-fails-part-way", _then(_corrupt_second_subject, *_infer()(Path("{w}"))), 2,
+         ("{w}/prep/s2/lr_up.nii.gz", "wrote 1 of 2 output(s) before the failure: {w}/pred/s1.nii.gz"),
+         output="pred"),
+    # --- evaluate / report: figures only inside their folder
+    Case("evaluate-figure-link-outside", _then(_link_out("figs/s1.png"), "evaluate", "--manifest",
+                                               "{w}/prep/manifest.csv", "--figures", "{w}/figs", "--quiet"),
+         2, ("{w}/figs/s1.png", "outside its folder")),
+    Case("report-figure-link-outside", _then(_link_out("figs/s1.png"), "report", "--manifest",
+                                             "{w}/prep/manifest.csv", "--output", "{w}/figs", "--overwrite"),
+         2, ("{w}/figs/s1.png", "outside its folder")),
+    Case("evaluate-csv-is-a-folder", _then(lambda w: (w / "res.csv").mkdir(), "evaluate", "--manifest",
+                                           "{w}/prep/manifest.csv", "--csv", "{w}/res.csv", "--overwrite",
+                                           "--baselines", "nn", "--quiet"),
+         2, ("{w}/res.csv", "is a directory")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_guarantee(case: Case, world: Path, capsys, monkeypatch):
+    argv = case.setup(world)
+    before = snapshot(world)
+    capsys.readouterr()
+    for k, v in case.env.items():
+        monkeypatch.setenv(k, v)
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == case.code, err
+    assert "Traceback" not in out + err
+    says = [s.replace("{w}", str(world)) for s in case.says]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if case.one_line:
+        assert len(lines) == 1, err
+        assert lines[0].startswith(f"medsr {argv[0]}: error: "), lines[0]
+        hit = lines[0]
+    else:
+        hit = next((ln for ln in lines if all(s in ln for s in says)), "")
+    for s in says:
+        assert s in hit, f"{s!r} not in {err!r}"
+    after = snapshot(world)
+    changed = [p for p, h in before.items() if after.get(p) != h]
+    assert not changed, f"pre-existing files changed or removed: {changed}"
+    new = [p for p in after if p not in before and not (case.output and Path(p).parts[0] == case.output)]
+    assert not new, f"files written outside the output folder: {new}"
+
+
+# ------------------------------------------------------------------------------------------ successes
+def test_overwrite_replaces_only_the_run_files(world, capsys):
+    run = world / "run"
+    (run / "samples").mkdir(exist_ok=True)
+    (run / "samples" / "epoch_000.png").write_bytes(b"old sample")
+    (run / ".last.pt.999999-abcdefgh.medsr-tmp.pt").write_bytes(b"a killed write's temporary")
+    old = (run / "last.pt").read_bytes()
+    assert main(_train("train.max_steps=1", flags=("--overwrite",))(world)) == 0
+    assert (run / "last.pt").read_bytes() != old
+    assert not (run / "samples" / "epoch_000.png").exists()  # samples=false: the old run's image went
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "last.pt", "log.csv"]
+
+
+def test_outputs_follow_the_umask_and_stale_temporaries_go(world, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (world / "pred").mkdir()
+    stale = world / "pred" / f".s1.nii.gz.{dead.pid}-abcdefgh.medsr-tmp.nii.gz"
+    stale.write_bytes(b"left by a killed write")
+    old = os.umask(0o022)
+    try:
+        assert main(_infer()(world)) == 0
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    for p in (world / "pred" / "s1.nii.gz", world / "pred" / "s2.nii.gz"):
+        assert (p.stat().st_mode & 0o777) == 0o644
+
+
+def test_debug_shows_the_traceback(world, capsys, monkeypatch):
+    argv = _infer("--window", "-3")(world)
+    assert main(["--debug", *argv]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("MEDSR_DEBUG", "1")
+    assert main(argv) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("exc, code, says", [
+    (MemoryError(), 1, "out of memory"),
+    (PermissionError(13, "Permission denied", "/data/x.nii.gz"), 2, "/data/x.nii.gz: permission denied"),
+    (KeyError("bug"), 1, "internal error KeyError: bug (rerun with --debug"),
+])
+def test_unexpected_errors_are_one_line(exc, code, says, capsys, monkeypatch):
+    import pipelines.infer
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(pipelines.infer, "run_inference", boom)
+    assert main(["infer", "--checkpoint", "c.pt", "--input", "i.nii.gz", "--output", "o.nii.gz"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err
