@@ -1,25 +1,53 @@
 """A DTI brain phantom written as HCP subjects, so the whole toolkit runs with no download.
 
-Each subject is a small brain-shaped head on an HCP-like 1.25 mm grid:
+Each subject is a procedurally generated head on an HCP-like 1.25 mm grid (a brain about 0.4x
+the size of an adult's, with adult-sized cortex, sulci and voxels), different for every seed:
 
-* **Shape**: an ellipsoid whose radius is modulated by smooth random waves over the sphere of
-  directions (a different head per subject), with a scalp, a signal-free skull gap, an outer
-  CSF layer, a folded cortical ribbon (GM), two lateral ventricles (CSF), two deep-grey nuclei
-  (GM) and white matter. Tissue fractions change smoothly over about one voxel (partial volume).
-* **Diffusivities** (mm^2/s): MD 0.7e-3 in WM, 0.8e-3 in GM, 3.0e-3 in CSF (free water at
-  37 C), 1.0e-3 in the scalp. GM and background WM are weakly anisotropic along the radial
-  direction (FA 0.1 and 0.25), as cortex and subcortical WM are.
-* **Tracts**: seven curved bundles (a callosal arc, two cortico-spinal, two cingulum-like and
-  two inferior longitudinal arcs) built from Bezier curves with per-subject jitter. In a tract
-  the principal eigenvector is the curve's tangent and the FA is 0.4-0.8, varying smoothly
-  along the curve; where tracts meet, the nearest wins (a crossing region).
+* **Outline**: a brain hull (an ellipsoid flattened at the base, its radius modulated by smooth
+  random waves over the sphere of directions) with a brainstem leaving through the bottom of the
+  field of view; around it a thin subarachnoid CSF layer (0.4-2 mm), a signal-free skull gap and
+  a scalp.
+* **Folded cortex**: a 2-3 mm grey-matter ribbon following the hull and every sulcus. Sulci are
+  the zero set of band-limited random waves over the sphere (a labyrinth of folds about 9 mm
+  apart), cut 3-8 mm deep into the hull, each holding a 0.6-2 mm sheet of sulcal CSF lined by
+  cortex on both banks and capped by it at the fundus. An interhemispheric fissure with its own
+  medial sulci separates the hemispheres down to the corpus callosum, and a Sylvian fissure
+  reaches the insula.
+* **Deep structures**: C-shaped lateral ventricles (frontal, occipital and temporal horns) and
+  a third ventricle (CSF); caudate, putamen, pallidum and thalamus (deep GM, its own
+  compartment).
+* **White matter**: a background compartment (FA 0.25, radial) plus fibre bundles built from
+  fans of streamlines (each a quadratic curve through three points): the corpus callosum
+  fanning into both hemispheres (forceps included), cortico-spinal tracts rising from the
+  brainstem through the internal capsule and fanning to the cortex, SLF/arcuate, cingulum and
+  IFOF. Each bundle's fibre FA is 0.4-0.8, varying along it. A voxel holds up to two fibre
+  populations (the two densest bundles; where their densities sum over one, they share the
+  voxel), so the centrum semiovale has real crossings (callosal x cortico-spinal x SLF).
+* **Partial volume**: the cortex, sulci and fissures (the thin structures) are computed on a
+  2x finer grid and block-averaged (true box-filter fractions); smooth structures use a soft
+  0.5 mm step.
+* **Diffusivities** (mm^2/s): MD 0.7e-3 in WM (background and fibres), 0.8e-3 in cortex,
+  0.75e-3 in deep GM, 3.0e-3 in CSF (free water at 37 C), 1.0e-3 in the scalp. Cortex is weakly
+  anisotropic (FA 0.1) perpendicular to its surface, deep GM FA 0.2.
 * **Pose and geometry**: the head is rotated inside the field of view (a random pose) and the
   voxel grid itself is oblique (a random rotation in the affine), with HCP's LAS-like voxel
   axes (negative determinant), so neither the anatomy nor the tensors line up with the axes.
 * **DWIs**: HCP-like b-values (b0 = 5 s/mm^2, the shell scattering 990-1010 around 1000) with
   b0 volumes interleaved among uniformly dispersed directions, the signal
-  ``S = S0 * sum_c f_c * S0_c * exp(-b g^T D_c g)`` over compartments c, a smooth coil bias
-  field, then Rician noise.
+  ``S = s0 * bias * sum_c f_c * S0_c * exp(-b g^T D_c g)`` over compartments c (CSF, cortex,
+  deep GM, background WM, up to two fibre populations, scalp) with T2-weighted S0_c (CSF ~3x
+  WM, as HCP's b0 at TE 89 ms), a smooth coil bias field, then Rician noise whose sigma varies
+  smoothly in space (a g-factor map) and is spatially correlated (as after HCP's resampling).
+  ``snr`` is the white-matter b0 SNR.
+
+**Truth.** ``phantom/tensor.nii.gz`` holds, in every brain-mask voxel, the volume-fraction
+weighted mean of the compartments' tensors: ``D = sum_c f_c D_c`` over CSF, cortex, deep GM,
+background WM and the fibre populations (the scalp is outside the mask; outside the mask the
+truth is zero). So MD is exactly ``sum_c f_c MD_c`` and a 90-degree crossing of two FA 0.7
+fibres has an oblate truth tensor of FA ~0.3. A DTI fit of the DWIs returns the *signal*
+weighted apparent tensor instead (each compartment weighted by ``f_c S0_c``, with the b = 1000
+curvature on top); the two agree in pure voxels and differ in partial-volume ones, most at the
+CSF borders, where the fitted MD is higher.
 
 **Frames.** ``bvecs`` are given in the image's voxel frame (FSL's convention; with a negative
 determinant affine no x flip is needed) and the ground-truth tensors are stored in that same
@@ -35,7 +63,7 @@ frame, which is what ``dtifit`` or dipy returns when fitted with those ``bvecs``
     <out>/<subject>/phantom/labels.nii.gz                   (X, Y, Z) uint8, see LABELS
 
 Use it from Python with :func:`make_subject` / :func:`generate`, or from the shell with
-``python -m data_prep.phantom --output DIR --subjects N``.
+``python -m data_prep.phantom --output DIR --subjects N``. Statistics: ``docs/phantom.md``.
 """
 from __future__ import annotations
 
@@ -47,29 +75,21 @@ from typing import Sequence
 
 import nibabel as nib
 import numpy as np
+from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from medsr.utils.atomic import atomic_path
 
-# Literature mean diffusivities (mm^2/s) and relative b0 intensities (T2-weighted: CSF bright).
-MD = {"wm": 0.7e-3, "gm": 0.8e-3, "csf": 3.0e-3, "scalp": 1.0e-3}
-S0_REL = {"wm": 0.55, "gm": 0.70, "csf": 1.00, "scalp": 0.45}
-FA_BACKGROUND = {"wm": 0.25, "gm": 0.10}
+# Literature mean diffusivities (mm^2/s) and relative b0 intensities (T2-weighted at HCP's TE:
+# CSF bright, cortex brighter than white matter).
+MD = {"wm": 0.7e-3, "gm": 0.8e-3, "deep_gm": 0.75e-3, "csf": 3.0e-3, "scalp": 1.0e-3}
+S0_REL = {"wm": 0.35, "gm": 0.50, "deep_gm": 0.42, "csf": 1.00, "scalp": 0.30}
+FA_BACKGROUND = {"wm": 0.25, "gm": 0.10, "deep_gm": 0.20}
 TRACT_FA_RANGE = (0.4, 0.8)
-LABELS = {"background": 0, "csf": 1, "gm": 2, "wm": 3, "tract": 4, "scalp": 5}
-
-# Tract templates: quadratic Bezier control points in brain-normalised anatomical coordinates
-# (units of the brain's semi-axes; x = left->right, y = posterior->anterior, z = inferior->superior).
-_TRACTS: dict[str, np.ndarray] = {
-    "callosal_arc": np.array([[-0.60, 0.00, 0.15], [0.00, 0.00, 0.55], [0.60, 0.00, 0.15]]),
-    "corticospinal_l": np.array([[-0.25, -0.05, -0.75], [-0.30, 0.00, 0.00], [-0.45, -0.05, 0.60]]),
-    "corticospinal_r": np.array([[0.25, -0.05, -0.75], [0.30, 0.00, 0.00], [0.45, -0.05, 0.60]]),
-    "cingulum_l": np.array([[-0.35, -0.60, 0.10], [-0.40, 0.00, 0.50], [-0.35, 0.60, 0.10]]),
-    "cingulum_r": np.array([[0.35, -0.60, 0.10], [0.40, 0.00, 0.50], [0.35, 0.60, 0.10]]),
-    "longitudinal_l": np.array([[-0.45, -0.65, -0.30], [-0.50, 0.00, -0.45], [-0.40, 0.60, -0.20]]),
-    "longitudinal_r": np.array([[0.45, -0.65, -0.30], [0.50, 0.00, -0.45], [0.40, 0.60, -0.20]]),
-}
+LABELS = {"background": 0, "csf": 1, "gm": 2, "wm": 3, "tract": 4, "scalp": 5, "deep_gm": 6, "crossing": 7}
+# Brain compartments that make up the truth tensor (the scalp is outside the brain mask).
+BRAIN_TISSUES = ("csf", "gm", "deep_gm", "wm")
 
 
 @dataclass(frozen=True)
@@ -82,12 +102,21 @@ class PhantomConfig:
         n_b0: number of b0 volumes, interleaved among the DWIs as HCP does.
         n_dirs: number of b = ``bval`` directions (uniform on the half sphere).
         bval: nominal shell b-value in s/mm^2; the written values scatter by +-10 as HCP's do.
-        snr: b0 signal-to-noise ratio of white matter (sigma = S0_wm / snr).
-        s0: signal scale of the b0 images.
-        brain_fraction: brain semi-axes as a fraction of the half field of view.
+        snr: b0 signal-to-noise ratio of white matter (sigma = s0 * S0_wm / snr, before the
+            g-factor map and bias field).
+        s0: signal scale of the b0 images (the b0 of pure CSF).
+        brain_fraction: semi-axes of the brain hull (the pial surface) as a fraction of the half
+            field of view.
         max_pose_deg: largest head rotation about each anatomical axis (degrees).
         max_oblique_deg: largest rotation of the voxel grid in the affine (degrees).
         bias: amplitude of the smooth multiplicative coil bias field.
+        cortex_mm: mean cortical thickness (mm); it varies by +-0.4 mm over the brain.
+        fold_spacing_mm: typical distance between neighbouring sulci (mm).
+        sulcus_depth_mm: (min, max) depth of the sulci below the hull (mm).
+        supersample: sub-voxels per axis used for the partial volume of the cortex and sulci.
+        noise_correlation: Gaussian sigma (voxels) of the spatial correlation of the noise
+            (0: white noise); the noise sigma is kept at the nominal value.
+        noise_variation: relative amplitude of the smooth spatial variation of the noise sigma.
     """
 
     shape: tuple[int, int, int] = (56, 64, 52)
@@ -97,10 +126,16 @@ class PhantomConfig:
     bval: float = 1000.0
     snr: float = 30.0
     s0: float = 1000.0
-    brain_fraction: float = 0.78
+    brain_fraction: float = 0.76
     max_pose_deg: float = 15.0
     max_oblique_deg: float = 12.0
     bias: float = 0.1
+    cortex_mm: float = 2.4
+    fold_spacing_mm: float = 12.0
+    sulcus_depth_mm: tuple[float, float] = (4.0, 10.0)
+    supersample: int = 2
+    noise_correlation: float = 0.5
+    noise_variation: float = 0.2
 
 
 @dataclass
@@ -115,11 +150,20 @@ class Phantom:
         mask: (X, Y, Z) bool brain mask (brain tissue + CSF, no scalp).
         affine: 4x4 voxel-to-world (RAS+, mm) affine, oblique, negative determinant.
         tensor: (X, Y, Z, 6) float32 ground-truth tensor (Dxx, Dxy, Dxz, Dyy, Dyz, Dzz) in the
-            voxel frame, mm^2/s; the fraction-weighted mean of the compartments' tensors.
+            voxel frame, mm^2/s; the volume-fraction weighted mean of the compartments' tensors.
         labels: (X, Y, Z) uint8 dominant compartment, codes in :data:`LABELS`.
-        fractions: dict of (X, Y, Z) float32 tissue fractions ("csf", "gm", "wm", "scalp").
-        tract_weight: (X, Y, Z) float32 in [0, 1], how much of the WM tensor is the tract's.
-        tract_fa: (X, Y, Z) float32 FA of the tract tensor where a tract passes, else NaN.
+        fractions: dict of (X, Y, Z) float32 volume fractions ("csf", "gm", "deep_gm", "wm",
+            "scalp"); they sum to the head fraction (1 inside the brain).
+        tract_weight: (X, Y, Z) float32 in [0, 1], the share of the WM compartment held by fibre
+            bundles (both populations together).
+        tract_fa: (X, Y, Z) float32 FA of the dominant fibre population where a bundle passes,
+            else NaN.
+        fibre_fractions: (X, Y, Z, 2) float32 shares of the WM compartment held by the first
+            (denser) and second fibre population; a crossing has both well above zero.
+        fibre_dirs: (X, Y, Z, 2, 3) float32 unit directions of the two populations in the voxel
+            frame (zero where absent).
+        hull_depth: (X, Y, Z) float32 depth below the brain hull (pial envelope) in mm,
+            negative outside it.
     """
 
     name: str
@@ -133,6 +177,9 @@ class Phantom:
     fractions: dict[str, np.ndarray] = field(default_factory=dict)
     tract_weight: np.ndarray | None = None
     tract_fa: np.ndarray | None = None
+    fibre_fractions: np.ndarray | None = None
+    fibre_dirs: np.ndarray | None = None
+    hull_depth: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- acquisition
@@ -171,7 +218,7 @@ def oblique_affine(shape: Sequence[int], voxel_size: float, max_deg: float, rng:
     return a
 
 
-# ----------------------------------------------------------------------------- anatomy helpers
+# ----------------------------------------------------------------------------- small maths
 
 def _soft_step(x_mm: np.ndarray, width_mm: float = 0.5) -> np.ndarray:
     """A smooth 0->1 step over ~``width_mm`` (partial volume at tissue boundaries)."""
@@ -183,16 +230,48 @@ def _sphere_waves(u: np.ndarray, n: int, freq: float, rng: np.random.Generator) 
     omega = rng.normal(size=(n, 3)) * freq
     phase = rng.uniform(0, 2 * np.pi, n)
     amp = rng.uniform(0.5, 1.0, n)
-    out = np.cos(u @ omega.T * 2 * np.pi + phase) @ amp
-    return (out / amp.sum()).astype(np.float32)
+    out = np.zeros(u.shape[:-1], np.float32)
+    for k in range(n):  # one wave at a time: no (..., n) temporary on the fine grid
+        out += np.float32(amp[k]) * np.cos(u @ (2 * np.pi * omega[k]).astype(np.float32) + np.float32(phase[k]))
+    return out / np.float32(amp.sum())
 
 
-def _ellipsoid_radius(p: np.ndarray, centre: Sequence[float], semi: Sequence[float]) -> np.ndarray:
-    return np.linalg.norm((p - np.asarray(centre, np.float32)) / np.asarray(semi, np.float32), axis=-1)
+def _band_waves(p: np.ndarray, n: int, freq: float, rng: np.random.Generator) -> np.ndarray:
+    """Band-limited random waves of ``p`` (..., D): ``n`` plane waves of frequency ~``freq``.
+
+    Unlike :func:`_sphere_waves` the frequencies share one magnitude (+-10%), so the zero set is
+    a labyrinth of lines about ``1 / (2 freq)`` apart: the pattern of sulci.
+    """
+    d = rng.normal(size=(n, p.shape[-1]))
+    omega = d / np.linalg.norm(d, axis=1, keepdims=True) * freq * rng.uniform(0.9, 1.1, (n, 1))
+    phase = rng.uniform(0, 2 * np.pi, n)
+    out = np.zeros(p.shape[:-1], np.float32)
+    for k in range(n):
+        out += np.cos(p @ (2 * np.pi * omega[k]).astype(np.float32) + np.float32(phase[k]))
+    return out / np.float32(np.sqrt(n / 2))
 
 
-def _cylinder_tensor(direction: np.ndarray, md: float | np.ndarray, fa: float | np.ndarray) -> np.ndarray:
-    """Axially symmetric tensors with principal axis ``direction`` (..., 3), as (..., 3, 3).
+def _sheet_distance(f: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Distance (mm) to the zero set of the smooth field ``f``: |f| / |grad f| to first order."""
+    grad = np.gradient(f, spacing_mm)
+    norm = np.sqrt(sum(g * g for g in grad))
+    return (np.abs(f) / np.maximum(norm, 1e-6)).astype(np.float32)
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0, dtype=np.float32)
+
+
+def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k x k blocks of a 3D array (fine grid -> voxel grid)."""
+    if k == 1:
+        return a
+    x, y, z = (s // k for s in a.shape)
+    return a.reshape(x, k, y, k, z, k).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def _cylinder6(direction: np.ndarray, md: float | np.ndarray, fa: float | np.ndarray) -> np.ndarray:
+    """Axially symmetric tensors with principal axis ``direction`` (..., 3), as (..., 6) FSL order.
 
     With lambda1 = md (1 + 2k), lambda2 = lambda3 = md (1 - k), FA = 3k / sqrt(3 + 6k^2), so
     k = FA sqrt(3 / (9 - 6 FA^2)).
@@ -201,17 +280,15 @@ def _cylinder_tensor(direction: np.ndarray, md: float | np.ndarray, fa: float | 
     md = np.asarray(md, np.float32)
     k = fa * np.sqrt(3.0 / (9.0 - 6.0 * fa**2))
     l1, l2 = md * (1 + 2 * k), md * (1 - k)
-    vv = direction[..., :, None] * direction[..., None, :]
-    return (np.asarray(l2)[..., None, None] * np.eye(3, dtype=np.float32)
-            + np.asarray(l1 - l2)[..., None, None] * vv).astype(np.float32)
+    v = direction.astype(np.float32)
+    outer = np.stack([v[..., 0] * v[..., 0], v[..., 0] * v[..., 1], v[..., 0] * v[..., 2],
+                      v[..., 1] * v[..., 1], v[..., 1] * v[..., 2], v[..., 2] * v[..., 2]], -1)
+    iso = np.array([1, 0, 0, 1, 0, 1], np.float32)
+    return (np.asarray(l2)[..., None] * iso + np.asarray(l1 - l2)[..., None] * outer).astype(np.float32)
 
 
-def _bezier(ctrl: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Points (M, 3) and unit tangents (M, 3) of a quadratic Bezier curve at parameters t (M,)."""
-    t = t[:, None]
-    pts = (1 - t) ** 2 * ctrl[0] + 2 * (1 - t) * t * ctrl[1] + t**2 * ctrl[2]
-    tan = 2 * (1 - t) * (ctrl[1] - ctrl[0]) + 2 * t * (ctrl[2] - ctrl[1])
-    return pts, tan / np.linalg.norm(tan, axis=1, keepdims=True)
+def _isotropic6(n: int, md: float) -> np.ndarray:
+    return np.tile(np.array([md, 0, 0, md, 0, md], np.float32), (n, 1))
 
 
 def fa_md(tensor6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,140 +305,421 @@ def fa_md(tensor6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return fa.astype(np.float32), md.astype(np.float32)
 
 
-def _to_fsl6(full: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) symmetric -> (..., 6) in FSL order Dxx, Dxy, Dxz, Dyy, Dyz, Dzz."""
-    return np.stack([full[..., 0, 0], full[..., 0, 1], full[..., 0, 2],
-                     full[..., 1, 1], full[..., 1, 2], full[..., 2, 2]], -1)
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- one subject
+# ----------------------------------------------------------------------------- head frame
 
-def make_subject(name: str, seed: int, config: PhantomConfig = PhantomConfig()) -> Phantom:
-    """Simulate one phantom subject; the same ``seed`` gives the same subject.
+@dataclass
+class _Frame:
+    """Where the head sits: anatomical coordinates (mm; x left->right, y posterior->anterior,
+    z inferior->superior) of every voxel, the brain hull's semi-axes, and the frame rotations."""
 
-    All voxel work is vectorised over the head (no Python loop over voxels; loops run over the
-    seven tracts and four compartments only).
-    """
-    rng = np.random.default_rng(seed)
-    cfg = config
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    pose: np.ndarray      # anat -> world rotation
+    to_vox: np.ndarray    # anat -> voxel-frame rotation (tensor and bvec frame)
+    centre: np.ndarray    # world position of the anatomical origin
+    semi: np.ndarray      # brain hull semi-axes (mm)
+
+    def anat(self, ss: int = 1) -> np.ndarray:
+        """(ss*X, ss*Y, ss*Z, 3) float32 anatomical coordinates of sub-voxel centres."""
+        axes = [((np.arange(n * ss, dtype=np.float32) + 0.5) / ss - 0.5) for n in self.shape]
+        ijk = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+        world = ijk @ self.affine[:3, :3].T.astype(np.float32) + (self.affine[:3, 3] - self.centre).astype(np.float32)
+        return world @ self.pose.astype(np.float32)
+
+
+def _head_frame(cfg: PhantomConfig, rng: np.random.Generator) -> _Frame:
     shape = tuple(int(s) for s in cfg.shape)
     affine = oblique_affine(shape, cfg.voxel_size, cfg.max_oblique_deg, rng)
-    bvals, bvecs = gradient_scheme(cfg.n_b0, cfg.n_dirs, cfg.bval, rng)
-
-    # Voxel centres -> world -> anatomical frame (head pose P: world = P @ anat + centre).
     pose = Rotation.from_euler("xyz", rng.uniform(-cfg.max_pose_deg, cfg.max_pose_deg, 3), degrees=True).as_matrix()
-    ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), -1)
-    world = ijk @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)
-    centre_world = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
-    anat = ((world - centre_world.astype(np.float32)) @ pose.astype(np.float32)).astype(np.float32)
-
-    # Brain semi-axes (mm): a fraction of the half field of view, a little different per subject.
+    centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
+    vox_frame = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)  # voxel axes in world
     half_fov = np.asarray(shape, np.float32) * cfg.voxel_size / 2
-    semi = (cfg.brain_fraction * half_fov * rng.uniform(0.92, 1.04, 3)).astype(np.float32)
-    r_mean = float(semi.mean())
-    q = anat / semi  # brain-normalised coordinates
+    semi = (cfg.brain_fraction * half_fov * rng.uniform(0.93, 1.04, 3)).astype(np.float32)
+    return _Frame(shape, affine, pose, (vox_frame.T @ pose).astype(np.float32), centre, semi)
+
+
+# ----------------------------------------------------------------------------- cortex and CSF
+
+def _hull_depth(p: np.ndarray, semi: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (mm) below the brain hull along the ray from the centre, and the unit direction.
+
+    The hull is an ellipsoid flattened at the base whose radius follows smooth random waves.
+    """
+    q = p / semi
+    q[..., 2] *= np.where(q[..., 2] < 0, 1.12, 1.0).astype(np.float32)
     rho = np.linalg.norm(q, axis=-1)
     u = q / np.maximum(rho, 1e-6)[..., None]
-    rho_d = rho / (1.0 + 0.07 * _sphere_waves(u, 6, 0.5, rng))   # smooth head shape
-    gm_edge = 0.73 + 0.10 * _sphere_waves(u, 8, 2.5, rng)        # folded GM/WM boundary
+    rho_d = rho / (1.0 + 0.06 * _sphere_waves(u, 6, 0.5, rng))
+    radius = np.linalg.norm(p, axis=-1) / np.maximum(rho_d, 1e-3)  # hull radius along the ray (mm)
+    return (radius * (1.0 - rho_d)).astype(np.float32), u
 
-    in_head = _soft_step((1.14 - rho_d) * r_mean)
-    in_skull = _soft_step((1.06 - rho_d) * r_mean)
-    in_brain = _soft_step((1.0 - rho_d) * r_mean)
-    in_inner = _soft_step((0.90 - rho_d) * r_mean)
-    in_wm = _soft_step((gm_edge - rho_d) * r_mean)
-    frac = {
-        "scalp": in_head - in_skull,
-        "csf": in_brain - in_inner,
-        "gm": in_inner - in_wm,
-        "wm": in_wm.copy(),
-    }
-    # Lateral ventricles (CSF) and deep grey nuclei (GM) carved out of the white matter.
-    jitter = lambda: rng.normal(0, 0.02, 3)  # noqa: E731 - small per-subject shift
-    for side in (-1, 1):
-        v = _soft_step((1 - _ellipsoid_radius(q, np.array([0.12 * side, 0.05, 0.08]) + jitter(), (0.09, 0.30, 0.12))) * 0.1 * r_mean)
-        frac["csf"] += frac["wm"] * v
-        frac["wm"] *= 1 - v
-        g = _soft_step((1 - _ellipsoid_radius(q, np.array([0.19 * side, -0.05, -0.10]) + jitter(), (0.08, 0.14, 0.10))) * 0.1 * r_mean)
-        frac["gm"] += frac["wm"] * g
-        frac["wm"] *= 1 - g
 
-    # Tracts: nearest curve point per WM voxel gives the distance and the tangent.
-    radial = u  # (X, Y, Z, 3) anatomical radial direction, the background fibre orientation
-    wm_vox = frac["wm"] > 1e-3
-    p_wm = anat[wm_vox]
-    best_w = np.zeros(len(p_wm), np.float32)
-    best_dir = np.zeros((len(p_wm), 3), np.float32)
-    best_fa = np.zeros(len(p_wm), np.float32)
-    t = np.linspace(0, 1, 400)
-    for ctrl in _TRACTS.values():
-        pts, tan = _bezier((ctrl + rng.normal(0, 0.04, ctrl.shape)) * semi, t)
-        radius = rng.uniform(3.0, 4.5)
-        fa0 = rng.uniform(0.5, 0.7)
-        fa_curve = np.clip(fa0 + 0.08 * np.sin(2 * np.pi * t * rng.uniform(0.5, 1.5) + rng.uniform(0, 2 * np.pi)),
-                           *TRACT_FA_RANGE)
-        dist, idx = cKDTree(pts).query(p_wm)
-        w = _soft_step(radius - dist, 0.6)
-        take = w > best_w
-        best_w[take] = w[take]
-        best_dir[take] = tan[idx[take]]
-        best_fa[take] = fa_curve[idx[take]]
+def _brainstem_depth(p: np.ndarray, semi: np.ndarray) -> np.ndarray:
+    """Depth (mm) inside a vertical brainstem tube (a pons bulge in front), -inf above its top."""
+    z = p[..., 2]
+    r = 0.2 * semi[0] * (1 + 0.3 * np.exp(-(((z + 0.75 * semi[2]) / (0.2 * semi[2])) ** 2)))
+    d = r - np.hypot(p[..., 0], p[..., 1] + 0.12 * semi[1] - 0.3 * (r - 0.2 * semi[0]))
+    return np.where(z < -0.3 * semi[2], d, -np.inf).astype(np.float32)
 
-    # Tensors in the anatomical frame per compartment, then rotated into the voxel frame.
-    vox_frame = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)  # Q: voxel axes in world
-    to_vox = (vox_frame.T @ pose).astype(np.float32)                       # anat -> voxel frame
-    radial_vox = radial @ to_vox.T
-    d_wm = _cylinder_tensor(radial_vox[wm_vox], MD["wm"], FA_BACKGROUND["wm"])
-    d_tract = _cylinder_tensor(best_dir @ to_vox.T, MD["wm"], best_fa)
-    d_wm = (1 - best_w)[:, None, None] * d_wm + best_w[:, None, None] * d_tract
-    tensors = {
-        "wm": np.zeros(shape + (3, 3), np.float32),
-        "gm": _cylinder_tensor(radial_vox, MD["gm"], FA_BACKGROUND["gm"]),
-        "csf": np.broadcast_to(np.eye(3, dtype=np.float32) * MD["csf"], shape + (3, 3)),
-        "scalp": np.broadcast_to(np.eye(3, dtype=np.float32) * MD["scalp"], shape + (3, 3)),
-    }
-    tensors["wm"][wm_vox] = d_wm
 
-    # Signal: sum over compartments of f_c S0_c exp(-b g^T D_c g), on head voxels only.
-    head = in_head > 1e-3
+def _smooth_range(u: np.ndarray, lo: float, hi: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random field over directions ``u`` spanning about [lo, hi]."""
+    return (lo + (hi - lo) * np.clip(0.5 + 0.8 * _sphere_waves(u, 5, 0.7, rng), 0, 1)).astype(np.float32)
+
+
+def _callosal_core_top(y_q: np.ndarray) -> np.ndarray:
+    """Height (brain-normalised z) of the top of the callosal core at normalised y (-inf outside)."""
+    inside = 1 - ((y_q + 0.08) / 0.52) ** 2
+    return np.where(inside > 0, -0.18 + 0.44 * np.sqrt(np.maximum(inside, 0)), -np.inf)
+
+
+def _csf_distance(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, u: np.ndarray, spacing: float,
+                  thickness: np.ndarray, cfg: PhantomConfig, rng: np.random.Generator) -> np.ndarray:
+    """Distance (mm) from each point to the nearest CSF: the hull, a sulcus or a fissure.
+
+    Negative inside the CSF. Sulci are sheets (the zero set of band-limited waves) of half-width
+    ``h`` running ``D`` mm deep: ``sqrt(s^2 + relu(depth - D)^2) - h`` with ``s`` the distance to
+    the sheet, so cortex lines both banks and caps the fundus.
+    """
+    # Waves over the sphere cross the hull obliquely on average: 1.3x the frequency gives the
+    # requested spacing. The 3D warp lets sulci wander and bend with depth (not radial planes).
+    freq = 1.3 * semi.mean() / (2 * cfg.fold_spacing_mm)  # cycles per unit of direction
+    q = p / semi
+    bend = np.stack([_sphere_waves(q, 4, 0.9, rng) for _ in range(3)], -1)
+    s = _sheet_distance(_band_waves(_unit(u + 0.1 * bend), 48, freq, rng), spacing)
+    d_lo, d_hi = cfg.sulcus_depth_mm
+    sulc_depth = _smooth_range(u, d_lo, d_hi, rng)
+    half = _smooth_range(u, 0.2, 0.6, rng)
+    c = np.minimum(depth, np.sqrt(s * s + _relu(depth - sulc_depth) ** 2) - half)
+
+    # Interhemispheric fissure down to the callosal core; inside the core, WM meets it directly.
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    yz = p[..., 1:] / semi[1:]
+    x_mid = 0.8 * _band_waves(yz, 4, 0.4, rng)
+    core_below = (_callosal_core_top(yz[..., 0]) - yz[..., 1]) * semi[2]  # mm below the core top
+    into_core = _relu(np.where(np.isfinite(core_below), core_below, -1.0))
+    fis = np.sqrt((x - x_mid) ** 2 + into_core**2) - 0.6 + thickness * np.clip(into_core, 0, 1)
+    c = np.minimum(c, fis)
+    # Medial sulci: sheets across the medial wall, cut into it from the fissure.
+    med = p[..., 1:] + 4.0 * bend[..., 1:]  # medial sulci bend too
+    s_med = _sheet_distance(_band_waves(med, 24, 1.3 / (2 * cfg.fold_spacing_mm), rng), spacing)
+    c = np.minimum(c, np.sqrt(s_med**2 + _relu(fis - 0.6 * (d_lo + d_hi)) ** 2) - 0.4)
+    # Sylvian fissure: a lateral sheet rising posteriorly, reaching the insula.
+    s_syl = np.abs(z - (-0.08 - 0.25 * yz[..., 0]) * semi[2])
+    along = _relu(np.abs(yz[..., 0] + 0.05) - 0.4) * semi[1]
+    syl = np.sqrt(s_syl**2 + _relu(depth - 0.3 * semi[0]) ** 2 + along**2) - 0.7
+    return np.minimum(c, syl).astype(np.float32)
+
+
+def _tissue_layers(frame: _Frame, cfg: PhantomConfig, rng: np.random.Generator) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Volume fractions of scalp, CSF, cortex and WM on the voxel grid (computed on a finer grid).
+
+    Returns:
+        (fractions, hull depth (mm), distance to CSF (mm)) on the voxel grid.
+    """
+    ss = max(1, int(cfg.supersample))
+    p = frame.anat(ss)
+    depth, u = _hull_depth(p, frame.semi, rng)
+    stem = _brainstem_depth(p, frame.semi)
+    outer = np.maximum(depth, stem)
+    thickness = _smooth_range(u, cfg.cortex_mm - 0.4, cfg.cortex_mm + 0.4, rng)
+    c = _csf_distance(p, frame.semi, depth, u, cfg.voxel_size / ss, thickness, cfg, rng)
+    sub_csf = _smooth_range(u, 0.3, 1.2, rng)  # subarachnoid CSF outside the hull
+    w = 0.3 * cfg.voxel_size / ss
+    step = lambda x: _soft_step(x, w)  # noqa: E731 - sub-voxel step, box-filtered below
+    in_stem = step(stem)
+    in_brain = step(outer + sub_csf)
+    in_skull = step(outer + sub_csf + 2.5)
+    in_head = step(outer + sub_csf + 5.0)
+    tissue = np.maximum(step(c), in_stem)
+    wm = np.maximum(step(c - thickness), in_stem)
+    fine = {"scalp": in_head - in_skull, "csf": in_brain - tissue, "gm": tissue - wm, "wm": wm}
+    frac = {k: np.clip(_block_mean(v, ss), 0, 1) for k, v in fine.items()}
+    return frac, _block_mean(depth, ss), _block_mean(c, ss)
+
+
+# ----------------------------------------------------------------------------- deep structures
+
+def _ellipsoid_step(q: np.ndarray, centre: Sequence[float], semi_q: Sequence[float], scale_mm: float) -> np.ndarray:
+    r = np.linalg.norm((q - np.asarray(centre, np.float32)) / np.asarray(semi_q, np.float32), axis=-1)
+    return _soft_step((1 - r) * scale_mm)
+
+
+def _through(a: Sequence[float], m: Sequence[float], b: Sequence[float], n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Points (n, 3) and unit tangents of the quadratic curve through a (t=0), m (t=0.5), b (t=1)."""
+    a, m, b = (np.asarray(v, np.float64) for v in (a, m, b))
+    ctrl = 2 * m - 0.5 * (a + b)
+    t = np.linspace(0, 1, n)[:, None]
+    pts = (1 - t) ** 2 * a + 2 * (1 - t) * t * ctrl + t**2 * b
+    tan = 2 * (1 - t) * (ctrl - a) + 2 * t * (b - ctrl)
+    return pts, _unit(tan)
+
+
+def _ventricles(q: np.ndarray, semi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """CSF fraction of the lateral ventricles (C-shaped tubes, flattened) and the third ventricle."""
+    pts, radii = [], []
+    for s in (-1, 1):
+        j = lambda: rng.normal(0, 0.015, 3)  # noqa: E731 - per-subject shape
+        # (start, middle, end, radius at start, radius at end) in brain-normalised coordinates / mm
+        for a, m, b, r0, r1 in (
+            ((s * 0.14, 0.40, 0.04), (s * 0.16, 0.15, 0.12), (s * 0.17, -0.15, 0.13), 3.6, 3.8),   # frontal horn, body
+            ((s * 0.17, -0.15, 0.13), (s * 0.24, -0.40, 0.08), (s * 0.2, -0.62, 0.0), 3.8, 2.0),   # atrium, occipital
+            ((s * 0.24, -0.40, 0.08), (s * 0.36, -0.35, -0.22), (s * 0.42, 0.0, -0.36), 3.0, 1.4),  # temporal horn
+        ):
+            curve, _ = _through(np.add(a, j()), np.add(m, j()), np.add(b, j()), 40)
+            pts.append(curve * semi)
+            radii.append(np.linspace(r0, r1, 40))
+    pts, radii = np.concatenate(pts), np.concatenate(radii) * rng.uniform(0.85, 1.2)
+    squash = np.array([1.0, 1.0, 1 / 0.65], np.float32)  # flatter than wide (a crescent in coronal)
+    near = np.linalg.norm(q, axis=-1) < 0.85
+    dist, idx = cKDTree(pts * squash).query(q[near] * semi * squash)
+    v = np.zeros(q.shape[:-1], np.float32)
+    v[near] = _soft_step(radii[idx] - dist)
+    third = _soft_step(0.7 - np.abs(q[..., 0] * semi[0])) * _ellipsoid_step(q, (0, -0.1, -0.2), (1, 0.18, 0.14), 3.0)
+    return np.maximum(v, third)
+
+
+def _deep_grey(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Deep-GM fraction: caudate head, putamen, pallidum and thalamus on both sides."""
+    g = np.zeros(q.shape[:-1], np.float32)
+    for s in (-1, 1):
+        for centre, semi_q in (((0.25, 0.30, 0.10), (0.10, 0.15, 0.20)),    # caudate head
+                               ((0.50, 0.05, -0.08), (0.07, 0.24, 0.24)),   # putamen
+                               ((0.38, 0.03, -0.12), (0.05, 0.14, 0.14)),   # pallidum
+                               ((0.16, -0.20, -0.08), (0.12, 0.22, 0.20))):  # thalamus
+            c = np.asarray(centre) * [s, 1, 1] + rng.normal(0, 0.012, 3)
+            g = np.maximum(g, _ellipsoid_step(q, c, np.asarray(semi_q) * rng.uniform(0.9, 1.1), 4.0))
+    return g
+
+
+def _carve(frac: dict, new: str, share: np.ndarray, sources: Sequence[str]) -> None:
+    """Move ``share`` (0..1) of each source compartment into ``new`` (in place)."""
+    for src in sources:
+        moved = frac[src] * share
+        frac[new] = frac.get(new, 0) + moved
+        frac[src] = frac[src] - moved
+
+
+# ----------------------------------------------------------------------------- fibre bundles
+
+@dataclass
+class _Bundle:
+    """A fan of streamlines: points (mm), unit tangents, the fibre FA along them, a tube radius."""
+
+    points: np.ndarray
+    tangents: np.ndarray
+    fa: np.ndarray
+    radius_mm: float
+
+
+def _bundle(curves: list[tuple], semi: np.ndarray, radius_mm: float, fa_mid: float, rng: np.random.Generator) -> _Bundle:
+    pts, tans, fas = [], [], []
+    wavenumber, phase = rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi)
+    for a, m, b in curves:
+        p, t = _through(a, m, b)
+        pts.append(p * semi)
+        tans.append(_unit(t * semi))
+        arc = np.linspace(0, 1, len(p))
+        fas.append(np.clip(fa_mid + 0.08 * np.sin(2 * np.pi * wavenumber * arc + phase), *TRACT_FA_RANGE))
+    return _Bundle(np.concatenate(pts), np.concatenate(tans), np.concatenate(fas).astype(np.float32), radius_mm)
+
+
+def _bundles(semi: np.ndarray, rng: np.random.Generator) -> list[_Bundle]:
+    """Corpus callosum, and per side: cortico-spinal tract, SLF/arcuate, cingulum, IFOF."""
+    jit = lambda *v: np.asarray(v) + rng.normal(0, 0.02, 3)  # noqa: E731
+    cc = []
+    for y in np.linspace(-0.5, 0.36, 9):
+        top = float(_callosal_core_top(np.array(y)))
+        for k, theta in enumerate(np.linspace(0.15, 1.25, 4)):
+            mid = (0.0, y, top - 0.03 - 0.025 * k)
+            y_end = float(np.clip(1.5 * y, -0.78, 0.7))
+            end = lambda s: jit(s * (0.12 + 0.6 * np.cos(theta)), y_end, mid[2] + 0.55 * np.sin(theta))  # noqa: E731
+            cc.append((end(-1), mid, end(1)))
+    out = [_bundle(cc, semi, 1.4, rng.uniform(0.65, 0.72), rng)]
+    for s in (-1, 1):
+        cst = [(jit(s * 0.08, -0.12, -1.1), jit(s * 0.31, -0.12, -0.08),
+                jit(s * (0.1 + 0.6 * np.cos(phi)), y_end, 0.1 + 0.68 * np.sin(phi)))
+               for phi in np.linspace(0.3, 1.35, 5) for y_end in (-0.3, -0.1, 0.1)]
+        slf = [(jit(s * 0.48, 0.5, 0.18), jit(s * 0.55, -0.05, 0.33), jit(s * 0.5, -0.55, 0.18)),
+               (jit(s * 0.46, 0.45, 0.12), jit(s * 0.55, -0.05, 0.28), jit(s * 0.5, -0.6, 0.12)),
+               (jit(s * 0.48, 0.3, 0.15), jit(s * 0.56, -0.42, 0.22), jit(s * 0.58, -0.1, -0.35))]  # arcuate
+        cing = [(jit(s * 0.17, 0.5, 0.05), jit(s * 0.17, -0.05, 0.36 + dz), jit(s * 0.17, -0.55, 0.0))
+                for dz in (-0.03, 0.02)]
+        ifof = [(jit(s * 0.4, -0.78, 0.0 + dz), jit(s * 0.48, 0.0, -0.15 + dz), jit(s * 0.33, 0.6, -0.02 + dz))
+                for dz in (-0.05, 0.03)]
+        out += [_bundle(cst, semi, 1.3, rng.uniform(0.6, 0.68), rng),
+                _bundle(slf, semi, 2.0, rng.uniform(0.5, 0.6), rng),
+                _bundle(cing, semi, 1.3, rng.uniform(0.5, 0.6), rng),
+                _bundle(ifof, semi, 1.8, rng.uniform(0.5, 0.6), rng)]
+    return out
+
+
+def _fibre_populations(p: np.ndarray, bundles: list[_Bundle]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two densest bundles at points ``p`` (V, 3): their shares (V, 2), directions (V, 2, 3)
+    in the anatomical frame and fibre FA (V, 2). Densities summing over one share the voxel."""
+    n_b, v = len(bundles), len(p)
+    dens = np.zeros((n_b, v), np.float32)
+    dirs = np.zeros((n_b, v, 3), np.float32)
+    fas = np.zeros((n_b, v), np.float32)
+    for i, b in enumerate(bundles):
+        dist, idx = cKDTree(b.points).query(p, distance_upper_bound=b.radius_mm + 3)
+        hit = np.isfinite(dist)
+        dens[i, hit] = _soft_step(b.radius_mm - dist[hit], 0.5)
+        dirs[i, hit] = b.tangents[idx[hit]]
+        fas[i, hit] = b.fa[idx[hit]]
+    order = np.argsort(-dens, axis=0)[:2]                       # (2, V) two densest bundles
+    cols = np.arange(v)
+    top = dens[order, cols]                                     # (2, V)
+    share = (top / np.maximum(1.0, top.sum(0))).T               # (V, 2)
+    return share, dirs[order, cols].transpose(1, 0, 2), fas[order, cols].T
+
+
+# ----------------------------------------------------------------------------- signal and truth
+
+def _compartment_tensors(frame: _Frame, frac: dict, p: np.ndarray, gm_normal: np.ndarray,
+                         bundles: list[_Bundle]) -> tuple[list, dict]:
+    """Per compartment: (name, S0 name, fraction map, tensors (V, 6) in the voxel frame, voxel index).
+
+    Returns:
+        (compartments, fibre info) where fibre info holds the shares, directions and FA on the
+        WM voxels and their index.
+    """
+    rot = frame.to_vox.T
+    radial = _unit(p / frame.semi) @ rot
+    comps = []
+    for name in ("csf", "scalp"):
+        idx = frac[name] > 1e-4
+        comps.append((name, name, frac[name][idx], _isotropic6(int(idx.sum()), MD[name]), idx))
+    idx = frac["gm"] > 1e-4
+    comps.append(("gm", "gm", frac["gm"][idx], _cylinder6(gm_normal[idx], MD["gm"], FA_BACKGROUND["gm"]), idx))
+    idx = frac["deep_gm"] > 1e-4
+    comps.append(("deep_gm", "deep_gm", frac["deep_gm"][idx],
+                  _cylinder6(radial[idx], MD["deep_gm"], FA_BACKGROUND["deep_gm"]), idx))
+    idx = frac["wm"] > 1e-4
+    share, dirs, fas = _fibre_populations(p[idx], bundles)
+    dirs = dirs @ rot
+    f_wm = frac["wm"][idx]
+    comps.append(("wm_background", "wm", f_wm * (1 - share.sum(1)),
+                  _cylinder6(radial[idx], MD["wm"], FA_BACKGROUND["wm"]), idx))
+    for k in range(2):
+        comps.append((f"fibre{k + 1}", "wm", f_wm * share[:, k], _cylinder6(dirs[:, k], MD["wm"], fas[:, k]), idx))
+    return comps, {"share": share, "dirs": dirs, "fa": fas, "index": idx}
+
+
+def _dwi_signal(comps: list, shape: tuple, bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
+    """Noise-free (X, Y, Z, N) signal: sum over compartments of f_c S0_c exp(-b g^T D_c g)."""
     g = bvecs.astype(np.float32)
     gg = np.stack([g[:, 0] ** 2, 2 * g[:, 0] * g[:, 1], 2 * g[:, 0] * g[:, 2],
                    g[:, 1] ** 2, 2 * g[:, 1] * g[:, 2], g[:, 2] ** 2], 0)  # (6, N)
     b = bvals.astype(np.float32)
-    sig = np.zeros((int(head.sum()), len(bvals)), np.float32)
-    for c, d_full in tensors.items():
-        f = frac[c][head]
-        live = f > 1e-4
-        quad = _to_fsl6(d_full[head][live]) @ gg  # (V, N) = g^T D g
-        sig[live] += (f[live] * S0_REL[c])[:, None] * np.exp(-b * quad)
-    bias = 1.0 + cfg.bias * _sphere_waves(anat[head] / (2 * r_mean), 3, 0.6, rng)
-    sig *= (cfg.s0 * bias)[:, None]
     dwi = np.zeros(shape + (len(bvals),), np.float32)
-    dwi[head] = sig
-    sigma = cfg.s0 * S0_REL["wm"] / cfg.snr
-    noise = rng.standard_normal(dwi.shape, dtype=np.float32) * np.float32(sigma)
-    dwi += noise
-    rng.standard_normal(dwi.shape, dtype=np.float32, out=noise)
-    noise *= np.float32(sigma)
-    dwi = np.sqrt(dwi**2 + noise**2, out=dwi)  # Rician magnitude
+    for _, s0_name, f, d6, idx in comps:
+        live = f > 1e-4
+        sig = (f[live] * S0_REL[s0_name])[:, None] * np.exp(-b * (d6[live] @ gg))
+        sub = np.zeros((int(idx.sum()), len(b)), np.float32)
+        sub[live] = sig
+        dwi[idx] += sub
+    return dwi
 
-    # Ground truth: fraction-weighted tensor inside the brain, dominant-compartment labels.
-    mask = in_brain >= 0.5
-    truth = sum(frac[c][..., None, None] * tensors[c] for c in ("wm", "gm", "csf"))
-    truth = _to_fsl6(truth) * mask[..., None]
-    stack = np.stack([frac["csf"], frac["gm"], frac["wm"], frac["scalp"]], -1)
-    labels = np.choose(stack.argmax(-1), [LABELS["csf"], LABELS["gm"], LABELS["wm"], LABELS["scalp"]]).astype(np.uint8)
-    labels[stack.max(-1) < 0.5] = LABELS["background"]
-    tract_w = np.zeros(shape, np.float32)
-    tract_w[wm_vox] = best_w
-    labels[(labels == LABELS["wm"]) & (tract_w >= 0.5)] = LABELS["tract"]
+
+def _add_rician_noise(dwi: np.ndarray, sigma: np.ndarray, correlation: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of (signal + n_re, n_im) with Gaussian n of std ``sigma`` (X, Y, Z), spatially
+    correlated by a Gaussian kernel of ``correlation`` voxels (renormalised to keep the std)."""
+    renorm = 1.0
+    if correlation > 0:
+        delta = np.zeros((9, 9, 9), np.float32)
+        delta[4, 4, 4] = 1
+        renorm = 1 / float(np.sqrt((gaussian_filter(delta, correlation) ** 2).sum()))
+    out = np.empty_like(dwi)
+    noise = np.empty_like(dwi)
+    for part in range(2):
+        rng.standard_normal(dwi.shape, dtype=np.float32, out=noise)
+        if correlation > 0:
+            noise = gaussian_filter(noise, (correlation,) * 3 + (0,))
+        noise *= (sigma * renorm)[..., None]
+        if part == 0:
+            np.add(dwi, noise, out=out)
+            np.square(out, out=out)
+        else:
+            out += noise**2
+    return np.sqrt(out, out=out)
+
+
+def _truth_tensor(comps: list, shape: tuple, mask: np.ndarray) -> np.ndarray:
+    """Volume-fraction weighted mean of the brain compartments' tensors, zero outside ``mask``."""
+    truth = np.zeros(shape + (6,), np.float32)
+    for name, _, f, d6, idx in comps:
+        if name != "scalp":
+            truth[idx] += f[:, None] * d6
+    return truth * mask[..., None]
+
+
+def _labels(frac: dict, tract_w: np.ndarray, fibre: np.ndarray) -> np.ndarray:
+    """Dominant compartment (``rest`` = skull gap and air -> background), tracts and crossings."""
+    names = ["csf", "gm", "deep_gm", "wm", "scalp"]
+    stack = np.stack([frac[n] for n in names], -1)
+    rest = 1 - stack.sum(-1, keepdims=True)
+    codes = np.array([LABELS[n] for n in names] + [LABELS["background"]], np.uint8)
+    labels = codes[np.concatenate([stack, rest], -1).argmax(-1)]
+    tract = (labels == LABELS["wm"]) & (tract_w >= 0.5)
+    labels[tract] = LABELS["tract"]
+    labels[tract & (fibre[..., 1] >= 0.25)] = LABELS["crossing"]
+    return labels
+
+
+# ----------------------------------------------------------------------------- one subject
+
+def _anatomy(frame: _Frame, cfg: PhantomConfig, rng: np.random.Generator) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Tissue fractions (layers, then deep GM and ventricles carved from them), hull depth and
+    the cortex's surface normals (voxel frame)."""
+    frac, depth, c = _tissue_layers(frame, cfg, rng)
+    q = frame.anat() / frame.semi
+    _carve(frac, "deep_gm", _deep_grey(q, rng), ["wm"])
+    _carve(frac, "csf", _ventricles(q, frame.semi, rng), ["wm", "gm", "deep_gm"])
+    grad = np.stack(np.gradient(c), -1)  # voxel-index axes = the voxel frame of the tensors
+    return frac, depth, _unit(grad)
+
+
+def make_subject(name: str, seed: int, config: PhantomConfig = PhantomConfig()) -> Phantom:
+    """Simulate one phantom subject; the same ``seed`` gives the same subject.
+
+    All voxel work is vectorised (loops run over waves, bundles and compartments only).
+    """
+    rng = np.random.default_rng(seed)
+    cfg = config
+    frame = _head_frame(cfg, rng)
+    shape = frame.shape
+    bvals, bvecs = gradient_scheme(cfg.n_b0, cfg.n_dirs, cfg.bval, rng)
+    frac, depth, gm_normal = _anatomy(frame, cfg, rng)
+    p = frame.anat()
+    comps, fib = _compartment_tensors(frame, frac, p, gm_normal, _bundles(frame.semi, rng))
+
+    head = sum(frac.values()) > 1e-3
+    r_mean = float(frame.semi.mean())
+    bias = np.ones(shape, np.float32)
+    bias[head] += cfg.bias * _sphere_waves(p[head] / (2 * r_mean), 3, 0.6, rng)
+    gfactor = 1.0 + cfg.noise_variation * _sphere_waves(p / (2 * r_mean), 3, 0.5, rng)
+    dwi = _dwi_signal(comps, shape, bvals, bvecs)
+    dwi *= (cfg.s0 * bias)[..., None]
+    sigma = cfg.s0 * S0_REL["wm"] / cfg.snr * gfactor
+    dwi = _add_rician_noise(dwi, sigma, cfg.noise_correlation, rng)
+
+    mask = (frac["csf"] + frac["gm"] + frac["deep_gm"] + frac["wm"]) >= 0.5
+    fibre = np.zeros(shape + (2,), np.float32)
+    fibre[fib["index"]] = fib["share"]
+    fibre_dirs = np.zeros(shape + (2, 3), np.float32)
+    fibre_dirs[fib["index"]] = fib["dirs"] * (fib["share"][..., None] > 0)
+    tract_w = fibre.sum(-1)
     tract_fa = np.full(shape, np.nan, np.float32)
-    tract_fa[wm_vox] = np.where(best_w > 0, best_fa, np.nan)
-
-    return Phantom(name=name, dwi=dwi, bvals=bvals, bvecs=bvecs, mask=mask, affine=affine,
-                   tensor=truth.astype(np.float32), labels=labels,
-                   fractions={k: v.astype(np.float32) for k, v in frac.items()},
-                   tract_weight=tract_w, tract_fa=tract_fa)
+    tract_fa[fib["index"]] = np.where(fib["share"][:, 0] > 0, fib["fa"][:, 0], np.nan)
+    return Phantom(name=name, dwi=dwi, bvals=bvals, bvecs=bvecs, mask=mask, affine=frame.affine,
+                   tensor=_truth_tensor(comps, shape, mask), labels=_labels(frac, tract_w, fibre),
+                   fractions={k: v.astype(np.float32) for k, v in frac.items()}, tract_weight=tract_w,
+                   tract_fa=tract_fa, fibre_fractions=fibre, fibre_dirs=fibre_dirs, hull_depth=depth)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -161,7 +161,7 @@ def _phantom_figure(subject_dir: Path, path: Path) -> Path:
     b0 = np.asarray(dwi.dataobj[:, :, z, 0], dtype=np.float32)
     fa, md = fa_md(tensor[:, :, z])
     panels = [("b0 (DWI volume 0)", b0, "gray", None), ("truth MD (1e-3 mm^2/s)", md * 1e3, "gray", 3.0),
-              ("truth FA", fa, "gray", 0.8), ("labels 1-5: CSF GM WM tract scalp", labels[:, :, z], "tab10", 9)]
+              ("truth FA", fa, "gray", 0.8), ("labels 1-7: CSF GM WM tract scalp deepGM crossing", labels[:, :, z], "tab10", 9)]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
     for ax, (title, img, cmap, vmax) in zip(axes, panels):
         im = ax.imshow(np.rot90(img), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
