@@ -71,8 +71,9 @@ def check_fits_in_memory(path: str | os.PathLike, shape: tuple[int, ...], itemsi
     total = memory_bytes()
     if total is not None and need > total:
         raise ValueError(
-            f"{path}: the header declares shape {tuple(int(s) for s in shape)} ({need / 2**30:.1f} GiB in memory), more "
-            f"than this machine has ({total / 2**30:.1f} GiB); the header is corrupt or the image too large"
+            f"{path}: the header declares shape {tuple(int(s) for s in shape)} ({need / 2**30:.1f} GiB in "
+            f"memory), more than this machine has ({total / 2**30:.1f} GiB); the header is corrupt or the image "
+            "too large"
         )
 
 
