@@ -43,6 +43,9 @@ class DataConfig:
         random_per_subject: random positions drawn per subject and epoch (``random``/``both``).
         min_brain_fraction: keep patches with at least this fraction of brain-mask voxels.
         normalise: per-channel (x - mean) / std with statistics over the training brain voxels.
+        norm_stats: ``separate`` (input ``lr_up`` and target ``hr`` each by their own statistics) or
+            ``shared`` (both by the target's: an interpolation of the input is then already in the
+            target's units, which residual models over an interpolation base rely on).
         flip: random axis flips as augmentation (DTI off-diagonal signs are flipped accordingly).
         num_workers: DataLoader worker processes (0 = in the training process).
     """
@@ -60,6 +63,7 @@ class DataConfig:
     random_per_subject: int = 0
     min_brain_fraction: float = 0.01
     normalise: bool = True
+    norm_stats: str = "separate"
     flip: bool = False
     num_workers: int = 0
 
@@ -176,6 +180,7 @@ class Config:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.sampling": ("grid", "random", "both"),
+    "data.norm_stats": ("separate", "shared"),
     "data.direction": ("AtoB", "BtoA"),
     "train.gan_loss": ("vanilla", "lsgan"),
     "train.loss_region": ("patch", "brain"),

@@ -63,7 +63,7 @@ def test_run_folder_checkpoint_and_generator(manifest, tmp_path):
     assert run_dir == out
     assert {"last.pt", "log.csv", "config.yaml", "samples"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "log.csv")))
-    assert list(rows[0]) == ["step", "epoch", "gan_F", "gan_G", "l1_F", "l1_G", "D_Y", "D_X", "lr", "patches_per_s"]
+    assert list(rows[0]) == ["step", "epoch", "gan_F", "gan_G", "l1_F", "l1_G", "D_Y", "D_X", "lr", "patches_per_s", "train_s"]
     ck = load_checkpoint(out / "last.pt")  # weights_only=True
     steps = ck["step"]
     assert steps == int(rows[-1]["step"]) and ck["epoch"] == 1 and (out / "samples" / "epoch_001.png").is_file()

@@ -262,8 +262,8 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     subjects, info = load_subjects(d.manifest, d.subjects)
     c = info["channels"]
     if d.normalise:
-        norm_x = brain_stats((s.x, s.mask) for s in subjects)
         norm_y = brain_stats((s.y, s.mask) for s in subjects)
+        norm_x = norm_y if d.norm_stats == "shared" else brain_stats((s.x, s.mask) for s in subjects)
     else:
         norm_x, norm_y = ChannelStats.identity(c), ChannelStats.identity(c)
     for s in subjects:  # normalise once; patches are then plain slices (normalise keeps float32: no extra copy)
