@@ -46,7 +46,9 @@ the size of an adult's, with adult-sized cortex, sulci and voxels), different fo
 **Truth.** ``phantom/tensor.nii.gz`` holds, in every brain-mask voxel, the volume-fraction
 weighted mean of the compartments' tensors: ``D = sum_c f_c D_c`` over CSF, cortex, deep GM,
 background WM and the fibre populations (the scalp is outside the mask; outside the mask the
-truth is zero). So MD is exactly ``sum_c f_c MD_c`` and a 90-degree crossing of two FA 0.7
+truth is zero; where the brain fills a voxel only partly, at the mask edge or beside the dural
+tentorium, the rest counts as no tensor). So MD is exactly ``sum_c f_c MD_c`` and a 90-degree
+crossing of two FA 0.7
 fibres has an oblate truth tensor of FA ~0.3. A DTI fit of the DWIs returns the *signal*
 weighted apparent tensor instead (each compartment weighted by ``f_c S0_c``, with the b = 1000
 curvature on top); the two agree in pure voxels and differ in partial-volume ones, most at the
@@ -405,7 +407,7 @@ def _csf_distance(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, u: np.ndar
     x_mid = 0.8 * _band_waves(yz, 4, 0.4, rng)
     core_below = (_callosal_core_top(yz[..., 0]) - yz[..., 1]) * semi[2]  # mm below the core top
     into_core = _relu(np.where(np.isfinite(core_below), core_below, -1.0))
-    fis = np.sqrt((x - x_mid) ** 2 + into_core**2) - 0.6 + thickness * np.clip(into_core, 0, 1)
+    fis = np.sqrt((x - x_mid) ** 2 + into_core**2) - 0.6 + thickness * np.clip(2 * into_core, 0, 1)
     c = np.minimum(c, fis)
     # Medial sulci: sheets across the medial wall, cut into it from the fissure.
     med = p[..., 1:] + 4.0 * bend[..., 1:]  # medial sulci bend too
@@ -501,15 +503,15 @@ def _ventricles(q: np.ndarray, semi: np.ndarray, rng: np.random.Generator) -> np
         j = lambda: rng.normal(0, 0.015, 3)  # noqa: E731 - per-subject shape
         # (start, middle, end, radius at start, radius at end) in brain-normalised coordinates / mm
         for a, m, b, r0, r1 in (
-            ((s * 0.14, 0.40, 0.04), (s * 0.16, 0.15, 0.12), (s * 0.17, -0.15, 0.13), 3.6, 3.8),   # frontal horn, body
-            ((s * 0.17, -0.15, 0.13), (s * 0.24, -0.40, 0.08), (s * 0.2, -0.62, 0.0), 3.8, 2.0),   # atrium, occipital
-            ((s * 0.24, -0.40, 0.08), (s * 0.36, -0.35, -0.22), (s * 0.42, 0.0, -0.36), 3.0, 1.4),  # temporal horn
+            ((s * 0.16, 0.40, 0.0), (s * 0.17, 0.15, 0.04), (s * 0.18, -0.15, 0.05), 3.6, 3.8),   # frontal horn, body
+            ((s * 0.18, -0.15, 0.05), (s * 0.25, -0.40, 0.0), (s * 0.21, -0.62, -0.06), 3.8, 2.0),  # atrium, occipital
+            ((s * 0.25, -0.40, 0.0), (s * 0.36, -0.35, -0.25), (s * 0.42, 0.0, -0.38), 3.0, 1.4),  # temporal horn
         ):
             curve, _ = _through(np.add(a, j()), np.add(m, j()), np.add(b, j()), 40)
             pts.append(curve * semi)
             radii.append(np.linspace(r0, r1, 40))
     pts, radii = np.concatenate(pts), np.concatenate(radii) * rng.uniform(0.85, 1.2)
-    squash = np.array([1.0, 1.0, 1 / 0.65], np.float32)  # flatter than wide (a crescent in coronal)
+    squash = np.array([1.0, 1.0, 1 / 0.6], np.float32)  # flatter than wide (a crescent in coronal)
     near = np.linalg.norm(q, axis=-1) < 0.85
     dist, idx = cKDTree(pts * squash).query(q[near] * semi * squash)
     v = np.zeros(q.shape[:-1], np.float32)
@@ -568,10 +570,10 @@ def _bundles(semi: np.ndarray, rng: np.random.Generator) -> list[_Bundle]:
     SLF/arcuate, cingulum, IFOF."""
     jit = lambda *v: np.asarray(v) + rng.normal(0, 0.02, 3)  # noqa: E731
     cc = []
-    for y in np.linspace(-0.5, 0.36, 9):
+    for y in np.linspace(-0.5, 0.36, 14):
         top = float(_callosal_core_top(np.array(y)))
         for k, theta in enumerate(np.linspace(0.15, 1.25, 4)):
-            mid = (0.0, y, top - 0.03 - 0.025 * k)
+            mid = (0.0, y, top - 0.06 - 0.03 * k)
             y_end = float(np.clip(1.5 * y, -0.78, 0.7))
             end = lambda s: jit(s * (0.12 + 0.6 * np.cos(theta)), y_end, mid[2] + 0.55 * np.sin(theta))  # noqa: E731
             cc.append((end(-1), mid, end(1)))
