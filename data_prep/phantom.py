@@ -382,42 +382,62 @@ def _callosal_core_top(y_q: np.ndarray) -> np.ndarray:
     return np.where(inside > 0, -0.18 + 0.44 * np.sqrt(np.maximum(inside, 0)), -np.inf)
 
 
-def _csf_distance(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, u: np.ndarray, spacing: float,
-                  thickness: np.ndarray, cfg: PhantomConfig, rng: np.random.Generator) -> np.ndarray:
-    """Distance (mm) from each point to the nearest CSF: the hull, a sulcus or a fissure.
+def _lateral_sulci(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, u: np.ndarray, spacing: float,
+                   cfg: PhantomConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) to the CSF of the hull and its sulci, and the 3D warp field used.
 
-    Negative inside the CSF. Sulci are sheets (the zero set of band-limited waves) of half-width
-    ``h`` running ``D`` mm deep: ``sqrt(s^2 + relu(depth - D)^2) - h`` with ``s`` the distance to
-    the sheet, so cortex lines both banks and caps the fundus.
+    Sulci are sheets (the zero set of band-limited waves over the sphere) of half-width ``h``
+    running ``D`` mm deep: ``sqrt(s^2 + relu(depth - D)^2) - h`` with ``s`` the distance to the
+    sheet, so cortex lines both banks and caps the fundus. Waves over the sphere cross the hull
+    obliquely on average: 1.3x the frequency gives the requested spacing. The 3D warp lets sulci
+    wander and bend with depth (not radial planes).
     """
-    # Waves over the sphere cross the hull obliquely on average: 1.3x the frequency gives the
-    # requested spacing. The 3D warp lets sulci wander and bend with depth (not radial planes).
     freq = 1.3 * semi.mean() / (2 * cfg.fold_spacing_mm)  # cycles per unit of direction
-    q = p / semi
-    bend = np.stack([_sphere_waves(q, 4, 1.4, rng) for _ in range(3)], -1)
+    bend = np.stack([_sphere_waves(p / semi, 4, 1.4, rng) for _ in range(3)], -1)
     s = _sheet_distance(_band_waves(_unit(u + 0.2 * bend), 48, freq, rng), spacing)
-    d_lo, d_hi = cfg.sulcus_depth_mm
-    sulc_depth = _smooth_range(u, d_lo, d_hi, rng)
+    sulc_depth = _smooth_range(u, *cfg.sulcus_depth_mm, rng)
     half = _smooth_range(u, 0.2, 0.6, rng)
-    c = np.minimum(depth, np.sqrt(s * s + _relu(depth - sulc_depth) ** 2) - half)
+    return np.minimum(depth, np.sqrt(s * s + _relu(depth - sulc_depth) ** 2) - half), bend
 
-    # Interhemispheric fissure down to the callosal core; inside the core, WM meets it directly.
-    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+
+def _fissure(p: np.ndarray, semi: np.ndarray, thickness: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Distance (mm) to the interhemispheric fissure, which runs down to the callosal core.
+
+    Inside the core the distance grows by the cortical thickness within 0.5 mm, so white matter
+    (the callosum) meets the fissure's floor directly, as under the callosal sulcus.
+    """
     yz = p[..., 1:] / semi[1:]
     x_mid = 0.8 * _band_waves(yz, 4, 0.4, rng)
     core_below = (_callosal_core_top(yz[..., 0]) - yz[..., 1]) * semi[2]  # mm below the core top
     into_core = _relu(np.where(np.isfinite(core_below), core_below, -1.0))
-    fis = np.sqrt((x - x_mid) ** 2 + into_core**2) - 0.6 + thickness * np.clip(2 * into_core, 0, 1)
+    return np.sqrt((p[..., 0] - x_mid) ** 2 + into_core**2) - 0.6 + thickness * np.clip(2 * into_core, 0, 1)
+
+
+def _medial_sulci(p: np.ndarray, fissure: np.ndarray, bend: np.ndarray, spacing: float, cfg: PhantomConfig,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Distance (mm) to sulci across the medial wall, cut into it from the fissure."""
+    med = p[..., 1:] + 4.0 * bend[..., 1:]
+    s = _sheet_distance(_band_waves(med, 24, 1.3 / (2 * cfg.fold_spacing_mm), rng), spacing)
+    return np.sqrt(s * s + _relu(fissure - 0.6 * sum(cfg.sulcus_depth_mm)) ** 2) - 0.4
+
+
+def _sylvian(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, bend: np.ndarray) -> np.ndarray:
+    """Distance (mm) to the Sylvian fissure: a lateral sheet rising posteriorly to the insula."""
+    y_q = p[..., 1] / semi[1]
+    s = np.abs(p[..., 2] - (-0.08 - 0.35 * y_q + 0.08 * bend[..., 2]) * semi[2])
+    along = _relu(np.abs(y_q + 0.05) - 0.4) * semi[1]
+    return np.sqrt(s * s + _relu(depth - 0.3 * semi[0]) ** 2 + along**2) - 0.5
+
+
+def _csf_distance(p: np.ndarray, semi: np.ndarray, depth: np.ndarray, u: np.ndarray, spacing: float,
+                  thickness: np.ndarray, cfg: PhantomConfig, rng: np.random.Generator) -> np.ndarray:
+    """Distance (mm) from each point to the nearest cerebral CSF (negative inside it): the hull,
+    a sulcus, the interhemispheric fissure, a medial sulcus or the Sylvian fissure."""
+    c, bend = _lateral_sulci(p, semi, depth, u, spacing, cfg, rng)
+    fis = _fissure(p, semi, thickness, rng)
     c = np.minimum(c, fis)
-    # Medial sulci: sheets across the medial wall, cut into it from the fissure.
-    med = p[..., 1:] + 4.0 * bend[..., 1:]  # medial sulci bend too
-    s_med = _sheet_distance(_band_waves(med, 24, 1.3 / (2 * cfg.fold_spacing_mm), rng), spacing)
-    c = np.minimum(c, np.sqrt(s_med**2 + _relu(fis - 0.6 * (d_lo + d_hi)) ** 2) - 0.4)
-    # Sylvian fissure: a lateral sheet rising posteriorly, reaching the insula.
-    s_syl = np.abs(z - (-0.08 - 0.35 * yz[..., 0] + 0.08 * bend[..., 2]) * semi[2])
-    along = _relu(np.abs(yz[..., 0] + 0.05) - 0.4) * semi[1]
-    syl = np.sqrt(s_syl**2 + _relu(depth - 0.3 * semi[0]) ** 2 + along**2) - 0.5
-    return np.minimum(c, syl).astype(np.float32)
+    c = np.minimum(c, _medial_sulci(p, fis, bend, spacing, cfg, rng))
+    return np.minimum(c, _sylvian(p, semi, depth, bend)).astype(np.float32)
 
 
 def _tentorium(p: np.ndarray, semi: np.ndarray) -> np.ndarray:
