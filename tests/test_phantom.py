@@ -117,6 +117,28 @@ def test_tracts_have_fa_04_08_and_cross(phantom):
     assert (phantom.labels == LABELS["crossing"]).sum() > 50
 
 
+def test_crossing_truth_is_the_mean_of_the_two_fibre_tensors(phantom):
+    # The mean of two cylinders is flat: its smallest axis is the normal of the plane the two
+    # fibres span (fibre_dirs and the tensor share the voxel frame).
+    full = (_crossings(phantom) & (phantom.fibre_fractions.sum(-1) > 0.95)
+            & (np.abs(phantom.fibre_fractions[..., 0] - phantom.fibre_fractions[..., 1]) < 0.2))
+    assert full.sum() > 20
+    d = phantom.tensor[full].astype(np.float64)[:, [0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(-1, 3, 3)
+    e3 = np.linalg.eigh(d)[1][..., 0]
+    normal = np.cross(phantom.fibre_dirs[full][:, 0], phantom.fibre_dirs[full][:, 1])
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    assert np.median(np.abs((e3 * normal).sum(-1))) > 0.95
+
+
+def test_partial_volume_at_tissue_borders(phantom):
+    # Box-filtered fractions: border voxels hold mixtures, not a hard 0/1 edge.
+    edge = phantom.mask & (np.abs(phantom.hull_depth) < 1.5)
+    csf = phantom.fractions["csf"][edge]
+    assert np.mean((csf > 0.1) & (csf < 0.9)) > 0.3
+    gm = phantom.fractions["gm"][phantom.mask]
+    assert np.mean((gm > 0.1) & (gm < 0.9)) > 0.2
+
+
 def test_tract_orientations_spread(phantom):
     # Fanning bundles in every lobe: single-fibre directions cover all three axes (the mean dyadic
     # has no small eigenvalue), rather than a few straight tubes.
