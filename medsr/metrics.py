@@ -139,7 +139,10 @@ def ssim(
     The window is Wang et al.'s Gaussian (sigma 1.5, truncated at 3.5 sigma: 11 taps, as in
     scikit-image's ``gaussian_weights=True``), with K1 = 0.01, K2 = 0.03 and L the range of that
     channel's target within the mask (DTI channels have very different ranges, so one global L
-    would make the off-diagonal channels meaningless). Local statistics are computed on the mask's
+    would make the off-diagonal channels meaningless). Both images are set to zero outside the mask
+    first, so like every other metric it scores the brain only: what a method puts outside the brain
+    (interpolation bleeding past the edge, or a model trained with ``loss_region: brain``) does not
+    enter the windows of the voxels near the edge. Local statistics are computed on the mask's
     bounding box plus the window radius, which gives the same values at mask voxels as filtering the
     whole volume, at a fraction of the cost.
 
@@ -157,8 +160,8 @@ def ssim(
     m = mask[box]
     scores = []
     for c in range(pred.shape[0]):
-        x = pred[c][box].astype(np.float64)
-        y = target[c][box].astype(np.float64)
+        x = np.where(m, pred[c][box], 0.0).astype(np.float64)
+        y = np.where(m, target[c][box], 0.0).astype(np.float64)
         rng = float(y[m].max() - y[m].min())
         if rng == 0.0:
             rng = 1.0  # a constant channel: any positive L gives SSIM 1 for an exact match

@@ -65,14 +65,14 @@ def test_psnr_and_ssim_known_values() -> None:
 
 
 def test_ssim_box_equals_whole_volume_filtering() -> None:
-    # The bounding-box shortcut must give the same mean as filtering the whole volume.
+    # The bounding-box shortcut must give the same mean as filtering the whole (brain-masked) volume.
     from scipy import ndimage
 
     t = np.random.rand(1, 30, 30, 30)
     p = t + 0.1 * np.random.rand(1, 30, 30, 30)
     mask = _cube_mask()
     blur = lambda a: ndimage.gaussian_filter(a, 1.5, truncate=3.5, mode="reflect")  # noqa: E731
-    x, y = p[0], t[0]
+    x, y = np.where(mask, p[0], 0.0), np.where(mask, t[0], 0.0)
     L = y[mask].max() - y[mask].min()
     c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
     mx, my = blur(x), blur(y)
@@ -131,3 +131,12 @@ def test_empty_mask_and_nan_prediction_are_errors() -> None:
     bad.data[0, 0, 0, 0] = np.nan  # outside any mask: still reported, never skipped
     with pytest.raises(ValueError, match=r"pred\.nii\.gz: prediction has 2 voxel\(s\) with NaN"):
         metrics.evaluate_volumes(bad, t, np.ones((12, 12, 12), bool))
+
+
+def test_ssim_scores_the_brain_only() -> None:
+    # Whatever a method writes outside the mask does not change its SSIM (as for the RMSEs).
+    t = np.random.rand(1, 30, 30, 30)
+    p = t + 0.1 * np.random.rand(1, 30, 30, 30)
+    mask = _cube_mask()
+    junk = np.where(mask, p, 5.0 * np.random.rand(1, 30, 30, 30))
+    assert metrics.ssim(junk, t, mask) == metrics.ssim(p, t, mask)
