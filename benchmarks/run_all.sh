@@ -9,3 +9,4 @@ medsr bench memory --2d --csv "$out/memory2d.csv" --png "$out/memory2d.png" | te
 medsr bench loader | tee "$out/loader.txt"
 medsr bench infer | tee "$out/infer.txt"
 medsr bench prep | tee "$out/prep.txt"
+medsr bench quality --minutes 10 --output "$out/quality" --configs configs/default.yaml | tee "$out/quality.txt"

@@ -341,7 +341,7 @@ def run_demo(
                      beats_cubic=bool(rmse.get(label, math.inf) < rmse.get("cubic", -math.inf)))
     res.paths = {
         "phantom (HCP layout)": output / "hcp",
-        "prepared pairs": manifest,
+        "prepared pairs": output / "prep" / "manifest.csv",
         "checkpoint": run_dir / "last.pt",
         "training log": run_dir / "log.csv",
         "prediction (NIfTI)": prediction,

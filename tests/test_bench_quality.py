@@ -37,6 +37,11 @@ def test_two_variants_at_equal_steps_on_a_manifest(tmp_path, monkeypatch):
     assert sorted(base["model"]) == ["cubic", "linear", "nn"]
     assert (tmp_path / "bq" / "predictions" / "tiny" / "sub02.nii.gz").is_file()
     assert "tiny__depth=2" in (tmp_path / "bq" / "quality.txt").read_text()
+    # the same command again refuses at once (before any training), naming the way out
+    before = (tmp_path / "bq" / "quality.csv").read_bytes()
+    assert main(["bench", "quality", "--steps", "2", "--manifest", str(manifest), "--train", "sub00", "sub01",
+                 "--test", "sub02", "--output", "bq", "--configs", str(cfg)]) == 2
+    assert (tmp_path / "bq" / "quality.csv").read_bytes() == before
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -10,12 +10,7 @@ from medsr.networks import create_model
 from medsr.networks.interpolate import block_mean, upsample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_linear_and_nn_equal_the_baselines_and_cubic_is_close():

@@ -9,13 +9,7 @@ from medsr.networks import create_model, list_models
 from medsr.networks.nets.patchgan import auto_n_layers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convs: thread synchronisation dominates on the shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered_names():

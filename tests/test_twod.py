@@ -17,14 +17,7 @@ from medsr.twod.metrics import mae, psnr, ssim, to_uint8_range
 from medsr.twod.synthetic import make_aligned_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: on the shared 2-core machine, OpenMP synchronisation between two
-    # threads costs more than it saves (measured 4x slower steps under load), so use one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- data

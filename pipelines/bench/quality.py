@@ -189,11 +189,15 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
     if minutes is not None and minutes <= 0 or steps is not None and steps < 1:
         raise ValueError(f"the budget must be positive (--minutes {minutes}, --steps {steps})")
     output = Path(output)
-    for spec in configs:  # check every config before hours of training
-        path, own = parse_spec(spec)
-        from medsr.config import load_config
+    from medsr.config import load_config
 
+    for spec in configs:  # check every config and run folder before hours of training
+        path, own = parse_spec(spec)
         load_config(path, own + list(overrides or []))
+        run_dir = output / "runs" / spec_name(path, own)
+        if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+            raise FileExistsError(f"{run_dir}: holds an earlier run of this config; pass --overwrite to retrain it "
+                                  "or choose another --output")
     if manifest is not None:
         if not train or not test:
             raise ValueError("--manifest needs --train and --test subject lists")
