@@ -37,6 +37,17 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> No
     try:
         for mode in MODES:
             train(_config(Path(manifest), Path(root) / f"ddp_{mode}", mode, batch=2))
+        # train.max_minutes with clocks that disagree: rank 1's runs 1000x fast, so on its own it would stop
+        # after one step while rank 0 trains on; a rank stopping alone would leave the other waiting in an
+        # all-reduce forever. The time rides in the loss all-reduce, so both ranks stop at the same step.
+        if rank == 1:
+            import time
+
+            real = time.perf_counter
+            time.perf_counter = lambda: 1000.0 * real()
+        cfg = _config(Path(manifest), Path(root) / "ddp_timed", "paired_l1", batch=2)
+        cfg["train"].update(max_steps=10_000, n_epochs=1000, max_minutes=0.05)
+        train(cfg)
     finally:
         dist.destroy_process_group()
 
@@ -64,3 +75,5 @@ def test_two_ranks_equal_one_process_at_double_batch(tmp_path):
         first = next(iter(a["model"]["state_dict"]))
         init = a["model"]["state_dict"][first]
         assert a["optimizers"]["G"]["state"][0]["step"] == 3 and init.abs().sum() > 0
+    timed = load_checkpoint(tmp_path / "ddp_timed" / "last.pt")
+    assert 1 <= timed["step"] < 10_000 and timed["train_seconds"] >= 0.05 * 60
