@@ -133,7 +133,7 @@ def _child(spec: str) -> int:
     import torch
 
     from medsr.checkpoint import model_entry
-    from medsr.inference import Predictor, choose_window
+    from medsr.inference import Predictor
     from medsr.normalise import ChannelStats
     from medsr.volume import Volume
 
@@ -149,7 +149,7 @@ def _child(spec: str) -> int:
     pred = Predictor(model, ChannelStats.identity(a["channels"]), ChannelStats.identity(a["channels"]), ck, "cpu")
     vol = Volume(_smooth_volume(shape, a["channels"]), np.eye(4), name="generated")
     window = None if a["window"] == "auto" else int(a["window"])
-    plan = choose_window(shape, ck, window, a["overlap"])
+    plan = pred.plan(shape, window, a["overlap"])  # LR-grid models plan on the LR grid
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0, c0 = time.perf_counter(), time.process_time()
     out = pred.predict(vol, plan=plan)
