@@ -266,7 +266,7 @@ def run_demo(
     output: str | Path = "medsr-demo",
     *,
     minutes: float = DEFAULT_MINUTES,
-    subjects: int = 4,
+    subjects: int = 7,
     seed: int = 0,
     config: str | Path = DEFAULT_CONFIG,
     overwrite: bool = False,

@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                         help=f"wall-clock budget of the training stage in minutes (default {DEFAULT_MINUTES:g}; "
                              "the rest of the demo takes about 1-2 minutes on 2 CPU cores)")
-    parser.add_argument("--subjects", type=int, default=4,
-                        help="phantom subjects; the last is held out for testing (default 4, at least 2)")
+    parser.add_argument("--subjects", type=int, default=7,
+                        help="phantom subjects; the last is held out for testing (default 7: 6 to train on, at least 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="training config (default configs/demo.yaml)")
