@@ -92,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("MEDSR_DEBUG", "").strip() not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     top = _top_parser()
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
+    if not argv:  # no verb: the help, on stderr, and argparse's exit code for a missing argument
+        top.print_help(sys.stderr)
+        return 2
     if argv[0] == "--version":
         from medsr import __version__
 

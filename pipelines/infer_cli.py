@@ -15,9 +15,9 @@ in one pass when it fits, else slabs chosen to compute the fewest voxels) at ove
 --window 0 forces a single pass. Windows run on --device; the volume is stitched on the CPU.
 
 Examples:
-  medsr infer --checkpoint run/best.pt --input sub01/lr.nii.gz --output sub01_sr.nii.gz
-  medsr infer --checkpoint run/best.pt --input prepped/manifest.csv --output preds/
-  medsr infer --checkpoint run/best.pt --input sub01/hr.nii.gz --output sub01_G.nii.gz --reverse
+  medsr infer --checkpoint run/last.pt --input sub01/lr.nii.gz --output sub01_sr.nii.gz
+  medsr infer --checkpoint run/last.pt --input prepped/manifest.csv --output preds/
+  medsr infer --checkpoint run/last.pt --input sub01/hr.nii.gz --output sub01_G.nii.gz --reverse
 """
 
 

@@ -181,16 +181,35 @@ def _parse_configs(text: str) -> list[tuple[str, float | None]]:
     return out
 
 
-def _print_plans(shape: tuple[int, int, int], base: dict, configs: list[tuple[str, float | None]]) -> None:
-    """The windows each choice runs and its overlap factor (compute relative to one pass)."""
+def _print_plans(shape: tuple[int, int, int], base: dict, configs: list[tuple[str, float | None]]
+                 ) -> list[tuple[str, float | None]]:
+    """Print the windows each choice runs and its overlap factor (compute relative to one pass).
+
+    A choice the model refuses (an instance-norm model runs windows of its training patch size only)
+    is printed as refused, with the reason, and left out of the returned list, so ``--norm instance``
+    with the default ``--configs`` plans (and measures) what such a model can run.
+    """
     from medsr.inference import choose_window
 
     ck = {"model": {"kwargs": {"width": base["width"], "norm": base["norm"]}}, "data": {"patch_size": 24}}
     print(f"{'config':<12}{'window':<14}{'ovl':>5}{'wins':>6}{'ovl.f':>7}  reason")
+    kept = []
     for window, overlap in configs:
-        plan = choose_window(shape, ck, None if window == "auto" else int(window), overlap)
-        print(f"{window + ':' + ('auto' if overlap is None else str(overlap)):<12}{'x'.join(map(str, plan.roi)):<14}"
+        label = f"{window}:{'auto' if overlap is None else overlap}"
+        try:
+            plan = choose_window(shape, ck, None if window == "auto" else int(window), overlap)
+        except ValueError:
+            if base["norm"] != "instance":
+                raise
+            print(f"{label:<12}refused: a model with instance norm runs windows of its training patch size "
+                  f"{ck['data']['patch_size']} only")
+            continue
+        kept.append((window, overlap))
+        print(f"{label:<12}{'x'.join(map(str, plan.roi)):<14}"
               f"{plan.overlap:>5.2f}{plan.n_windows:>6}{plan.overlap_factor:>7.2f}  {plan.reason}")
+    if not kept:
+        raise ValueError("--configs: every window choice was refused for this model")
+    return kept
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     base = {"shape": shape, "channels": args.channels, "model": args.model, "depth": args.depth,
             "width": args.width, "norm": args.norm, "threads": args.threads}
     configs = _parse_configs(args.configs)
-    _print_plans(shape, base, configs)
+    configs = _print_plans(shape, base, configs)
     if args.plan_only:
         return 0
     model, _ = _build(base)
