@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -192,60 +193,92 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
                  chunk: int = CHUNK_VOXELS) -> dict:
     """Prepare one HCP subject; returns its manifest row. Raises ValueError/FileNotFoundError naming the file."""
     files = subject_files(Path(input_dir) / subject)
-    bvals, bvecs = read_gradients(files["bvals"], files["bvecs"])
-    img = read_nifti_image(files["data"])
-    if len(img.shape) != 4:
-        raise ValueError(f"{files['data']}: expected a 4D DWI (X, Y, Z, volumes), got shape {img.shape}")
-    check_real(files["data"], img.get_data_dtype())
-    check_affine(files["data"], img.affine)
-    if img.shape[3] != bvals.size:
-        raise ValueError(
-            f"{files['bvals']}: has {bvals.size} b-values but {files['data'].name} has {img.shape[3]} volumes"
-        )
-    mask_img = read_nifti_image(files["mask"])
-    check_grid(files["mask"], mask_img.shape, mask_img.affine, img.shape, img.affine,
-               ref_name=files["data"].name)
+    return prep_dwi(subject, out_dir, progress, data_path=files["data"], bvals_path=files["bvals"],
+                    bvecs_path=files["bvecs"], mask=files["mask"], shell=shell, tolerance=tolerance, factor=factor,
+                    pad=pad, overwrite=overwrite, chunk=chunk)
+
+
+# b0 volumes (n_b0, X, Y, Z) float32 on the prepared grid -> brain mask (X, Y, Z) bool. Module-level
+# functions only: ``prep_dwi`` runs in spawned workers, so the function is pickled by name.
+MaskFromB0 = Callable[[np.ndarray], np.ndarray]
+
+
+def _read_mask(path: Path, img, data_path: Path, factor: int, pad: bool) -> np.ndarray:
+    """A user's 3D brain mask on the DWI grid, checked (grid, 3D, 0/1) and cropped/padded like the DWI."""
+    mask_img = read_nifti_image(path)
+    check_grid(path, mask_img.shape, mask_img.affine, img.shape, img.affine, ref_name=data_path.name)
     if len(mask_img.shape) != 3 and not (len(mask_img.shape) == 4 and mask_img.shape[3] == 1):
-        raise ValueError(f"{files['mask']}: expected a 3D mask, got shape {mask_img.shape}")
-    mask_raw = read_array(files["mask"], mask_img.dataobj).reshape(mask_img.shape[:3])
-    check_binary_mask(files["mask"], mask_raw)
+        raise ValueError(f"{path}: expected a 3D mask, got shape {mask_img.shape}")
+    mask_raw = read_array(path, mask_img.dataobj).reshape(mask_img.shape[:3])
+    check_binary_mask(path, mask_raw)
     mask = fit_array(mask_raw != 0, factor, pad=pad)
     if not mask.any():
-        raise ValueError(f"{files['mask']}: mask is empty (no brain voxels)")
+        raise ValueError(f"{path}: mask is empty (no brain voxels)")
+    return mask
+
+
+def prep_dwi(name: str, out_dir: Path, progress: bool = False, *, data_path: Path, bvals_path: Path,
+             bvecs_path: Path, mask: Path | MaskFromB0, shell: float = 1000.0, tolerance: float = 100.0,
+             factor: int = 2, pad: bool = False, overwrite: bool = True, chunk: int = CHUNK_VOXELS) -> dict:
+    """One DWI series (4D NIfTI + FSL bvals/bvecs) -> ``<out_dir>/<name>/{hr,lr,lr_up,mask}.nii.gz``; its manifest row.
+
+    The one DTI path of ``medsr prep``: ``prep hcp`` and ``prep bids`` differ only in where the files are.
+
+    Args:
+        mask: a brain-mask file on the DWI grid (checked before the DWI is read), or a function computing
+            the mask from the selected b0 volumes (n_b0, X, Y, Z) on the cropped/padded grid.
+
+    Raises:
+        ValueError / FileNotFoundError: one line naming the file and the problem.
+    """
+    bvals, bvecs = read_gradients(bvals_path, bvecs_path)
+    img = read_nifti_image(data_path)
+    if len(img.shape) != 4:
+        raise ValueError(f"{data_path}: expected a 4D DWI (X, Y, Z, volumes), got shape {img.shape}")
+    check_real(data_path, img.get_data_dtype())
+    check_affine(data_path, img.affine)
+    if img.shape[3] != bvals.size:
+        raise ValueError(f"{bvals_path}: has {bvals.size} b-values but {data_path.name} has {img.shape[3]} volumes")
+    mask_arr = _read_mask(Path(mask), img, data_path, factor, pad) if isinstance(mask, (str, Path)) else None
 
     sel = select_shell(bvals, shell, tolerance)
     n_b0 = int(np.sum(bvals[sel] <= B0_MAX))
     if n_b0 == 0 or len(sel) - n_b0 < 6:
         found = ", ".join(str(int(round(b))) for b in np.unique(np.round(bvals, -1)))
-        raise ValueError(f"{files['bvals']}: need >= 1 b0 and >= 6 volumes within {shell:g}+-{tolerance:g} s/mm^2 "
+        raise ValueError(f"{bvals_path}: need >= 1 b0 and >= 6 volumes within {shell:g}+-{tolerance:g} s/mm^2 "
                          f"(found {n_b0} b0 and {len(sel) - n_b0}; b-values present: {found})")
     crop = None if pad else tuple(s - s % factor for s in img.shape[:3])
-    dwi = read_volumes(files["data"], img, sel, crop=crop, progress=progress)
+    dwi = read_volumes(data_path, img, sel, crop=crop, progress=progress)
     if pad:
         dwi = fit_array(dwi, factor, pad=True)
     affine = np.asarray(img.affine, dtype=np.float64)
     del img
+    if mask_arr is None:
+        mask_arr = np.asarray(mask(dwi[bvals[sel] <= B0_MAX]), dtype=bool)
+        if not mask_arr.any():
+            raise ValueError(f"{data_path}: the brain mask computed from its b0 volumes is empty")
+    mask_name = mask if isinstance(mask, (str, Path)) else data_path
 
-    hr = fit_dti(dwi, mask, bvals[sel], bvecs[sel], chunk=chunk, progress=progress, desc="fit HR DTI")
+    hr = fit_dti(dwi, mask_arr, bvals[sel], bvecs[sel], chunk=chunk, progress=progress, desc="fit HR DTI")
     dwi_lr = block_mean_array(dwi, factor)  # IQT: average the DWIs, then fit
     del dwi
-    mask_lr = downsample_mask(mask, factor)
+    mask_lr = downsample_mask(mask_arr, factor)
     if not mask_lr.any():
-        raise ValueError(f"{files['mask']}: no LR voxel is at least half brain at factor {factor}")
+        raise ValueError(f"{mask_name}: no LR voxel is at least half brain at factor {factor}")
     lr = fit_dti(dwi_lr, mask_lr, bvals[sel], bvecs[sel], chunk=chunk, progress=progress, desc="fit LR DTI")
     del dwi_lr
     lr_up = nn_upsample_array(lr, factor)
 
-    out = {k: Path(out_dir) / subject / f"{k}.nii.gz" for k in ("hr", "lr", "lr_up", "mask")}
+    out = {k: Path(out_dir) / name / f"{k}.nii.gz" for k in ("hr", "lr", "lr_up", "mask")}
     meta = {"kind": "dti"}
-    save_volume(Volume(hr, affine, name=subject, meta=meta), out["hr"], overwrite=overwrite)
-    save_volume(Volume(lr, lr_affine(affine, factor), name=subject, meta=meta), out["lr"], overwrite=overwrite)
-    save_volume(Volume(lr_up, affine, name=subject, meta=meta), out["lr_up"], overwrite=overwrite)
-    save_mask(mask, affine, out["mask"], overwrite=overwrite)
+    save_volume(Volume(hr, affine, name=name, meta=meta), out["hr"], overwrite=overwrite)
+    save_volume(Volume(lr, lr_affine(affine, factor), name=name, meta=meta), out["lr"], overwrite=overwrite)
+    save_volume(Volume(lr_up, affine, name=name, meta=meta), out["lr_up"], overwrite=overwrite)
+    save_mask(mask_arr, affine, out["mask"], overwrite=overwrite)
     return {
-        "subject": subject, **{k: str(v) for k, v in out.items()},
-        "shape": format_triple(mask.shape, "d"),
+        "subject": name, **{k: str(v) for k, v in out.items()},
+        "shape": format_triple(mask_arr.shape, "d"),
         "voxel_size": format_triple(np.round(np.linalg.norm(affine[:3, :3], axis=0), 6)),
-        "brain_voxels": int(mask.sum()), "n_patches": count_brain_patches(mask),
+        "brain_voxels": int(mask_arr.sum()), "n_patches": count_brain_patches(mask_arr),
         "status": "ok", "error": "", "factor": int(factor), "kind": "dti",
     }
