@@ -22,6 +22,9 @@ Tensors are 6 channels in FSL order (Dxx, Dxy, Dxz, Dyy, Dyz, Dzz), in mm^2/s (b
 outside the mask, expressed in the bvecs' frame exactly as FSL ``dtifit`` does. dipy's
 ``lower_triangular()`` order (Dxx, Dxy, Dyy, Dxz, Dyz, Dzz) is converted by
 :func:`medsr.dti.lower_to_fsl`.
+
+Steps 1-5 are :func:`prep_dwi`, shared with ``medsr prep bids`` (:mod:`data_prep.bids`), which
+differs only in where the files are and in computing the brain mask when the dataset has none.
 """
 from __future__ import annotations
 
