@@ -121,6 +121,9 @@ class TrainConfig:
         samples: write ``samples/epoch_XXX.png`` at each epoch end.
         progress: show a tqdm bar (only on a terminal, rank 0).
         threads: torch CPU threads (0 = leave torch's default).
+        precision: ``fp32``, ``bf16`` (autocast in bfloat16) or ``fp16`` (autocast in float16 with a
+            gradient scaler; CUDA only). Weights, optimiser state and checkpoints stay float32; see
+            :mod:`medsr.precision`.
     """
 
     mode: str = "paired_l1"
@@ -147,6 +150,7 @@ class TrainConfig:
     samples: bool = True
     progress: bool = True
     threads: int = 0
+    precision: str = "fp32"
 
 
 @dataclass
@@ -185,6 +189,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.gan_loss": ("vanilla", "lsgan"),
     "train.loss_region": ("patch", "brain"),
     "train.lr_decay": ("epochs", "cosine"),
+    "train.precision": ("fp32", "bf16", "fp16"),  # medsr.precision.PRECISIONS (no torch import here)
 }
 _FREE_DICTS = {"model.kwargs", "discriminator.kwargs"}
 
