@@ -29,7 +29,7 @@ import traceback
 
 # verb -> (module, one-line help). Nested verbs (prep hcp) are handled by the module itself.
 VERBS: dict[str, tuple[str, str]] = {
-    "prep": ("pipelines.prep_cli", "prepare HCP subjects or generic volumes into HR/LR training pairs"),
+    "prep": ("pipelines.prep_cli", "prepare HCP or BIDS diffusion data, or generic volumes, into HR/LR training pairs"),
     "train": ("pipelines.train_cli", "train a model from a YAML config (works under torchrun)"),
     "infer": ("pipelines.infer_cli", "upsample volumes with a trained checkpoint, writing NIfTI"),
     "evaluate": ("pipelines.evaluate_cli", "RMSE interior/total, PSNR, SSIM (+MD/FA) against baselines, to CSV"),
