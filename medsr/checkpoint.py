@@ -9,6 +9,7 @@ Layout of a checkpoint file (a plain dict, loadable with ``torch.load(weights_on
       "discriminators": {name: {"name", "kwargs", "state_dict"}},    # GAN modes only
       "optimizers": {...}, "schedulers": {...},                      # training state
       "step": int, "epoch": int, "rng": {...},
+      "precision": "fp32" | "bf16" | "fp16", "amp": {...},           # train.precision, fp16 loss scales
       "norm": {"x": {"mean": [...], "std": [...]}, "y": {...}},    # x = LR-up input, y = HR target
       "data": {"factor": int, "patch_size": int, "channels": int, "kind": "dti" | "scalar"},
       "config": dict,                                                 # the resolved training config

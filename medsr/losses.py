@@ -25,6 +25,7 @@ class GANLoss(nn.Module):
 
     def forward(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:
         """Mean loss of a discriminator output map (B, 1, ...) against real (1) or fake (0)."""
+        prediction = prediction.float()  # in float32 under autocast too: a bf16 mean loses digits
         target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
         if self.kind == "vanilla":
             return F.binary_cross_entropy_with_logits(prediction, target)

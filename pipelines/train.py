@@ -101,6 +101,7 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
     """
     from medsr.checkpoint import load_checkpoint
     from medsr.data import build_dataset
+    from medsr.precision import check_precision
     from medsr.training.distributed import broadcast_object
     from medsr.training.trainer import Trainer, configure_determinism
 
@@ -110,6 +111,7 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
     threads_before = torch.get_num_threads()
     info: DistInfo = env_dist_info()
     device = select_device(cfg.train.device, info)
+    check_precision(cfg.train.precision, device, "config key 'train.precision':")  # before any data is read
     configure_determinism(cfg.train.deterministic, cfg.train.threads)
     owns_group = info.enabled and not _dist_initialized()
     init_distributed(info, device)

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from medsr.config import Config
 from medsr.losses import GANLoss, pixel_loss
+from medsr.precision import MixedPrecision
 from medsr.training.image_pool import ImagePool
 
 _MODES: dict[str, type["TrainMode"]] = {}
@@ -96,6 +97,8 @@ class TrainMode:
         discs_raw: discriminator name -> unwrapped module (for generator-step calls that must
             not trigger DDP gradient reduction).
         opts: optimiser name -> optimiser (``G``; ``D`` when there are discriminators).
+        amp: ``train.precision`` (:class:`medsr.precision.MixedPrecision`): a step runs its forward
+            passes and losses under :meth:`autocast` and steps through :meth:`optimise`.
     """
 
     name = ""
@@ -117,8 +120,20 @@ class TrainMode:
         return channels
 
     def attach(self, gen: nn.Module, discs: dict[str, nn.Module], discs_raw: dict[str, nn.Module],
-               opts: dict[str, torch.optim.Optimizer], device: torch.device) -> None:
+               opts: dict[str, torch.optim.Optimizer], device: torch.device,
+               amp: MixedPrecision | None = None) -> None:
         self.gen, self.discs, self.discs_raw, self.opts, self.device = gen, discs, discs_raw, opts, device
+        self.amp = amp if amp is not None else MixedPrecision("fp32", device, opts)
+
+    def autocast(self):
+        """The context for forward passes and losses (autocast under bf16/fp16; nothing in fp32)."""
+        return self.amp.autocast()
+
+    def optimise(self, name: str, loss: torch.Tensor) -> None:
+        """Zero optimiser ``name``'s gradients, backpropagate ``loss`` and step (scaled under fp16)."""
+        opt = self.opts[name]
+        opt.zero_grad(set_to_none=True)
+        self.amp.backward_step(name, loss, opt)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimisation step on ``batch`` ({"x": (B, C, *S), "y": (B, C, *S)}); returns detached losses."""
@@ -160,18 +175,17 @@ class _PixelMode(TrainMode):
         mask = batch.get("mask") if self.brain_only else None
         loss_fn = pixel_loss(self.kind)
         reverse = self.lam_reverse > 0
-        out = self.gen(x=x, y=y if reverse else None)
-        loss_f = region_loss(loss_fn, out["fake_y"], y, mask)  # F(x) ~ y
-        loss = loss_f
-        if reverse:  # G(y) ~ x, through the same core run backwards
-            loss_g = region_loss(loss_fn, out["fake_x"], x, mask)
-            loss = loss + self.lam_reverse * loss_g
-        else:
-            loss_g = torch.zeros((), device=loss_f.device)
-        opt = self.opts["G"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with self.autocast():
+            out = self.gen(x=x, y=y if reverse else None)
+            # Losses in float32 whatever the outputs' precision: a bf16 mean over a patch loses digits.
+            loss_f = region_loss(loss_fn, out["fake_y"].float(), y, mask)  # F(x) ~ y
+            loss = loss_f
+            if reverse:  # G(y) ~ x, through the same core run backwards
+                loss_g = region_loss(loss_fn, out["fake_x"].float(), x, mask)
+                loss = loss + self.lam_reverse * loss_g
+            else:
+                loss_g = torch.zeros((), device=loss_f.device)
+        self.optimise("G", loss)
         return {f"{self.kind}_F": loss_f.detach(), f"{self.kind}_G": loss_g.detach()}
 
 
@@ -221,27 +235,25 @@ class Paired(TrainMode):
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
         d_y, d_x = self.discs["D_Y"], self.discs["D_X"]
-        out = self.gen(x=x, y=y)
-        fy, fx = out["fake_y"], out["fake_x"]
         # Generator step: discriminators frozen and called unwrapped (no DDP reduction for them).
         raw = [self.discs_raw["D_Y"], self.discs_raw["D_X"]]
         _set_requires_grad(raw, False)
-        gan_f = self.gan(raw[0](torch.cat([x, fy], 1)), True)
-        gan_g = self.gan(raw[1](torch.cat([y, fx], 1)), True)
-        l1_f = nn.functional.l1_loss(fy, y)
-        l1_g = nn.functional.l1_loss(fx, x)
-        opt_g = self.opts["G"]
-        opt_g.zero_grad(set_to_none=True)
-        (gan_f + gan_g + self.lam * (l1_f + l1_g)).backward()
-        opt_g.step()
+        with self.autocast():
+            out = self.gen(x=x, y=y)
+            # The fakes in float32 (the inputs' dtype) whatever autocast made of the decoder's output.
+            fy, fx = out["fake_y"].float(), out["fake_x"].float()
+            gan_f = self.gan(raw[0](torch.cat([x, fy], 1)), True)
+            gan_g = self.gan(raw[1](torch.cat([y, fx], 1)), True)
+            l1_f = nn.functional.l1_loss(fy, y)
+            l1_g = nn.functional.l1_loss(fx, x)
+            loss_g_total = gan_f + gan_g + self.lam * (l1_f + l1_g)
+        self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
         # Discriminator step on the same fakes.
-        opt_d = self.opts["D"]
-        opt_d.zero_grad(set_to_none=True)
-        loss_dy = _d_loss(self.gan, d_y, torch.cat([x, y], 1), torch.cat([x, fy], 1))
-        loss_dx = _d_loss(self.gan, d_x, torch.cat([y, x], 1), torch.cat([y, fx], 1))
-        (loss_dy + loss_dx).backward()
-        opt_d.step()
+        with self.autocast():
+            loss_dy = _d_loss(self.gan, d_y, torch.cat([x, y], 1), torch.cat([x, fy], 1))
+            loss_dx = _d_loss(self.gan, d_x, torch.cat([y, x], 1), torch.cat([y, fx], 1))
+        self.optimise("D", loss_dy + loss_dx)
         return {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "l1_F": l1_f.detach(),
                 "l1_G": l1_g.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
 
@@ -270,25 +282,23 @@ class Unpaired(TrainMode):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
-        out = self.gen(x=x, y=y, cycle=True)
-        fy, fx = out["fake_y"], out["fake_x"]
         raw = [self.discs_raw["D_Y"], self.discs_raw["D_X"]]
         _set_requires_grad(raw, False)
-        gan_f = self.gan(raw[0](fy), True)
-        gan_g = self.gan(raw[1](fx), True)
-        cyc_x = nn.functional.l1_loss(out["rec_x"], x)
-        cyc_y = nn.functional.l1_loss(out["rec_y"], y)
-        opt_g = self.opts["G"]
-        opt_g.zero_grad(set_to_none=True)
-        (gan_f + gan_g + self.lam * (cyc_x + cyc_y)).backward()
-        opt_g.step()
+        with self.autocast():
+            out = self.gen(x=x, y=y, cycle=True)
+            # float32 fakes: the pools keep (and checkpoint) them in the data's dtype at any precision.
+            fy, fx = out["fake_y"].float(), out["fake_x"].float()
+            gan_f = self.gan(raw[0](fy), True)
+            gan_g = self.gan(raw[1](fx), True)
+            cyc_x = nn.functional.l1_loss(out["rec_x"].float(), x)
+            cyc_y = nn.functional.l1_loss(out["rec_y"].float(), y)
+            loss_g_total = gan_f + gan_g + self.lam * (cyc_x + cyc_y)
+        self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
-        opt_d = self.opts["D"]
-        opt_d.zero_grad(set_to_none=True)
-        loss_dy = _d_loss(self.gan, self.discs["D_Y"], y, self.pool_y.query(fy))
-        loss_dx = _d_loss(self.gan, self.discs["D_X"], x, self.pool_x.query(fx))
-        (loss_dy + loss_dx).backward()
-        opt_d.step()
+        with self.autocast():
+            loss_dy = _d_loss(self.gan, self.discs["D_Y"], y, self.pool_y.query(fy))
+            loss_dx = _d_loss(self.gan, self.discs["D_X"], x, self.pool_x.query(fx))
+        self.optimise("D", loss_dy + loss_dx)
         return {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "cycle_x": cyc_x.detach(),
                 "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
 

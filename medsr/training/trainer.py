@@ -26,6 +26,7 @@ from medsr.checkpoint import model_entry, save_checkpoint
 from medsr.config import Config
 from medsr.data.registry import TrainData
 from medsr.networks import create_model
+from medsr.precision import MixedPrecision
 from medsr.training.distributed import DistInfo, all_mean, gather_objects, wrap_ddp
 from medsr.training.modes import Directions, TrainMode, create_mode
 from medsr.training.schedule import make_optimizer, make_scheduler
@@ -112,6 +113,8 @@ class Trainer:
     def __init__(self, cfg: Config, data: TrainData, run_dir: Path, dist: DistInfo, device: torch.device) -> None:
         self.cfg, self.data, self.run_dir, self.dist, self.device = cfg, data, Path(run_dir), dist, device
         t = cfg.train
+        # train.precision first: fp16 on a CPU is refused before any network is built.
+        self.amp = MixedPrecision(t.precision, device, ("G", "D"))
         seed_everything(t.seed)  # identical initial weights on every rank
         self.mode: TrainMode = create_mode(cfg, dist.rank)
         where = f"the data ({data.info.get('manifest') or cfg.data.root or cfg.data.type})"
@@ -137,7 +140,7 @@ class Trainer:
             params = itertools.chain(*(d.parameters() for d in self.discs.values()))
             self.optimizers["D"] = make_optimizer(params, t.lr, betas)
         self.schedulers = {k: make_scheduler(o, t.n_epochs, t.n_epochs_decay) for k, o in self.optimizers.items()}
-        self.mode.attach(self.gen_wrapped, self.discs_wrapped, self.discs, self.optimizers, device)
+        self.mode.attach(self.gen_wrapped, self.discs_wrapped, self.discs, self.optimizers, device, self.amp)
         self.steps_per_epoch = int(data.sampler.steps_per_epoch)
         total = (t.n_epochs + t.n_epochs_decay) * self.steps_per_epoch
         self.total_steps = min(total, t.max_steps) if t.max_steps is not None else total
@@ -172,6 +175,8 @@ class Trainer:
             "rng": {"world_size": self.dist.world_size, "per_rank": rngs},
             "mode": self.cfg.train.mode,
             "mode_state": {"per_rank": modes},
+            "precision": self.amp.precision,
+            "amp": self.amp.state_dict(),
             "norm": {k: v.to_dict() for k, v in self.data.norm.items()},
             "data": dict(self.data.info),
             "config": self.cfg.to_dict(),
@@ -194,6 +199,8 @@ class Trainer:
             o.load_state_dict(ck["optimizers"][k])
         for k, s in self.schedulers.items():
             s.load_state_dict(ck["schedulers"][k])
+        # A run may change train.precision at resume (e.g. bf16 -> fp32); fp16 scales resume as they were.
+        self.amp.load_state_dict(ck.get("amp"))
         self.step = int(ck["step"])
         self.train_seconds = float(ck.get("train_seconds", 0.0))
         per_rank = ck["rng"]["per_rank"]

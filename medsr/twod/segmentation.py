@@ -30,12 +30,10 @@ class Segmentation(TrainMode):
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"].long()
         # Only the forward direction: ``Directions`` (and DDP) see one forward call per step.
-        logits = self.gen(x=x)["fake_y"]
-        loss = nn.functional.cross_entropy(logits, y, ignore_index=IGNORE)
-        opt = self.opts["G"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with self.autocast():  # train.precision
+            logits = self.gen(x=x)["fake_y"].float()
+            loss = nn.functional.cross_entropy(logits, y, ignore_index=IGNORE)
+        self.optimise("G", loss)
         with torch.no_grad():
             valid = y != IGNORE
             hits = (logits.argmax(1)[valid] == y[valid]).float()
