@@ -20,6 +20,10 @@ Three things must match training exactly, and each is read from the checkpoint:
 
 Windows run on ``device`` (the GPU when there is one) while the stitched output is accumulated on the
 CPU, so a whole HCP volume never has to fit in GPU memory (MONAI's ``sw_device`` vs ``device``).
+
+``precision`` (``fp32``, ``bf16``, ``fp16``; :mod:`medsr.precision`) runs the model under autocast; each
+window's output is cast back to float32 before blending, so the volume written is float32 whatever the
+precision (bf16 vs fp32 differences: README, "Reversible networks and memory").
 """
 from __future__ import annotations
 
@@ -259,6 +263,7 @@ class Predictor:
         x_stats, y_stats: per-channel stats of ``lr_up`` and ``hr``.
         ck: the checkpoint dict (``data`` and ``model`` entries are read).
         device: where windows run.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast around the model; fp16 needs CUDA).
     """
 
     def __init__(
@@ -268,8 +273,12 @@ class Predictor:
         y_stats: ChannelStats,
         ck: dict[str, Any],
         device: str | torch.device | None = None,
+        precision: str = "fp32",
     ) -> None:
+        from medsr.precision import check_precision
+
         self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.precision = check_precision(precision, self.device, "--precision")
         self.model = model.eval().to(self.device)
         self.x_stats, self.y_stats, self.ck = x_stats, y_stats, ck
         data = ck.get("data", {}) or {}
@@ -281,12 +290,13 @@ class Predictor:
         self.norm = model_norm(ck)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        precision: str = "fp32") -> "Predictor":
         """Load ``path`` (``medsr.checkpoint.load_generator``) onto ``device``."""
         from medsr.checkpoint import load_generator
 
         model, sx, sy, ck = load_generator(path, map_location="cpu")
-        return cls(model, sx, sy, ck, device)
+        return cls(model, sx, sy, ck, device, precision)
 
     def prepare(self, vol: Volume, input_grid: str = "auto", reverse: bool = False, path: str = "") -> Volume:
         """Check channels and bring ``vol`` onto the HR grid (``reverse`` inputs are HR already)."""
@@ -366,7 +376,7 @@ class Predictor:
             x,
             roi_size=plan.roi,
             sw_batch_size=sw_batch_size,
-            predictor=fn,
+            predictor=self._with_precision(fn),
             overlap=(plan.overlap,) * 3,
             mode="gaussian",
             sw_device=self.device,
@@ -375,3 +385,16 @@ class Predictor:
         )
         out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
         return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+
+    def _with_precision(self, fn):
+        """``fn`` under ``self.precision``'s autocast, its output cast back to float32 for blending."""
+        if self.precision == "fp32":
+            return fn
+        from medsr.precision import autocast
+
+        def run(window: torch.Tensor) -> torch.Tensor:
+            with autocast(self.precision, self.device):
+                out = fn(window)
+            return out.float()
+
+        return run

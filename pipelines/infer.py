@@ -112,13 +112,17 @@ def run_inference(
     overwrite: bool = False,
     subjects: list[str] | None = None,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> list[Path]:
     """Run a checkpoint over one or many volumes and write float32 NIfTIs on the HR grid.
+
+    ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the model under autocast; outputs stay float32.
 
     Returns:
         The paths written, in input order.
     """
-    from medsr.inference import Predictor
+    from medsr.inference import Predictor, resolve_device
+    from medsr.precision import check_precision
     from medsr.utils.device import check_device
     from medsr.utils.paths import inside
 
@@ -127,12 +131,13 @@ def run_inference(
         for it in items:  # batch mode: every output inside the output folder (subject names, links)
             inside(out, it.out)
     device = check_device(device)
+    check_precision(precision, resolve_device(device), "--precision")  # before any file is read
     if not overwrite:
         existing = [str(it.out) for it in items if it.out.exists()]
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise FileExistsError(f"{existing[0]}: already exists{more} (pass --overwrite to replace)")
-    predictor = Predictor.from_checkpoint(checkpoint, device)
+    predictor = Predictor.from_checkpoint(checkpoint, device, precision)
     batch = len(items) > 1 or Path(src).is_dir() or Path(src).suffix.lower() == ".csv"
     written: list[Path] = []
     try:

@@ -18,6 +18,7 @@ Examples:
   medsr infer --checkpoint run/last.pt --input sub01/lr.nii.gz --output sub01_sr.nii.gz
   medsr infer --checkpoint run/last.pt --input prepped/manifest.csv --output preds/
   medsr infer --checkpoint run/last.pt --input sub01/hr.nii.gz --output sub01_G.nii.gz --reverse
+  medsr infer --checkpoint run/last.pt --input sub01/lr.nii.gz --output sub01_sr.nii.gz --precision bf16
 """
 
 
@@ -31,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output .nii/.nii.gz (single input) or folder receiving <subject>.nii.gz (batch)")
     parser.add_argument("--reverse", action="store_true", help="run G (HR -> LR-up) through the inverse core")
     parser.add_argument("--device", default="auto", help="where windows run: auto (cuda if available), cpu, cuda:0 ...")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="run the model under autocast in bf16 or fp16 (fp16: CUDA only); outputs are float32 "
+                             "NIfTI either way (default fp32)")
     parser.add_argument("--window", type=int, nargs="+", default=None, metavar="N",
                         help="window edge (1 or 3 ints; 0 = whole volume); default: automatic (see below)")
     parser.add_argument("--overlap", type=float, default=None,
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     written = run_inference(
         args.checkpoint, args.input, args.output, reverse=args.reverse, device=args.device, window=window,
         overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=args.subjects,
-        quiet=args.quiet,
+        quiet=args.quiet, precision=args.precision,
     )
     if not args.quiet:
         print(f"wrote {len(written)} volume(s)" + (f": {written[0]}" if len(written) == 1 else f" to {args.output}"))
