@@ -1,4 +1,4 @@
-"""``medsr prep hcp`` and ``medsr prep volumes``: prepare subjects into HR/LR pairs and a manifest."""
+"""``medsr prep hcp``, ``prep bids`` and ``prep volumes``: prepare subjects into HR/LR pairs and a manifest."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,19 @@ input layout (HCP):
   INPUT/<subject>/T1w/Diffusion/bvals                    b-values (s/mm^2)
   INPUT/<subject>/T1w/Diffusion/bvecs                    3 rows of unit vectors
   INPUT/<subject>/T1w/Diffusion/nodif_brain_mask.nii.gz  brain mask
+"""
+LAYOUT_BIDS = """\
+input layout (BIDS; INPUT is the dataset root):
+  INPUT/dataset_description.json        required (Name, BIDSVersion)
+  INPUT/sub-<label>/[ses-<label>/]dwi/sub-<label>[_ses-<label>][_acq-<x>][_run-<n>]_dwi.nii.gz  4D DWI
+                                      ..._dwi.bval  b-values (FSL; may be inherited from a folder above)
+                                      ..._dwi.bvec  3 rows of unit vectors (likewise)
+Each dwi series becomes one subject named after its entities: OUTPUT/sub-02_ses-1/, OUTPUT/sub-03_acq-hi_run-1/.
+Brain mask: the file --mask-pattern names, with {name} (sub-02_ses-1), {folder} (sub-02/ses-1/dwi) and
+entity keys ({sub}, {ses}, {acq}, {run}, ...), relative to INPUT; e.g.
+  --mask-pattern 'derivatives/masks/{folder}/{name}_desc-brain_mask.nii.gz'
+else computed from the mean b0 with dipy's median_otsu (saved as OUTPUT/<name>/mask.nii.gz).
+Subjects without a dwi series are skipped and listed; a broken series is marked failed by name.
 """
 LAYOUT_VOLUMES = """\
 input layout:
@@ -29,15 +42,22 @@ A rerun skips subjects already done and retries failed ones. Exit code 1 if any 
 """
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, type=Path, help="folder of subject folders")
+def _common(p: argparse.ArgumentParser, input_help: str = "folder of subject folders", subjects: bool = True) -> None:
+    p.add_argument("--input", required=True, type=Path, help=input_help)
     p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--factor", type=int, default=2, help="downsampling factor r (r^3 blocks; default 2)")
     p.add_argument("--pad", action="store_true", help="edge-pad sizes that are not a multiple of r (default: crop)")
     p.add_argument("--workers", type=int, default=1,
                    help="subjects prepared in parallel (each HCP subject needs a few GB of memory; default 1)")
     p.add_argument("--overwrite", action="store_true", help="redo subjects that are already done")
-    p.add_argument("--subjects", nargs="+", metavar="ID", help="only these subject folders (default: all)")
+    if subjects:
+        p.add_argument("--subjects", nargs="+", metavar="ID", help="only these subject folders (default: all)")
+
+
+def _shell(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shell", type=float, default=1000.0, help="b-value shell to fit with the b0s (default 1000)")
+    p.add_argument("--shell-tolerance", type=float, default=100.0,
+                   help="keep volumes with |b - shell| <= this (s/mm^2; default 100)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +67,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          description="Fit HR DTI and LR DTI (block-averaged DWIs) for HCP subjects.",
                          epilog=LAYOUT_HCP + "\n" + OUTPUT)
     _common(hcp)
-    hcp.add_argument("--shell", type=float, default=1000.0, help="b-value shell to fit with the b0s (default 1000)")
-    hcp.add_argument("--shell-tolerance", type=float, default=100.0,
-                     help="keep volumes with |b - shell| <= this (s/mm^2; default 100)")
+    _shell(hcp)
+    bids = sub.add_parser("bids", help="BIDS diffusion datasets -> DTI pairs (the fit of prep hcp)",
+                          formatter_class=fmt,
+                          description="Fit HR DTI and LR DTI (block-averaged DWIs) for every dwi series of a BIDS "
+                                      "dataset, exactly as prep hcp does.",
+                          epilog=LAYOUT_BIDS + "\n" + OUTPUT)
+    _common(bids, input_help="BIDS dataset root (holds dataset_description.json)", subjects=False)
+    _shell(bids)
+    bids.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                      help="only these subjects, without the sub- prefix (default: all)")
+    bids.add_argument("--session", nargs="+", metavar="LABEL",
+                      help="only these sessions, without the ses- prefix (default: all)")
+    bids.add_argument("--mask-pattern", metavar="PATTERN",
+                      help="brain mask file per series (see below; default: median_otsu on the b0s)")
     vol = sub.add_parser("volumes", help="generic scalar volumes (T1, T2, ...) -> pairs", formatter_class=fmt,
                          description="Block-average scalar images into LR/HR pairs.",
                          epilog=LAYOUT_VOLUMES + "\n" + OUTPUT)
@@ -63,10 +94,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--factor must be a positive integer, got {args.factor}")
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if args.source == "hcp" and not args.shell > 0:
+    if args.source in ("hcp", "bids") and not args.shell > 0:
         raise ValueError(f"--shell must be a positive b-value (s/mm^2), got {args.shell:g}")
-    if args.source == "hcp" and not args.shell_tolerance >= 0:
+    if args.source in ("hcp", "bids") and not args.shell_tolerance >= 0:
         raise ValueError(f"--shell-tolerance must be >= 0, got {args.shell_tolerance:g}")
+    if args.source == "bids":
+        return _run_bids(args)
     if args.source == "hcp":
         from data_prep import hcp as mod
 
@@ -92,3 +125,34 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.input, subjects, args.output)
     return run_subjects(subjects, process, args.output, kind=kind, factor=args.factor, workers=args.workers,
                         overwrite=args.overwrite, desc=f"prep {args.source}")
+
+
+def _run_bids(args: argparse.Namespace) -> int:
+    import sys
+
+    from data_prep import bids
+    from data_prep.runner import check_output_folder, run_subjects
+
+    bids.check_dataset(args.input)
+    if args.mask_pattern:
+        bids.check_mask_pattern(args.mask_pattern)
+    found = bids.find_series(args.input, args.participant_label, args.session)
+    if found.no_dwi:
+        where = f" in session(s) {', '.join(args.session)}" if args.session else ""
+        print(f"prep bids: {len(found.no_dwi)} subject(s) without a dwi series{where}, skipped: "
+              f"{', '.join(found.no_dwi)}", file=sys.stderr)
+    if not found.series:
+        raise ValueError(f"{args.input}: no dwi series found in the selected subjects (expected "
+                         "sub-<label>/[ses-<label>/]dwi/sub-<label>[_ses-<label>]..._dwi.nii.gz)")
+    # Every subject folder, not just the selected ones: the output must not land in (or hold) any of them.
+    folders = sorted(p.name for p in args.input.glob("sub-*") if p.is_dir())
+    out = args.output.resolve()
+    if out.parent == args.input.resolve() and out.name.startswith("sub-"):
+        folders.append(out.name)  # it would be read as a subject folder by the next run
+    check_output_folder(args.input, folders, args.output)
+    series = {s.name: s for s in found.series}
+    process = functools.partial(bids.prep_series, series=series, input_dir=str(args.input),
+                                mask_pattern=args.mask_pattern, shell=args.shell, tolerance=args.shell_tolerance,
+                                factor=args.factor, pad=args.pad)
+    return run_subjects(list(series), process, args.output, kind="dti", factor=args.factor, workers=args.workers,
+                        overwrite=args.overwrite, desc="prep bids")
