@@ -94,7 +94,7 @@ def check_dataset(root: str | os.PathLike) -> dict:
 
 
 def parse_entities(stem: str) -> dict[str, str] | None:
-    """``"sub-02_ses-1_acq-b1000"`` -> ``{"sub": "02", "ses": "1", "acq": "b1000"}``; None if a part is not key-value."""
+    """``"sub-02_ses-1_acq-b1000"`` -> ``{"sub": "02", "ses": "1", "acq": "b1000"}``; None if not key-value."""
     if not stem:
         return {}
     parts = [ENTITY.match(p) for p in stem.split("_")]

@@ -304,3 +304,22 @@ def test_prep_bids_help_shows_the_layout(capsys):
     for part in ("dataset_description.json", "sub-<label>/[ses-<label>/]dwi/", "_dwi.bval", "--participant-label",
                  "--mask-pattern", "median_otsu", "OUTPUT/<subject>/hr.nii.gz"):
         assert part in text, part
+
+
+def test_output_overlapping_a_subject_folder_is_refused_and_derivatives_is_fine(tmp_path, small64d, oblique):
+    """The user's dataset is never written into: the root itself or a sub-* folder is refused as --output."""
+    import hashlib
+
+    root = tmp_path / "ds"
+    build_dataset(root, small64d, oblique)
+    digest = lambda: {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}  # noqa: E731
+    before = digest()
+    for out, how in ((root, "contains"), (root / "sub-01" / "prep", "lies inside"), (root / "sub-99", "is")):
+        code, err = run_cli(["prep", "bids", "--input", str(root), "--output", str(out)])
+        assert code == 2 and f"the output folder {how} the input subject folder" in err, err
+    assert digest() == before and not (root / "sub-99").exists()
+    # the BIDS-app place for outputs: a derivatives folder inside the dataset
+    out = root / "derivatives" / "medsr"
+    code, _ = run_cli(["prep", "bids", "--input", str(root), "--output", str(out), "--participant-label", "01"])
+    assert code == 0 and read_manifest(out / "manifest.csv")["subject"].tolist() == ["sub-01"]
+    assert {p: h for p, h in digest().items() if out not in p.parents} == before
