@@ -13,6 +13,7 @@ BENCHES: dict[str, str] = {
     "infer": "full-volume inference throughput and peak memory on an HCP-size volume",
     "prep": "HCP-size preprocessing: seconds and peak RSS per subject",
     "quality": "train configs at an equal budget and score held-out volumes against cubic",
+    "precision": "bf16 vs fp32: reversible inverse and gradient errors at depth, whole-volume inference difference",
 }
 
 
