@@ -35,12 +35,13 @@ import json
 import os
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from data_prep.hcp import CHUNK_VOXELS, prep_dwi
+from medsr.utils.paths import check_subject_name
 
 DWI_EXTENSIONS = (".nii.gz", ".nii")
 DWI_SUFFIX = "dwi"
@@ -159,6 +160,7 @@ def _series_in(root: Path, dwi_dir: Path, prefix: str) -> list[Series]:
             by_stem.setdefault(p.name[: -len(_dwi_ext(p.name))], []).append(p)
     out = []
     for stem, images in by_stem.items():
+        check_subject_name(stem, dwi_dir)  # the name becomes a folder and a manifest row (as prep hcp checks)
         image, error = images[0], ""
         entities = parse_entities(stem)
         bval = bvec = None
@@ -217,7 +219,14 @@ def find_series(root: str | os.PathLike, participants: list[str] | None = None,
     if wanted and wanted - seen:
         raise ValueError(f"{root}: no session folder(s) {', '.join('ses-' + x for x in sorted(wanted - seen))} "
                          "in the selected subjects (--session)")
-    return Dataset(series=sorted(series, key=lambda s: s.name), no_dwi=no_dwi)
+    by_name: dict[str, Series] = {}
+    for s in series:  # a misnamed file can claim another series' name: keep one row, failed, naming both
+        if s.name in by_name:
+            first = by_name[s.name]
+            s = replace(first, error=f"{first.data}: its series name {s.name} is also the name of {s.data}; "
+                                     "rename the misplaced file")
+        by_name[s.name] = s
+    return Dataset(series=sorted(by_name.values(), key=lambda s: s.name), no_dwi=no_dwi)
 
 
 def check_mask_pattern(pattern: str) -> list[str]:

@@ -200,13 +200,16 @@ def test_bids_output_trains_and_infers_with_the_hcp_commands(prepared, tmp_path,
 def test_broken_series_fail_alone_with_one_line_reasons(tmp_path, small64d, oblique):
     d, root = small64d, tmp_path / "ds"
     describe(root)
+    write_series(root, "sub-good/dwi", "sub-good", d["data"], oblique, d["bvals"], d["bvecs"])
     write_series(root, "sub-ok/dwi", "sub-ok", d["data"], oblique, d["bvals"], d["bvecs"])
     write_series(root, "sub-nobval/dwi", "sub-nobval", d["data"], oblique, None, d["bvecs"])
     write_series(root, "sub-nobvec/dwi", "sub-nobvec", d["data"], oblique, d["bvals"], None)
     write_series(root, "sub-vecs/dwi", "sub-vecs", d["data"], oblique, d["bvals"], d["bvecs"][:-1])
     write_series(root, "sub-3d/dwi", "sub-3d", d["data"][..., 0], oblique, d["bvals"], d["bvecs"])
     write_series(root, "sub-name/dwi", "sub-other", d["data"], oblique, d["bvals"], d["bvecs"])
+    write_series(root, "sub-x/dwi", "sub-ok", d["data"], oblique, d["bvals"], d["bvecs"])  # claims sub-ok's name
     cases = {
+        "sub-ok": "its series name sub-ok is also the name of",
         "sub-nobval": "sub-nobval/dwi/sub-nobval_dwi.bval: file not found",
         "sub-nobvec": "sub-nobvec/dwi/sub-nobvec_dwi.bvec: file not found",
         "sub-vecs": "sub-vecs/dwi/sub-vecs_dwi.bvec: has 64 vectors but sub-vecs_dwi.bval has 65 values",
@@ -216,7 +219,8 @@ def test_broken_series_fail_alone_with_one_line_reasons(tmp_path, small64d, obli
     code, err = run_cli(["prep", "bids", "--input", str(root), "--output", str(tmp_path / "out"), "--workers", "2"])
     assert code == 1
     df = read_manifest_raw(tmp_path / "out" / "manifest.csv").set_index("subject")
-    assert df.loc["sub-ok", "status"] == "ok"
+    assert df.index.tolist() == sorted(["sub-good", *cases])  # one row per series name
+    assert df.loc["sub-good", "status"] == "ok" and (tmp_path / "out" / "sub-good" / "hr.nii.gz").is_file()
     for name, problem in cases.items():
         msg = df.loc[name, "error"]
         assert df.loc[name, "status"] == "failed" and msg.startswith(f"subject {name}: ") and problem in msg, msg
@@ -323,3 +327,26 @@ def test_output_overlapping_a_subject_folder_is_refused_and_derivatives_is_fine(
     code, _ = run_cli(["prep", "bids", "--input", str(root), "--output", str(out), "--participant-label", "01"])
     assert code == 0 and read_manifest(out / "manifest.csv")["subject"].tolist() == ["sub-01"]
     assert {p: h for p, h in digest().items() if out not in p.parents} == before
+
+
+def test_gradient_files_follow_the_inheritance_principle(tmp_path):
+    """Next to the image wins; else the nearest folder up with one applicable file; two in one folder fail."""
+    from data_prep.bids import find_sidecar
+
+    root = tmp_path
+    image = root / "sub-02" / "ses-1" / "dwi" / "sub-02_ses-1_acq-hi_run-1_dwi.nii.gz"
+    image.parent.mkdir(parents=True)
+    ents = {"sub": "02", "ses": "1", "acq": "hi", "run": "1"}
+    touch = lambda rel: (root / rel).write_text("0")  # noqa: E731
+    assert find_sidecar(root, image, ents, "bval") is None
+    touch("dwi.bval")
+    assert find_sidecar(root, image, ents, "bval") == root / "dwi.bval"
+    touch("acq-lo_dwi.bval")  # does not apply (acq differs)
+    touch("sub-02/sub-02_acq-hi_dwi.bval")  # nearer: wins over the dataset-level file
+    assert find_sidecar(root, image, ents, "bval") == root / "sub-02" / "sub-02_acq-hi_dwi.bval"
+    touch("sub-02/ses-1/dwi/sub-02_ses-1_acq-hi_run-1_dwi.bval")  # named like the image: wins
+    assert find_sidecar(root, image, ents, "bval") == image.parent / "sub-02_ses-1_acq-hi_run-1_dwi.bval"
+    touch("sub-02/sub-02_dwi.bvec")
+    touch("sub-02/sub-02_run-1_dwi.bvec")
+    with pytest.raises(ValueError, match=r"2 \.bvec files in .*sub-02 apply to sub-02_ses-1_acq-hi_run-1_dwi"):
+        find_sidecar(root, image, ents, "bvec")
