@@ -18,11 +18,13 @@ computed from the mean b0 by dipy's ``median_otsu`` (dipy's defaults: median rad
 as the prepared ``mask.nii.gz`` like any other mask. The DTI fit is :func:`data_prep.hcp.prep_dwi`, the one
 ``medsr prep hcp`` uses, so the outputs and manifest are identical in kind.
 
-Why a glob and not pybids or bids2table: medsr needs one query (the dwi images and their gradient files).
-pybids answers it after indexing every file of the dataset into an SQLite database and brings SQLAlchemy,
-formulaic and bids-validator with it; bids2table builds a pyarrow table of every file. Two globs plus the
-inheritance rule for ``.bval``/``.bvec`` are the small functions below (tested in
-``tests/test_prep_bids.py``), need no new dependency, and report a malformed series by its file name.
+Why a glob and not pybids or bids2table (neither is installed with medsr): medsr needs one query, the dwi
+images and their gradient files. pybids answers it after indexing every file of the dataset into an SQLAlchemy
+(SQLite) database, and its pyproject adds SQLAlchemy, formulaic, bids-validator, bidsschematools, num2words,
+click, universal_pathlib and frozendict; bids2table needs Python >= 3.11 (medsr supports 3.10), pyarrow and
+bidsschematools, and tables every file. Two globs plus the inheritance rule for ``.bval``/``.bvec`` are the
+small functions below (tested in ``tests/test_prep_bids.py``), add no dependency, and report a malformed
+series by its file name instead of leaving it out of a query.
 
 Conventions of BIDS apps kept: ``--participant-label 01 02`` without the ``sub-`` prefix (a prefix is
 accepted too), ``--session`` likewise; subjects without a dwi series are skipped and listed, not failed;
