@@ -78,6 +78,7 @@ def evaluate_manifest(
     figures: str | Path | None = None,
     subjects: Sequence[str] | None = None,
     quiet: bool = False,
+    overwrite_figures: bool = True,
 ) -> pd.DataFrame:
     """Score a model's predictions and the baselines on every ``ok`` subject of a manifest.
 
@@ -86,8 +87,10 @@ def evaluate_manifest(
         predictions: folder of ``<subject>.nii.gz``; ``None`` scores the baselines only.
         model_name: the model column's value (default: the predictions folder's name).
         baselines: any of ``nn``, ``linear``, ``cubic``.
-        figures: write ``<figures>/<subject>.png`` (:func:`medsr.report.subject_figure`).
+        figures: write each subject's figures into this folder (:func:`medsr.figures.subject_figures`:
+            ``<subject>_{md,fa,colour_fa}.png`` for DTI, ``<subject>_intensity.png`` for scalar images).
         subjects: only these manifest subjects (e.g. the test split); default every ``ok`` subject.
+        overwrite_figures: replace existing figures (else FileExistsError before any scoring).
 
     Returns:
         DataFrame, one row per (model, subject), columns ``model, subject`` + metrics.
@@ -103,8 +106,13 @@ def evaluate_manifest(
     df = select_subjects(df, subjects, manifest)
     subjects = [str(s) for s in df["subject"]]
     if figures:
-        for s in subjects:  # before minutes of scoring: no figure may land outside its folder
-            inside(figures, Path(figures) / f"{s}.png", "figure")
+        from medsr.figures import figure_paths
+
+        for _, r in df.iterrows():  # before minutes of scoring: no figure may land outside its folder
+            for p in figure_paths(figures, str(r["subject"]), str(r["kind"]) or None):
+                inside(figures, p, "figure")
+                if p.exists() and not overwrite_figures:
+                    raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
     preds = prediction_paths(subjects, predictions) if predictions is not None else {}
     name = model_name or (Path(predictions).resolve().name if predictions is not None else "")
     if name in baselines:
@@ -127,14 +135,10 @@ def evaluate_manifest(
             metrics = evaluate_volumes(vol, hr, mask, kind=kind, mask_name=str(r["mask"]))
             rows.append({"model": model, "subject": subject, **metrics})
         if figures:
-            from medsr.report import subject_figure
+            from medsr.figures import subject_figures
 
-            lr_up = dict(scored).get("nn")  # the nn baseline already is the NN-upsampled input
-            if lr_up is None:
-                lr_up = upsample(lr, factor, "nn", out_shape=hr.spatial_shape)
-            shown = [(m, v) for m, v in scored if m != "nn"]  # the LR input column already is NN
-            subject_figure(Path(figures) / f"{subject}.png", hr=hr, mask=mask, predictions=shown,
-                           lr_up=lr_up, kind=kind, title=f"subject {subject}")
+            subject_figures(figures, subject, hr=hr, mask=mask, methods=scored, lr=lr, kind=kind,
+                            overwrite=overwrite_figures)
     out = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate([name, *baselines])}
     out["_o"] = out["model"].map(order)

@@ -32,13 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=None, help="model column value (default: predictions folder name)")
     parser.add_argument("--subjects", nargs="+", default=None, metavar="ID",
                         help="manifest form: only these subjects (e.g. the test split)")
-    parser.add_argument("--figures", default=None, help="also write <subject>.png figures to this folder")
+    parser.add_argument("--figures", default=None,
+                        help="also write figures to this folder (as 'medsr report' draws them): "
+                             "<subject>_{md,fa,colour_fa}.png for DTI, <subject>_intensity.png for scalar images")
     parser.add_argument("--pred", help="single-volume form: the prediction")
     parser.add_argument("--target", help="single-volume form: the HR truth")
     parser.add_argument("--mask", help="single-volume form: the brain mask")
     parser.add_argument("--kind", choices=["dti", "scalar"], default=None,
                         help="single-volume form: dti adds MD/FA errors (default: dti when 6 channels)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing CSV files")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing CSV files and figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("give --csv (and/or --figures) for the results")
         df = evaluate_manifest(args.manifest, args.predictions, model_name=args.model_name,
                                baselines=baselines, figures=args.figures, subjects=args.subjects,
-                               quiet=args.quiet)
+                               quiet=args.quiet, overwrite_figures=args.overwrite)
     if args.csv:
         csv, summ = write_results(df, args.csv, overwrite=args.overwrite)
     print(format_summary(summarise(df)))

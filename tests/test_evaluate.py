@@ -85,10 +85,11 @@ def test_evaluate_manifest_model_vs_baselines(prepped, tmp_path, capsys) -> None
     assert summ.set_index("model").loc["cubic", "rmse_total_std"] == pytest.approx(sub.std(ddof=1), rel=1e-4)
     out = capsys.readouterr().out
     assert "rmse_interior" in out and "±" in out and "cubic" in out
-    # Figures: one real PNG per subject.
+    # Figures: one real PNG per subject and DTI quantity.
     for s in ("sub01", "sub02"):
-        png = (tmp_path / "figs" / f"{s}.png").read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+        for q in ("md", "fa", "colour_fa"):
+            png = (tmp_path / "figs" / f"{s}_{q}.png").read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # Existing CSV refused without --overwrite.
     assert main(["evaluate", "--manifest", str(prepped), "--predictions", str(preds), "--csv", str(csv), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -116,7 +117,7 @@ def test_report_cli(prepped, tmp_path) -> None:
     preds = _predictions(prepped, tmp_path / "m")
     assert main(["report", "--manifest", str(prepped), "--predictions", str(preds), "--output", str(tmp_path / "r"),
                  "--subjects", "sub02"]) == 0
-    assert [p.name for p in (tmp_path / "r").iterdir()] == ["sub02.png"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["sub02_colour_fa.png", "sub02_fa.png", "sub02_md.png"]
 
 
 def _err(capsys) -> str:
@@ -174,15 +175,16 @@ def test_bad_inputs_give_one_line_errors_and_no_csv(prepped, tmp_path, capsys, o
 
 
 def test_scalar_figure_without_lr_column(tmp_path, oblique) -> None:
-    from medsr.report import display_map, subject_figure
+    from medsr.figures import subject_figures
+    from medsr.figures.maps import intensity
 
     t1 = Volume(np.random.rand(1, 16, 18, 14).astype(np.float32), oblique, name="t1")
-    assert np.array_equal(display_map(t1), t1.data[0])  # scalar: the intensity itself
+    assert np.array_equal(intensity(t1.data), t1.data[0])  # scalar: the intensity itself
     mask = np.zeros((16, 18, 14), bool)
     mask[3:-3, 3:-3, 3:-3] = True
-    png = subject_figure(tmp_path / "t1.png", hr=t1, mask=mask, predictions=[("noisy", t1.with_data(t1.data + 0.1))])
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    (png,) = subject_figures(tmp_path, "t1", hr=t1, mask=mask, methods=[("noisy", t1.with_data(t1.data + 0.1))])
+    assert png.name == "t1_intensity.png" and png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="bad: noisy shape"):
-        subject_figure(tmp_path / "x.png", hr=t1, mask=mask,
-                       predictions=[("noisy", Volume(np.zeros((1, 4, 4, 4)), oblique, name="bad"))])
-    assert not (tmp_path / "x.png").exists()
+        subject_figures(tmp_path / "x", "t1", hr=t1, mask=mask,
+                        methods=[("noisy", Volume(np.zeros((1, 4, 4, 4)), oblique, name="bad"))])
+    assert not (tmp_path / "x").exists()

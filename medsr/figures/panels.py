@@ -34,9 +34,7 @@ def cmap_with_bad(name: str, bad: str):
     """A copy of colour map ``name`` drawing NaN (outside the mask) in ``bad``."""
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad(bad)
-    return cmap
+    return matplotlib.colormaps[name].with_extremes(bad=bad)
 
 
 def show(ax: Any, img: np.ndarray, extent: Sequence[float], *, cmap: Any = None, vmin: float | None = None,
