@@ -47,6 +47,8 @@ class DataConfig:
             ``shared`` (both by the target's: an interpolation of the input is then already in the
             target's units, which residual models over an interpolation base rely on).
         flip: random axis flips as augmentation (DTI off-diagonal signs are flipped accordingly).
+        permute: random axis permutations as augmentation (isotropic voxels only; DTI components
+            are reordered accordingly). With ``flip``: the 48 symmetries of the cube.
         num_workers: DataLoader worker processes (0 = in the training process).
     """
 
@@ -65,6 +67,7 @@ class DataConfig:
     normalise: bool = True
     norm_stats: str = "separate"
     flip: bool = False
+    permute: bool = False
     num_workers: int = 0
 
 

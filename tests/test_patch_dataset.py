@@ -1,4 +1,4 @@
-"""Brain-patch dataset, resumable sampler and DTI-aware flips."""
+"""Brain-patch dataset, resumable sampler and DTI-aware flips and axis permutations."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -9,7 +9,7 @@ import torch
 
 from medsr.config import load_config
 from medsr.data import build_dataset
-from medsr.data.augment import flip_normalised, flip_volume
+from medsr.data.augment import PERMUTATIONS, flip_normalised, flip_volume, symmetry_normalised
 from medsr.data.patch_dataset import load_subjects
 from medsr.data.sampler import EpochBatchSampler
 from medsr.data.synthetic import make_prepared_dataset
@@ -146,12 +146,75 @@ def test_dti_flip_equals_the_physically_reflected_field(axes):
 def test_dataset_flip_augmentation_uses_signed_flips(manifest):
     td = build_dataset(_cfg(manifest, flip=True), SINGLE)
     ds = td.dataset
-    seeds = [s for s in range(200) if ds._bits(s) == 0b001][:1]  # a seed that flips x only
+    seeds = [s for s in range(200) if ds._symmetry(s) == ((0, 1, 2), (0,))][:1]  # a seed that flips x only
     si, o = ds.position(3, seeds[0])
     sample = ds[(3, 3, seeds[0], seeds[0])]
     raw = td.norm["y"].denormalise(ds.subjects[si].y)[:, o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8]
     np.testing.assert_allclose(td.norm["y"].denormalise(sample["y"].numpy()), flip_volume(raw, (0,), True),
                                rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("perm", PERMUTATIONS[1:])
+@pytest.mark.parametrize("axes", [(), (1,), (0, 2)])
+def test_dti_axis_permutation_equals_the_physically_rotated_field(perm, axes):
+    shape = (5, 6, 7)
+    d = _field(shape)
+    vol6 = matrix_to_tensor6(np.moveaxis(d, (0, 1), (-2, -1))).astype(np.float32)
+    # New axis i is old axis perm[i] (Q = F P, P[i, perm[i]] = 1), then the flips F: the tensor
+    # found at the moved position is Q D Q^T.
+    q = np.diag([(-1.0 if a in axes else 1.0) for a in range(3)]) @ np.eye(3)[list(perm)]
+    moved = np.transpose(d, (0, 1) + tuple(p + 2 for p in perm))
+    moved = np.flip(moved, axis=tuple(a + 2 for a in axes)) if axes else moved
+    expected = np.einsum("ia,ab...,jb->ij...", q, moved, q)
+    mean, std = vol6.mean((1, 2, 3)), vol6.std((1, 2, 3))
+    norm = (vol6 - mean[:, None, None, None]) / std[:, None, None, None]
+    got = symmetry_normalised(norm, perm, axes, True, mean, std) * std[:, None, None, None] + mean[:, None, None, None]
+    got_m = np.moveaxis(tensor6_to_matrix(got), (-2, -1), (0, 1))
+    np.testing.assert_allclose(got_m, expected, rtol=1e-4, atol=1e-4)
+    # A plain transpose moves the tensors but leaves their orientation (and so FA's direction) wrong.
+    plain = np.transpose(vol6, (0,) + tuple(p + 1 for p in perm))
+    assert not np.allclose(np.moveaxis(tensor6_to_matrix(flip_volume(plain, axes, True)), (-2, -1), (0, 1)),
+                           expected, atol=1e-3)
+
+
+def test_dataset_permute_moves_input_target_and_mask_together(manifest):
+    cfg = load_config({"data": {"manifest": str(manifest), "patch_size": 8, "flip": True, "permute": True},
+                       "train": {"batch_size": 2, "loss_region": "brain"}})
+    td = build_dataset(cfg, SINGLE)
+    ds = td.dataset
+    assert len({ds._symmetry(s) for s in range(400)}) == 48  # every symmetry of the cube is drawn
+    seed = next(s for s in range(400) if ds._symmetry(s) == ((2, 0, 1), (1,)))
+    si, o = ds.position(3, seed)
+    sample = ds[(3, 3, seed, seed)]
+    sub = ds.subjects[si]
+    sl = (slice(None),) + tuple(slice(int(a), int(a) + 8) for a in o)
+    for key in ("x", "y"):
+        stats = td.norm[key]
+        raw = stats.denormalise(getattr(sub, key)[sl])
+        # Written out by hand, independently of augment.py: (x', y', z') = (z, x, y), so
+        # Dx'x' = Dzz, Dx'y' = Dzx, Dx'z' = Dzy, Dy'y' = Dxx, Dy'z' = Dxy, Dz'z' = Dyy; then the
+        # y' flip mirrors the patch and negates Dx'y' and Dy'z'.
+        want = np.transpose(raw, (0, 3, 1, 2))[[5, 2, 4, 0, 1, 3]]
+        want = np.flip(want, axis=2).copy()
+        want[[1, 4]] *= -1
+        np.testing.assert_allclose(stats.denormalise(sample[key].numpy()), want, rtol=1e-4, atol=1e-9)
+    mask = np.flip(np.transpose(sub.mask[sl[1:]], (2, 0, 1)), 1)
+    np.testing.assert_array_equal(sample["mask"][0].numpy(), mask.astype(np.float32))
+    # A patch is a pure function of its item: resume stays bit-exact.
+    np.testing.assert_array_equal(ds[(3, 3, seed, seed)]["y"].numpy(), sample["y"].numpy())
+
+
+def test_permute_refuses_anisotropic_voxels(tmp_path):
+    import nibabel as nib
+
+    m = make_prepared_dataset(tmp_path, 1, (16, 16, 16), "scalar", patch_size=8)
+    for f in ("hr", "lr_up", "mask"):
+        path = tmp_path / "sub00" / f"{f}.nii.gz"
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    with pytest.raises(ValueError, match=r"data\.permute.*sub00.*anisotropic"):
+        build_dataset(_cfg(m, permute=True), SINGLE)
+    build_dataset(_cfg(m, permute=False), SINGLE)  # without permute the same data is fine
 
 
 def test_bad_inputs_are_named(manifest, tmp_path):

@@ -9,6 +9,12 @@ each off-diagonal ``D_ab`` with exactly one index equal to the flipped axis chan
 A plain array flip moves the tensors but skips the sign change, which corrupts their
 orientation (tested in tests/test_patch_dataset.py). The tensors are assumed to be expressed
 in the voxel frame (what dtifit/dipy return when fitted with FSL-convention bvecs).
+
+Permuting the voxel axes (``data.permute``) is the rotation/reflection ``Q`` that maps new axis
+``i`` to old axis ``perm[i]``; every tensor becomes ``Q D Q^T``, i.e. new component ``D_ij`` is the
+old ``D_perm[i],perm[j]``: a reordering of the six channels (no sign change). With flips, the
+48 symmetries of the cube: each is as likely a view of a brain-like texture as the original, so
+a few training subjects give the network 48x the local anatomy (docs/quality.md).
 """
 from __future__ import annotations
 
@@ -16,6 +22,17 @@ import numpy as np
 
 # FSL order Dxx, Dxy, Dxz, Dyy, Dyz, Dzz: the components whose sign a flip of each axis negates.
 DTI_FLIP_SIGNS: dict[int, tuple[int, ...]] = {0: (1, 2), 1: (1, 4), 2: (2, 4)}
+
+
+# FSL order: the channel of the tensor component (a, b).
+_DTI_INDEX = {(0, 0): 0, (0, 1): 1, (0, 2): 2, (1, 1): 3, (1, 2): 4, (2, 2): 5}
+_DTI_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+PERMUTATIONS: tuple[tuple[int, int, int], ...] = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def permute_channel_order(perm: tuple[int, ...]) -> list[int]:
+    """Old channel feeding each new DTI channel after moving voxel axis ``perm[i]`` to axis ``i``."""
+    return [_DTI_INDEX[tuple(sorted((perm[a], perm[b])))] for a, b in _DTI_PAIRS]
 
 
 def flip_sign_vector(axes: tuple[int, ...], channels: int = 6) -> np.ndarray:
@@ -58,3 +75,27 @@ def flip_normalised(data: np.ndarray, axes: tuple[int, ...], dti: bool, mean: np
         s = np.asarray(std, dtype=np.float32)[neg].reshape(-1, 1, 1, 1)
         out[neg] = -out[neg] - 2.0 * m / s
     return out
+
+
+def symmetry_normalised(data: np.ndarray, perm: tuple[int, ...], axes: tuple[int, ...], dti: bool,
+                        mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Permute the spatial axes of a normalised (C, X, Y, Z) array (new axis i = old ``perm[i]``), then flip ``axes``.
+
+    DTI channels are reordered with the axes (and the flip signs applied after). Channels are
+    normalised with different statistics, so a reordering goes through raw values.
+    """
+    if tuple(perm) == (0, 1, 2):
+        return flip_normalised(data, axes, dti, mean, std)
+    out = np.transpose(data, (0,) + tuple(p + 1 for p in perm))
+    if dti:
+        m = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1, 1)
+        s = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1, 1)
+        order = permute_channel_order(tuple(perm))
+        out = ((out[order] * s[order] + m[order]) - m) / s
+    return flip_normalised(out, axes, dti, mean, std)
+
+
+def symmetry_mask(mask: np.ndarray, perm: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray:
+    """The (X, Y, Z) mask moved as :func:`symmetry_normalised` moves the data."""
+    out = np.transpose(mask, perm)
+    return np.flip(out, axis=axes) if axes else out

@@ -19,11 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsr.data.augment import flip_axes_from_bits, flip_normalised
+from medsr.data.augment import PERMUTATIONS, flip_axes_from_bits, symmetry_mask, symmetry_normalised
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
 from medsr.normalise import ChannelStats, brain_stats
 from medsr.patches import brain_patch_origins
+
+
+# (axis permutation, flipped axes) applied to a patch.
+Symmetry = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 @dataclass
@@ -101,8 +105,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Items come from :class:`EpochBatchSampler`: ``(ix, iy, seed_x, seed_y)``. Item indices below
     ``n_grid`` are brain-grid patches; the next ``random_per_subject * n_subjects`` are random
-    positions, drawn from the item's seed. With ``flip`` a seed also picks axis flips (DTI signs
-    corrected).
+    positions, drawn from the item's seed. With ``flip`` a seed also picks axis flips, with
+    ``permute`` an axis permutation (DTI components moved and signs corrected accordingly).
 
     Args:
         subjects: normalised subjects.
@@ -112,6 +116,7 @@ class PatchDataset(torch.utils.data.Dataset):
         random_per_subject: random positions per subject per epoch.
         min_fraction: minimum brain fraction of a kept patch.
         flip: random flip augmentation.
+        permute: random axis permutation augmentation (for isotropic voxels).
         dti: the channels are FSL-ordered tensors (flips change off-diagonal signs).
         norm_x, norm_y: statistics the subjects were normalised with (needed by DTI flips).
         align: patch origins are multiples of this (``data.factor``), so every patch starts on an LR
@@ -126,13 +131,15 @@ class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, subjects: list[Subject], patch_size: int = 24, stride: int | None = None,
                  sampling: str = "grid", random_per_subject: int = 0, min_fraction: float = 0.01,
                  flip: bool = False, dti: bool = False, norm_x: ChannelStats | None = None,
-                 norm_y: ChannelStats | None = None, align: int = 1, with_mask: bool = False) -> None:
+                 norm_y: ChannelStats | None = None, align: int = 1, with_mask: bool = False,
+                 permute: bool = False) -> None:
         self.subjects = subjects
         self.with_mask = bool(with_mask)
         self.align = max(int(align), 1)
         self.size = int(patch_size)
         self.min_fraction = float(min_fraction)
         self.flip = bool(flip)
+        self.permute = bool(permute)
         self.dti = bool(dti)
         c = subjects[0].x.shape[0]
         self.norm_x = norm_x or ChannelStats.identity(c)
@@ -188,39 +195,39 @@ class PatchDataset(torch.utils.data.Dataset):
             best = origin if best is None else best
         return si, best  # type: ignore[return-value]
 
-    def _patch(self, vol: np.ndarray, origin: np.ndarray, bits: int, stats: ChannelStats) -> torch.Tensor:
+    def _patch(self, vol: np.ndarray, origin: np.ndarray, sym: Symmetry, stats: ChannelStats) -> torch.Tensor:
         s = self.size
         o = origin
         patch = vol[:, o[0]:o[0] + s, o[1]:o[1] + s, o[2]:o[2] + s]
-        axes = flip_axes_from_bits(bits)
-        if axes:
-            patch = flip_normalised(patch, axes, self.dti, np.asarray(stats.mean), np.asarray(stats.std))
+        perm, axes = sym
+        if axes or perm != PERMUTATIONS[0]:
+            patch = symmetry_normalised(patch, perm, axes, self.dti, np.asarray(stats.mean), np.asarray(stats.std))
         return torch.from_numpy(np.ascontiguousarray(patch))
 
-    def _bits(self, seed: int) -> int:
-        return int(np.random.default_rng([seed, 2]).integers(0, 8)) if self.flip else 0
+    def _symmetry(self, seed: int) -> Symmetry:
+        """(axis permutation, flipped axes) of an item, a pure function of its seed."""
+        bits = int(np.random.default_rng([seed, 2]).integers(0, 8)) if self.flip else 0
+        perm = PERMUTATIONS[int(np.random.default_rng([seed, 3]).integers(0, 6))] if self.permute else PERMUTATIONS[0]
+        return perm, flip_axes_from_bits(bits)
 
     def __getitem__(self, item: Item) -> dict[str, torch.Tensor]:
         if isinstance(item, (int, np.integer)):
             item = (int(item), int(item), 0, 0)
         ix, iy, sx, sy = item
         si, ox = self.position(ix, sx)
-        x = self._patch(self.subjects[si].x, ox, self._bits(sx), self.norm_x)
+        x = self._patch(self.subjects[si].x, ox, self._symmetry(sx), self.norm_x)
         if ix == iy and sx == sy:
-            y = self._patch(self.subjects[si].y, ox, self._bits(sx), self.norm_y)
+            y = self._patch(self.subjects[si].y, ox, self._symmetry(sx), self.norm_y)
             if self.with_mask:
-                return {"x": x, "y": y, "mask": self._mask_patch(si, ox, self._bits(sx))}
+                return {"x": x, "y": y, "mask": self._mask_patch(si, ox, self._symmetry(sx))}
         else:
             sj, oy = self.position(iy, sy)
-            y = self._patch(self.subjects[sj].y, oy, self._bits(sy), self.norm_y)
+            y = self._patch(self.subjects[sj].y, oy, self._symmetry(sy), self.norm_y)
         return {"x": x, "y": y}
 
-    def _mask_patch(self, si: int, origin: np.ndarray, bits: int) -> torch.Tensor:
+    def _mask_patch(self, si: int, origin: np.ndarray, sym: Symmetry) -> torch.Tensor:
         s, o = self.size, origin
-        m = self.subjects[si].mask[o[0]:o[0] + s, o[1]:o[1] + s, o[2]:o[2] + s]
-        axes = flip_axes_from_bits(bits)
-        if axes:
-            m = np.flip(m, axis=axes)
+        m = symmetry_mask(self.subjects[si].mask[o[0]:o[0] + s, o[1]:o[1] + s, o[2]:o[2] + s], *sym)
         return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None])
 
 
@@ -261,6 +268,12 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
         raise ValueError("config key 'data.manifest' is required for data.type 'patches3d' (a manifest.csv from 'medsr prep')")
     subjects, info = load_subjects(d.manifest, d.subjects)
     c = info["channels"]
+    if d.permute:
+        for s in subjects:  # a permuted patch of anisotropic voxels would show anatomy at a wrong scale
+            vox = np.linalg.norm(s.affine[:3, :3], axis=0)
+            if vox.max() > 1.05 * vox.min():
+                raise ValueError(f"config key 'data.permute': subject {s.name} has anisotropic voxels "
+                                 f"({' x '.join(f'{v:.3g}' for v in vox)} mm); permute only isotropic data")
     if d.normalise:
         norm_y = brain_stats((s.y, s.mask) for s in subjects)
         norm_x = norm_y if d.norm_stats == "shared" else brain_stats((s.x, s.mask) for s in subjects)
@@ -272,7 +285,7 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     dataset = PatchDataset(
         subjects, d.patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
         d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=int(info["factor"]),
-        with_mask=cfg.train.loss_region == "brain",
+        with_mask=cfg.train.loss_region == "brain", permute=d.permute,
     )
     sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired")
