@@ -244,28 +244,15 @@ class Trainer:
         """Save the data's preview (input, output, target) as ``samples/<name>.png`` (rank 0)."""
         if not (self.dist.is_main and self.cfg.train.samples and self.data.preview is not None):
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from medsr.figures.preview import preview_figure
 
         self.generator.eval()
         try:
             panels = self.data.preview(self.generator, self.device)
         finally:
             self.generator.train()
-        lo = min(float(np.min(p)) for _, p in panels)
-        hi = max(float(np.max(p)) for _, p in panels)
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-        for ax, (title, img) in zip(np.atleast_1d(axes), panels):
-            ax.imshow(np.rot90(img), cmap="gray", vmin=lo, vmax=hi)  # rot90: anterior up in RAS-ish grids
-            ax.set_title(title)
-            ax.axis("off")
-        fig.suptitle(f"{self.cfg.train.mode} step {self.step}")
-        path = self.run_dir / "samples" / f"{name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=80)
-        plt.close(fig)
+        path = preview_figure(self.run_dir / "samples" / f"{name}.png", panels,
+                              title=f"{self.cfg.train.mode} step {self.step}")
         return path
 
     # ------------------------------------------------------------------ loop
