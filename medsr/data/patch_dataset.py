@@ -253,9 +253,16 @@ def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind:
         xin = norm_x.denormalise(subject.x[sl])
         yhr = norm_y.denormalise(subject.y[sl])
         yout = norm_y.denormalise(out)
-        what = " (MD)" if kind == "dti" and subject.x.shape[0] == 6 else ""
-        return [(f"LR input{what}", scalar(xin)[:, :, z]), (f"output{what}", scalar(yout)[:, :, z]),
-                (f"HR{what}", scalar(yhr)[:, :, z])]
+        # "name: quantity (unit)" titles: medsr.figures.preview puts the quantity on the colour bar.
+        scale, what = 1.0, "intensity (image units)"
+        if kind == "dti" and subject.x.shape[0] == 6:
+            from medsr.figures.maps import md_units
+
+            md = scalar(yhr)
+            scale, unit = md_units(float(np.median(md[md != 0])) if (md != 0).any() else 0.0)
+            what = f"MD ({unit})"
+        return [(f"LR input: {what}", scale * scalar(xin)[:, :, z]), (f"output: {what}", scale * scalar(yout)[:, :, z]),
+                (f"HR: {what}", scale * scalar(yhr)[:, :, z])]
 
     return preview
 
