@@ -144,75 +144,36 @@ def load_demo_config(path: str | Path, manifest: Path, run_dir: Path, train_subj
 
 
 def _phantom_figure(subject_dir: Path, path: Path) -> Path:
-    """b0, truth MD, truth FA and tissue labels of one phantom subject (axial slices through the centre)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """b0, true MD, true FA and tissue labels (with their legend) of one phantom subject."""
     import nibabel as nib
 
-    from data_prep.phantom import fa_md
-    from medsr.utils.atomic import atomic_path
+    from data_prep.phantom import LABELS
+    from medsr.figures.phantom import labels_figure
 
     dwi = nib.load(subject_dir / "T1w" / "Diffusion" / "data.nii.gz")
-    tensor = np.asarray(nib.load(subject_dir / "phantom" / "tensor.nii.gz").dataobj, dtype=np.float32)
+    tensor = nib.load(subject_dir / "phantom" / "tensor.nii.gz")
     labels = np.asarray(nib.load(subject_dir / "phantom" / "labels.nii.gz").dataobj)
-    z = int(np.argwhere(labels > 0)[:, 2].mean())
-    b0 = np.asarray(dwi.dataobj[:, :, z, 0], dtype=np.float32)
-    fa, md = fa_md(tensor[:, :, z])
-    panels = [("b0 (DWI volume 0)", b0, "gray", None), ("truth MD (1e-3 mm^2/s)", md * 1e3, "gray", 3.0),
-              ("truth FA", fa, "gray", 0.8), ("labels 1-7: CSF GM WM tract scalp deepGM crossing", labels[:, :, z], "tab10", 9)]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
-    for ax, (title, img, cmap, vmax) in zip(axes, panels):
-        im = ax.imshow(np.rot90(img), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-        if cmap == "gray":
-            fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"phantom {subject_dir.name}: axial slice {z} (voxel grid)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    t = np.moveaxis(np.asarray(tensor.dataobj, dtype=np.float32), -1, 0)
+    b0 = np.asarray(dwi.dataobj[..., 0], dtype=np.float32)
+    return labels_figure(path, b0=b0, tensor=t, labels=labels, label_names=LABELS, affine=dwi.affine,
+                         voxel_size=tuple(float(z) for z in dwi.header.get_zooms()[:3]),
+                         title=f"phantom {subject_dir.name}: axial slice through the brain (RAS display)")
 
 
 def _components_figure(row: Any, prediction: Path, path: Path, label: str = "model") -> Path:
-    """The six tensor components (rows) of LR input, cubic, the model and the HR target (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The six tensor components of LR input, truth, the model and cubic (medsr.figures.tensors)."""
     from medsr.baselines import upsample
-    from medsr.dti import FSL_ORDER
+    from medsr.figures.tensors import tensor_components_figure
     from medsr.io import load_mask, load_volume
-    from medsr.utils.atomic import atomic_path
 
     hr = load_volume(row["hr"])
     mask = load_mask(row["mask"], like=hr)
     lr = load_volume(row["lr"])
-    cols = [("LR input (NN)", load_volume(row["lr_up"]).data),
-            ("cubic spline", upsample(lr, int(row["factor"]), "cubic", out_shape=hr.spatial_shape).data),
-            (label, load_volume(prediction).data), ("HR target", hr.data)]
-    z = int(np.argwhere(mask)[:, 2].mean())
-    fig, axes = plt.subplots(6, 4, figsize=(9, 13))
-    for c in range(6):
-        vals = hr.data[c][mask]
-        lo, hi = np.percentile(vals, [1, 99]) if vals.size else (0, 1)
-        for j, (title, data) in enumerate(cols):
-            ax = axes[c, j]
-            ax.imshow(np.rot90(np.where(mask[:, :, z], data[c, :, :, z], 0)), cmap="gray", vmin=lo, vmax=hi)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_title(title, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(FSL_ORDER[c])
-    fig.suptitle(f"tensor components, subject {row['subject']}, axial slice {z}")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    cubic = upsample(lr, int(row["factor"]), "cubic", out_shape=hr.spatial_shape)
+    return tensor_components_figure(path, hr=hr, mask=mask, lr=lr, methods=[(label, load_volume(prediction)),
+                                                                          ("cubic", cubic)],
+                                    title=f"tensor components, subject {row['subject']}, axial slice "
+                                          "through the brain's centre")
 
 
 SHOWN = ("rmse_interior", "rmse_total", "psnr", "ssim", "md_rmse", "fa_rmse")

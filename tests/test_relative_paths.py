@@ -52,7 +52,7 @@ def test_pipeline_with_relative_paths_from_other_working_directories(tmp_path, m
     assert sorted(pd.read_csv("eval.csv")["model"]) == ["cubic", "linear", "nn", "pred"]
     assert main(["report", "--manifest", manifest, "--predictions", "../work/pred", "--output", "figs",
                  "--subjects", "phantom03"]) == 0
-    assert (tmp_path / "elsewhere" / "figs" / "phantom03.png").is_file()
+    assert (tmp_path / "elsewhere" / "figs" / "phantom03_md.png").is_file()
 
 
 def test_prep_repairs_a_manifest_with_paths_relative_to_the_old_working_directory(tmp_path, monkeypatch):
