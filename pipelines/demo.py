@@ -10,7 +10,8 @@ faithful miniature of a real HCP study. Layout of ``OUTPUT``::
     run/{last.pt,log.csv,config.yaml}        the training run
     predictions/<test subject>.nii.gz        the model's full-volume output (HR grid)
     evaluation.csv, evaluation_summary.csv   model vs nn / linear / cubic on the held-out subject
-    figures/<test subject>.png               MD maps and error maps (medsr report layout)
+    figures/<test subject>_{md,fa,colour_fa}.png  LR input, truth, model, nn, linear, cubic and errors
+                                             (the figures of medsr report / evaluate --figures)
     figures/phantom.png, figures/tensor_components.png
     summary.txt                              the summary printed at the end
 
@@ -176,46 +177,16 @@ def _components_figure(row: Any, prediction: Path, path: Path, label: str = "mod
                                           "through the brain's centre")
 
 
-SHOWN = ("rmse_interior", "rmse_total", "psnr", "ssim", "md_rmse", "fa_rmse")
+def format_report(res: DemoResult, model: str) -> str:
+    """The text summary printed at the end of the demo (the comparison: :mod:`pipelines.comparison`)."""
+    from pipelines.comparison import MM2S, format_comparison
 
-
-def metrics_table(table: Any) -> str:
-    """One line per model of the held-out subject's metrics (RMSEs in mm^2/s, PSNR in dB)."""
-    cols = [c for c in SHOWN if c in table.columns]
-    cells = [["model"] + cols]
-    for _, r in table.iterrows():
-        cells.append([str(r["model"])] + [f"{float(r[c]):.4g}" if "rmse" not in c else f"{float(r[c]):.4e}"
-                                          for c in cols])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def versus_cubic(table: Any, model: str) -> list[str]:
-    """One line per metric: the model's value as a multiple of the cubic spline's, and who wins."""
-    rows = table.set_index("model")
-    if model not in rows.index or "cubic" not in rows.index:
-        return []
-    out = []
-    for c in [c for c in SHOWN if c in table.columns]:
-        m, cu = float(rows.loc[model, c]), float(rows.loc["cubic", c])
-        better = m > cu if c in ("psnr", "ssim") else m < cu
-        ratio = f"{m / cu:.3f}x cubic" if cu else "n/a"
-        out.append(f"  {c:<14} {ratio:<14} {'better' if better else 'WORSE'} than cubic "
-                   f"({'higher' if c in ('psnr', 'ssim') else 'lower'} is better)")
-    return out
-
-
-def format_report(res: DemoResult, summary_table: str, model: str) -> str:
-    """The text summary printed at the end of the demo."""
     lines = ["", "=" * 78, "medsr demo: summary", "=" * 78,
              f"train subjects: {', '.join(res.train_subjects)}   held-out test subject: {res.test_subject}",
              f"model: {model} ({res.steps} training steps)", "",
-             f"evaluation on {res.test_subject} (DTI, mm^2/s; interior = brain eroded by 5^3):",
-             summary_table, "", f"{model} against the cubic spline on {res.test_subject}:"]
-    lines += versus_cubic(res.table, model)
+             f"evaluation on the whole held-out volume of {res.test_subject} (DTI; tensor and MD errors in",
+             "1e-3 mm^2/s; interior = brain voxels whose 5x5x5 neighbourhood is brain):",
+             format_comparison(res.table, kind="dti", tensor_unit=MM2S)]
     lines += ["", "timings: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in res.timings.items()), "", "outputs:"]
     width = max(len(k) for k in res.paths)
     lines += [f"  {k.ljust(width)}  {p}" for k, p in res.paths.items()]
@@ -308,12 +279,14 @@ def run_demo(
         "prediction (NIfTI)": prediction,
         "evaluation CSV": csv,
         "summary CSV": summ_csv,
-        "MD / error figure": fig_dir / f"{test_subject}.png",
+        "MD figure": fig_dir / f"{test_subject}_md.png",
+        "FA figure": fig_dir / f"{test_subject}_fa.png",
+        "colour-FA figure": fig_dir / f"{test_subject}_colour_fa.png",
         "component figure": comp_png,
         "phantom figure": phantom_png,
         "this summary": output / "summary.txt",
     }
-    res.summary = format_report(res, metrics_table(table), label)
+    res.summary = format_report(res, label)
     from medsr.utils.atomic import atomic_path
 
     with atomic_path(output / "summary.txt") as tmp:

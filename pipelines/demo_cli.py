@@ -11,7 +11,7 @@ stages:
   2. train      paired model (configs/demo.yaml) on N-1 subjects, stopped at --minutes (OUTPUT/run)
   3. infer      full volume of the held-out subject (OUTPUT/predictions)
   4. evaluate   interior/total RMSE, PSNR, SSIM, MD/FA errors vs nn/linear/cubic (OUTPUT/evaluation.csv),
-                figures with MD maps (OUTPUT/figures)
+                figures: MD, FA and colour FA of every method with error maps (OUTPUT/figures)
   5. summary    table and paths on the terminal and in OUTPUT/summary.txt
 """
 

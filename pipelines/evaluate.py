@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -161,30 +160,6 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
             row[f"{c}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def format_summary(summary: pd.DataFrame) -> str:
-    """A text table ``model | n | metric mean +- std ...`` (the paper's Table 3 layout)."""
-    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
-    cells = [["model", "n"] + metrics]
-    for _, r in summary.iterrows():
-        cells.append([str(r["model"]), str(r["n"])] + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def _pm(mean: float, std: float) -> str:
-    """``mean ± std`` with 4 significant digits; scientific notation for tiny values (DTI in mm^2/s)."""
-    if not np.isfinite(mean):
-        return f"{mean}"
-    if mean != 0 and (abs(mean) < 1e-2 or abs(mean) >= 1e5):
-        return f"{mean:.3e} ± {std:.1e}"
-    digits = min(max(3 - int(np.floor(np.log10(abs(mean)))) if mean != 0 else 3, 2), 8)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def summary_path(csv: str | Path) -> Path:

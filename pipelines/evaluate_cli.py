@@ -8,7 +8,8 @@ Manifest form: every ok subject of prep's manifest.csv is scored; the model's pr
 PREDICTIONS/<subject>.nii.gz (as 'medsr infer --input manifest.csv --output PREDICTIONS' writes).
 Baselines (nn, linear, cubic B-spline) are computed from each subject's lr.nii.gz, grid-aligned with
 prep's degradation, by the same code. Writes OUT.csv (one row per model x subject) and
-OUT_summary.csv (mean and std per model) and prints the summary.
+OUT_summary.csv (mean and std per model) and prints every metric per method, the best method per
+metric and each model against cubic (tensor errors in 1e-3 mm^2/s, the units prep writes them in).
 
 Metrics: rmse_total over brain-mask voxels; rmse_interior over mask voxels whose whole 5x5x5
 neighbourhood is brain; both sqrt(mean over voxels x channels of squared error) in original units.
@@ -47,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.cli import UserError
     from pipelines.evaluate import (
-        check_outputs, evaluate_manifest, evaluate_single, format_summary, parse_baselines, summarise,
-        write_results,
+        check_outputs, evaluate_manifest, evaluate_single, parse_baselines, write_results,
     )
+    from pipelines.comparison import MM2S, format_comparison
 
     if args.csv:  # refuse before minutes of scoring, not after
         check_outputs(args.csv, overwrite=args.overwrite)
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                                quiet=args.quiet, overwrite_figures=args.overwrite)
     if args.csv:
         csv, summ = write_results(df, args.csv, overwrite=args.overwrite)
-    print(format_summary(summarise(df)))
+    # prep writes tensors in mm^2/s, so the manifest form prints them in 1e-3 mm^2/s; a single volume's units are its own
+    print(format_comparison(df, kind=args.kind, tensor_unit=None if any(single) else MM2S))
     if args.csv:
         print(f"wrote {csv} ({len(df)} rows) and {summ}")
     if args.figures and not any(single):
