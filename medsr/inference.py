@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_volume
 from medsr.normalise import ChannelStats
 from medsr.volume import Volume
 
@@ -340,6 +341,7 @@ class Predictor:
         overlap: float | None = None,
         sw_batch_size: int = 1,
         progress: bool = False,
+        tta: str = "none",
     ) -> Volume:
         """Run F (or G with ``reverse``) over a whole HR-grid volume.
 
@@ -349,18 +351,38 @@ class Predictor:
             plan: precomputed windows (:meth:`plan`); else :meth:`plan` with ``window``/``overlap``.
             sw_batch_size: windows per model call.
             progress: MONAI's tqdm bar over windows.
+            tta: test-time augmentation: ``none``, ``flip`` (mean over the 8 axis flips) or ``full``
+                (the 48 flips and axis permutations); DTI tensors are moved with the axes
+                (:mod:`medsr.data.augment`), so every view is a physically valid volume. Costs 8x / 48x.
 
         Returns:
             (C, X, Y, Z) float32 volume on ``vol``'s grid, in original units.
         """
-        from monai.inferers import sliding_window_inference
-
         if vol.channels != self.channels:
             raise ValueError(f"{vol.name}: {vol.channels} channel(s) but the checkpoint was trained on {self.channels}")
         if not np.isfinite(vol.data).all():
             raise ValueError(f"{vol.name}: input has NaN or inf values")
         if plan is None:
             plan = self.plan(vol.spatial_shape, window, overlap, reverse)
+        views = symmetries(tta)
+        if len(views) == 1:
+            return self._predict_view(vol, reverse, plan, sw_batch_size, progress)
+        dti = self.kind == "dti" and self.channels == 6
+        total = np.zeros(vol.data.shape, np.float64)
+        for perm, axes in views:
+            # Each view is the volume moved by a symmetry of the cube; its prediction is moved
+            # back and averaged (the model was trained on such views with data.flip/permute).
+            view = Volume(symmetry_volume(vol.data, perm, axes, dti), vol.affine, name=vol.name)
+            view_plan = replace(plan, roi=tuple(plan.roi[p] for p in perm))
+            out = self._predict_view(view, reverse, view_plan, sw_batch_size, progress)
+            total += inverse_symmetry_volume(out.data, perm, axes, dti)
+        return Volume((total / len(views)).astype(np.float32), vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+
+    def _predict_view(self, vol: Volume, reverse: bool, plan: WindowPlan, sw_batch_size: int,
+                      progress: bool) -> Volume:
+        """One sliding-window pass of :meth:`predict` (checked input, windows planned)."""
+        from monai.inferers import sliding_window_inference
+
         s_in, s_out = (self.y_stats, self.x_stats) if reverse else (self.x_stats, self.y_stats)
         fn = self.model.reverse if reverse else self.model.forward
         x = torch.from_numpy(np.ascontiguousarray(s_in.normalise(vol.data, channel_axis=0), dtype=np.float32))[None]

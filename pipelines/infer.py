@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+TTA_CHOICES = ("none", "flip", "full")
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -113,10 +115,12 @@ def run_inference(
     subjects: list[str] | None = None,
     quiet: bool = False,
     precision: str = "fp32",
+    tta: str = "none",
 ) -> list[Path]:
     """Run a checkpoint over one or many volumes and write float32 NIfTIs on the HR grid.
 
     ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the model under autocast; outputs stay float32.
+    ``tta`` (``none``, ``flip``, ``full``): test-time augmentation (:meth:`Predictor.predict`).
 
     Returns:
         The paths written, in input order.
@@ -132,6 +136,8 @@ def run_inference(
             inside(out, it.out)
     device = check_device(device)
     check_precision(precision, resolve_device(device), "--precision")  # before any file is read
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"--tta {tta}: choose one of {', '.join(TTA_CHOICES)}")
     if not overwrite:
         existing = [str(it.out) for it in items if it.out.exists()]
         if existing:
@@ -142,7 +148,7 @@ def run_inference(
     written: list[Path] = []
     try:
         _run_items(predictor, items, batch, written, window=window, overlap=overlap, reverse=reverse,
-                   overwrite=overwrite, quiet=quiet)
+                   overwrite=overwrite, quiet=quiet, tta=tta)
     except Exception as e:
         if batch:
             _note_written(e, written, len(items))
@@ -151,7 +157,7 @@ def run_inference(
 
 
 def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Path], *, window, overlap,
-               reverse: bool, overwrite: bool, quiet: bool) -> None:
+               reverse: bool, overwrite: bool, quiet: bool, tta: str = "none") -> None:
     """Predict and write each item in turn, appending each written path to ``written``."""
     from medsr.io import load_volume, save_volume
 
@@ -167,7 +173,7 @@ def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Pat
                 f"overlap factor {plan.overlap_factor:.2f} ({plan.reason}); device {predictor.device}",
                 file=sys.stderr,
             )
-        pred = predictor.predict(hr_in, reverse=reverse, plan=plan, progress=not quiet and not batch)
+        pred = predictor.predict(hr_in, reverse=reverse, plan=plan, progress=not quiet and not batch, tta=tta)
         pred.meta["kind"] = predictor.kind
         written.append(save_volume(pred, it.out, overwrite=overwrite))
 

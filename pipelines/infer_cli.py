@@ -19,6 +19,7 @@ Examples:
   medsr infer --checkpoint run/last.pt --input prepped/manifest.csv --output preds/
   medsr infer --checkpoint run/last.pt --input sub01/hr.nii.gz --output sub01_G.nii.gz --reverse
   medsr infer --checkpoint run/last.pt --input sub01/lr.nii.gz --output sub01_sr.nii.gz --precision bf16
+  medsr infer --checkpoint run/last.pt --input sub01/lr.nii.gz --output sub01_sr.nii.gz --tta flip
 """
 
 
@@ -35,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="run the model under autocast in bf16 or fp16 (fp16: CUDA only); outputs are float32 "
                              "NIfTI either way (default fp32)")
+    parser.add_argument("--tta", choices=["none", "flip", "full"], default="none",
+                        help="test-time augmentation: average the predictions of the 8 axis flips (flip) or of "
+                             "all 48 flips and axis permutations (full; isotropic voxels), DTI tensors moved "
+                             "with the axes; 8x / 48x the time (default none)")
     parser.add_argument("--window", type=int, nargs="+", default=None, metavar="N",
                         help="window edge (1 or 3 ints; 0 = whole volume); default: automatic (see below)")
     parser.add_argument("--overlap", type=float, default=None,
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     written = run_inference(
         args.checkpoint, args.input, args.output, reverse=args.reverse, device=args.device, window=window,
         overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=args.subjects,
-        quiet=args.quiet, precision=args.precision,
+        quiet=args.quiet, precision=args.precision, tta=args.tta,
     )
     if not args.quiet:
         print(f"wrote {len(written)} volume(s)" + (f": {written[0]}" if len(written) == 1 else f" to {args.output}"))

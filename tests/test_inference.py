@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medsr.checkpoint import model_entry, save_checkpoint
-from medsr.degrade import hr_affine, nn_upsample
+from medsr.degrade import hr_affine, nn_upsample, nn_upsample_array
 from medsr.inference import Predictor, choose_window, detect_grid, fewest_voxels_roi, plan_windows
 from medsr.io import load_volume, save_volume
 from medsr.networks import create_model
@@ -223,3 +223,55 @@ def test_bench_infer_plans_the_default_windows(capsys) -> None:
     assert main(["bench", "infer", "--plan-only", "--configs", "48:0.25,auto"]) == 0
     lines = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:]}
     assert float(lines["auto:auto"][4]) < 1.2 < 2.0 < float(lines["48:0.25"][4])
+
+
+def _espcn_predictor(random: bool, kind: str = "dti") -> Predictor:
+    kw = dict(in_channels=C, factor=2, width=8, depth=2, base="cubic", memory_efficient=False)
+    model = create_model("rev_espcn3d", **kw)
+    if random:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.1)
+    ck = {"model": model_entry("rev_espcn3d", kw, model), "data": {"factor": 2, "patch_size": 8, "channels": C,
+                                                                    "kind": kind}}
+    # Shared statistics (data.norm_stats: shared), as the LR-grid configs train: a cubic base in
+    # normalised units is then the cubic interpolation of the raw tensors.
+    return Predictor(model.eval(), Y_STATS, Y_STATS, ck, "cpu")
+
+
+def _lr_up(shape=(12, 16, 10), seed: int = 0) -> Volume:
+    lr = np.random.default_rng(seed).normal(size=(C,) + tuple(s // 2 for s in shape)).astype(np.float32)
+    return Volume(nn_upsample_array(lr, 2), np.eye(4), name="v")
+
+
+@pytest.mark.parametrize("tta", ["flip", "full"])
+def test_tta_views_are_moved_back_exactly(tta) -> None:
+    # A fresh RevESPCN is its cubic base, which commutes with every flip and axis permutation
+    # (a separable, symmetric kernel) once the DTI components move with the axes: averaging
+    # the views must give back the plain prediction. A view moved back wrongly (a missing sign,
+    # a swapped component) would not.
+    pred = _espcn_predictor(random=False)
+    vol = _lr_up()
+    plain = pred.predict(vol, window=0).data
+    np.testing.assert_allclose(pred.predict(vol, window=0, tta=tta).data, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_tta_prediction_commutes_with_the_symmetries() -> None:
+    # The average over the 48 views is equivariant by construction, whatever the weights: moving
+    # the input by a symmetry moves the output by the same symmetry (DTI signs included).
+    from medsr.data.augment import symmetry_volume
+
+    pred = _espcn_predictor(random=True)
+    vol = _lr_up()
+    out = pred.predict(vol, window=0, tta="full").data
+    for perm, axes in [((0, 1, 2), (1,)), ((2, 0, 1), (0, 2))]:
+        moved = Volume(symmetry_volume(vol.data, perm, axes, True), np.eye(4), name="v")
+        np.testing.assert_allclose(pred.predict(moved, window=0, tta="full").data,
+                                   symmetry_volume(out, perm, axes, True), rtol=1e-4, atol=1e-4)
+    # Without TTA a random network is not equivariant, so the test above can fail.
+    plain = pred.predict(vol, window=0).data
+    moved = Volume(symmetry_volume(vol.data, (0, 1, 2), (1,), True), np.eye(4), name="v")
+    assert not np.allclose(pred.predict(moved, window=0).data, symmetry_volume(plain, (0, 1, 2), (1,), True),
+                           atol=1e-3)
+    with pytest.raises(ValueError, match="none, flip or full"):
+        pred.predict(vol, window=0, tta="rotate")

@@ -99,3 +99,29 @@ def symmetry_mask(mask: np.ndarray, perm: tuple[int, ...], axes: tuple[int, ...]
     """The (X, Y, Z) mask moved as :func:`symmetry_normalised` moves the data."""
     out = np.transpose(mask, perm)
     return np.flip(out, axis=axes) if axes else out
+
+
+def symmetry_volume(data: np.ndarray, perm: tuple[int, ...], axes: tuple[int, ...], dti: bool) -> np.ndarray:
+    """Raw-value version of :func:`symmetry_normalised`: permute the axes of (C, X, Y, Z), then flip ``axes``."""
+    out = np.transpose(data, (0,) + tuple(p + 1 for p in perm))
+    if dti and tuple(perm) != (0, 1, 2):
+        out = out[permute_channel_order(tuple(perm))]
+    return flip_volume(out, axes, dti)
+
+
+def inverse_symmetry_volume(data: np.ndarray, perm: tuple[int, ...], axes: tuple[int, ...], dti: bool) -> np.ndarray:
+    """Undo :func:`symmetry_volume` (a flip is its own inverse; then the inverse permutation)."""
+    inv = tuple(int(i) for i in np.argsort(perm))
+    return symmetry_volume(flip_volume(data, axes, dti), inv, (), dti)
+
+
+def symmetries(kind: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The (perm, axes) set of test-time augmentation ``kind``: ``none`` (1), ``flip`` (8) or ``full`` (48)."""
+    flips = [flip_axes_from_bits(b) for b in range(8)]
+    if kind == "none":
+        return [(PERMUTATIONS[0], ())]
+    if kind == "flip":
+        return [(PERMUTATIONS[0], f) for f in flips]
+    if kind == "full":
+        return [(p, f) for p in PERMUTATIONS for f in flips]
+    raise ValueError(f"test-time augmentation must be none, flip or full, got {kind!r}")
