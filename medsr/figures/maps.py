@@ -11,7 +11,7 @@ Every figure of medsr draws the same quantities the same way:
 
 Windows come from brain voxels of the truth, never from the extremes: the phantom's CSF (MD 3e-3
 mm^2/s, about a quarter of its brain voxels) would otherwise squeeze grey and white matter into a few
-grey levels. :func:`brain_window` keeps the darker half's spread around the median (see there).
+grey levels. :func:`brain_window` scales the window by the darker quarter's spread (see there).
 
 Volumes are shown in the voxel axes nearest to RAS (:func:`ras_view`): right, anterior and superior
 point to the right / up of every panel, whatever the storage order of the file.
@@ -66,18 +66,19 @@ def quantities(kind: str) -> tuple[str, ...]:
 
 
 def brain_window(values: np.ndarray, *, low: float | None = None) -> tuple[float, float]:
-    """Display window of brain-voxel ``values``: (1st percentile, min(99th, median + 4 x spread)).
+    """Display window of brain-voxel ``values``: (1st percentile, min(99th, p25 + 6 x (p25 - p2))).
 
-    ``spread`` is median - 2nd percentile, the width of the darker half, which bright CSF does not
-    touch; so CSF saturates instead of setting the scale. ``low`` replaces the lower end (0 for MD).
+    The darker quarter of a brain mask is tissue even where CSF and its partial volumes fill half of
+    the mask (the phantom's sulci and ventricles on a small grid), so its spread, p25 - p2, scales the
+    window and bright CSF saturates instead of setting it. ``low`` replaces the lower end (0 for MD).
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return (0.0, 1.0)
-    p1, p2, p50, p99 = np.percentile(v, [1, 2, 50, 99])
+    p1, p2, p25, p99 = np.percentile(v, [1, 2, 25, 99])
     lo = float(p1) if low is None else float(low)
-    hi = float(min(p99, p50 + 4.0 * (p50 - p2)))
+    hi = float(min(p99, p25 + 6.0 * (p25 - p2)))
     if not hi > lo:
         hi = float(v.max()) if v.max() > lo else lo + 1.0
     return lo, hi
