@@ -477,7 +477,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def plot_vs_depth(
     rows: list[dict[str, Any]], path: Path, title: str, *, series: str, panels: list[tuple[str, str]], xlabel: str
 ) -> None:
-    """One panel per ``(column, label)`` in ``panels``: that column vs depth, one line per ``series`` value."""
+    """One panel per ``(column, label)`` in ``panels`` (two per row): that column vs depth, one line per
+    ``series`` value; the depth axis is ticked at the measured (integer) depths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -485,29 +486,55 @@ def plot_vs_depth(
 
     from medsr.utils.atomic import atomic_path
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4))
-    for ax, (key, label) in zip(axes, panels):
+    ncols = min(len(panels), 2)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False, layout="constrained")
+    depths = sorted({int(r["depth"]) for r in rows})
+    for ax, (key, label) in zip(axes.flat, panels):
         for name in dict.fromkeys(r[series] for r in rows):
-            pts = sorted((r["depth"], r[key]) for r in rows if r[series] == name)
+            pts = sorted((int(r["depth"]), float(r[key])) for r in rows if r[series] == name)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xticks(depths)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.suptitle(title)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
-MEMORY_PANELS = [("saved_MiB", "activations saved for backward (MiB)"), ("step_MiB", "peak memory of the step (MiB)")]
+MEMORY_PANELS = [("saved_MiB", "activations saved for backward (MiB)"),
+                 ("peak_MiB", "peak memory of a training step (MiB)"),
+                 ("step_MiB", "rise of memory during the step (MiB)")]
 
 
 def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Memory vs depth (saved activations and step peak) and step time vs depth, per variant."""
+    """Saved activations, peak memory, the step's memory rise and step time vs depth, per variant."""
     plot_vs_depth(rows, path, title, series="variant", xlabel="reversible depth R",
                   panels=MEMORY_PANELS + [("step_s", "step time (s, median)")])
+
+
+def png_title(case: str, width: int, patch: int, device: str) -> str:
+    return f"memory vs depth ({case}, K={width}, patch {patch}^{CASES[case].spatial_dims}, {device})"
+
+
+def replot(csv: Path, png: Path) -> None:
+    """Redraw the PNG from a CSV this benchmark wrote (``--csv``), without measuring again."""
+    import pandas as pd
+
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv}: no such CSV (write one with --csv)")
+    df = pd.read_csv(csv)
+    need = {"case", "variant", "depth", "width", "patch", "device", "saved_MiB", "peak_MiB", "step_MiB", "step_s"}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise ValueError(f"{csv}: not a 'medsr bench memory --csv' file (missing {', '.join(missing)})")
+    r = df.iloc[0]
+    write_png(df.to_dict("records"), png, png_title(str(r["case"]), int(r["width"]), int(r["patch"]), str(r["device"])))
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -539,9 +566,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--2d: RevGAN width (default %(default)s: parameters match CycleGAN's at depth 6)")
     parser.add_argument("--csv", type=Path, default=None, help="write the table as CSV here")
     parser.add_argument("--png", type=Path, default=None, help="write memory/time vs depth plots here")
+    parser.add_argument("--replot", type=Path, default=None, metavar="CSV",
+                        help="only redraw --png from a CSV written by --csv (no measurement)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replot is not None:
+        if args.png is None:
+            raise ValueError("--replot needs --png (the figure to draw)")
+        replot(args.replot, args.png)
+        print(f"wrote {args.png} from {args.replot}")
+        return 0
     if args.two_d:  # the paper's Table 5: CycleGAN vs RevGAN generators (section at the end)
         return run_2d(args)
     case = "2d" if args.two_d else "3d"
@@ -591,7 +626,7 @@ def run(args: argparse.Namespace) -> int:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     if args.png is not None:
-        write_png(rows, args.png, f"memory vs depth ({case}, K={args.width}, patch {args.patch}^{CASES[case].spatial_dims}, {device})")
+        write_png(rows, args.png, png_title(case, args.width, args.patch, device))
         print(f"wrote {args.png}")
     return 0
 
