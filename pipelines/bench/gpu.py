@@ -282,7 +282,10 @@ TITLES = {
 
 def environment(device: str) -> str:
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor() or "CPU"
-    cuda = f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}" if device.startswith("cuda") else ""
+    cuda = ""
+    if device.startswith("cuda"):
+        tf32 = "on: fp32 convolutions run in TF32" if torch.backends.cudnn.allow_tf32 else "off"
+        cuda = f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()} (TF32 {tf32})"
     return f"{gpu}; torch {torch.__version__}{cuda}; Python {platform.python_version()}"
 
 

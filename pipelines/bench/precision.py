@@ -14,13 +14,16 @@ Three measurements, each against float32 on the same weights and inputs:
   volume, :meth:`medsr.inference.Predictor.predict` in fp32 and bf16; the difference in units of each
   channel's standard deviation over the brain (RMS and max over brain voxels).
 
-Weights are PyTorch's default conv initialisation everywhere (the zero-initialised last conv of each
+The fp32 references of the core run without TF32 (:func:`true_fp32`); inference runs with PyTorch's default
+flags, as ``medsr infer`` does. Weights are PyTorch's default conv initialisation everywhere (the zero-initialised last conv of each
 branch included), so every block changes the stream as a trained one does. Deterministic for a seed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import math
 import time
 from typing import Any
@@ -47,6 +50,18 @@ def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     num = sum(float(((x.double() - y.double()) ** 2).sum()) for x, y in zip(a, b))
     den = sum(float((y.double() ** 2).sum()) for y in b)
     return math.sqrt(num / den) if den > 0 else float("nan")
+
+
+@contextlib.contextmanager
+def true_fp32():
+    """float32 convolutions and matmuls without TF32 (PyTorch lets cuDNN use TF32 by default on Ampere and
+    newer GPUs, which would make the "fp32" reference itself a 10-bit-mantissa computation)."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 def _inverse_error(core: nn.Module, x: torch.Tensor, precision: str) -> tuple[float, float]:
@@ -80,7 +95,8 @@ def measure_core(depth: int, width: int = 64, patch: int = 16, device: str = "cp
     x = torch.randn(1, width, patch, patch, patch, device=device)
     w = torch.randn_like(x)
     t0 = time.perf_counter()
-    inv_fp32, _ = _inverse_error(core, x, "fp32")
+    with true_fp32():
+        inv_fp32, _ = _inverse_error(core, x, "fp32")
     inv_low, growth = _inverse_error(core, x, precision)
     naive = copy.deepcopy(core).to(_DTYPE[precision])  # the stream in bf16 too (no autocast)
     with torch.no_grad():
@@ -88,8 +104,9 @@ def measure_core(depth: int, width: int = 64, patch: int = 16, device: str = "cp
     inv_naive = float((back.float() - x).abs().max()) / float(x.abs().max())
     g_rev = _gradients(core, x, w, precision, True)
     g_plain = _gradients(core, x, w, precision, False)
-    g_ref = _gradients(core, x, w, "fp32", False)
-    g_rev32 = _gradients(core, x, w, "fp32", True)
+    with true_fp32():
+        g_ref = _gradients(core, x, w, "fp32", False)
+        g_rev32 = _gradients(core, x, w, "fp32", True)
     core.memory_efficient = True
     return {
         "depth": depth, "width": width, "patch": patch, "device": str(device), "precision": precision,
@@ -105,19 +122,21 @@ _DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def measure_inference(model_name: str = "rev_srcnn3d", kwargs: dict[str, Any] | None = None,
                       shape: tuple[int, int, int] = (48, 48, 48), device: str = "cpu", seed: int = 0,
-                      precision: str = "bf16") -> dict[str, Any]:
+                      precision: str = "bf16", window: int | None = 0) -> dict[str, Any]:
     """fp32 vs ``precision`` whole-volume inference of a random-weight generator on a synthetic DTI volume.
 
+    ``window``: 0 = one pass over the whole volume (default), ``None`` = ``medsr infer``'s automatic rule.
+
     Returns the output dtype and the difference in units of each channel's brain standard deviation
-    (``rms_sd``, ``max_sd``), with the seconds of each pass.
+    (``rms_sd``, ``max_sd``), with the seconds of each pass (``predict`` end to end: normalisation,
+    windows, CPU stitching) and, on CUDA, each pass's ``max_memory_allocated`` (``peak_MiB*``).
     """
     from medsr.checkpoint import model_entry
-    from medsr.data.synthetic import synthetic_subject
     from medsr.inference import Predictor
     from medsr.networks import create_model
     from medsr.normalise import brain_stats
 
-    vol, mask = synthetic_subject(tuple(shape), "dti", seed=seed)
+    vol, mask = _subject(tuple(int(s) for s in shape), seed)
     kwargs = dict(kwargs or {"width": 64, "depth": 8})
     kwargs.setdefault("in_channels", vol.channels)
     if model_name == "rev_espcn3d":
@@ -127,11 +146,20 @@ def measure_inference(model_name: str = "rev_srcnn3d", kwargs: dict[str, Any] | 
     stats = brain_stats([(vol.data, mask)])
     ck = {"model": model_entry(model_name, kwargs, model),
           "data": {"factor": 2, "patch_size": 16, "channels": vol.channels, "kind": "dti"}}
-    outs, secs = {}, {}
+    outs, secs, peaks = {}, {}, {}
+    cuda = torch.device(device).type == "cuda"
     for prec in ("fp32", precision):
         pred = Predictor(model, stats, stats, ck, device, prec)
+        plan = pred.plan(vol.spatial_shape, window)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
-        outs[prec] = pred.predict(vol, window=0)
+        outs[prec] = pred.predict(vol, plan=plan)
+        if cuda:
+            torch.cuda.synchronize()
+            peaks[prec] = (torch.cuda.max_memory_allocated() - base) / 2.0**20
         secs[prec] = time.perf_counter() - t0
     sd = np.asarray(stats.std, dtype=np.float64).reshape(-1, 1)
     diff = (outs[precision].data.astype(np.float64) - outs["fp32"].data)[:, mask] / sd  # (C, brain voxels)
@@ -140,7 +168,17 @@ def measure_inference(model_name: str = "rev_srcnn3d", kwargs: dict[str, Any] | 
         "shape": list(shape), "channels": vol.channels, "device": str(device), "precision": precision,
         "dtype": str(outs[precision].data.dtype), "rms_sd": float(np.sqrt((diff**2).mean())),
         "max_sd": float(np.abs(diff).max()), "seconds_fp32": secs["fp32"], "seconds": secs[precision],
+        "windows": f"{'x'.join(map(str, plan.roi))} x{plan.n_windows}",
+        "peak_MiB_fp32": peaks.get("fp32", float("nan")), "peak_MiB": peaks.get(precision, float("nan")),
     }
+
+
+@functools.lru_cache(maxsize=2)
+def _subject(shape: tuple[int, int, int], seed: int):
+    """A synthetic DTI subject (volume, brain mask), generated once per shape (HCP size takes seconds)."""
+    from medsr.data.synthetic import synthetic_subject
+
+    return synthetic_subject(shape, "dti", seed=seed)
 
 
 def format_core(rows: list[dict[str, Any]]) -> str:
