@@ -121,7 +121,8 @@ class TrainConfig:
         seed: seeds weights, data order, augmentation and the image pool.
         deterministic: ``torch.use_deterministic_algorithms`` (bitwise-reproducible resume).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``.
-        samples: write ``samples/epoch_XXX.png`` at each epoch end.
+        samples: write ``samples/epoch_XXX.png`` at each epoch end (and ``samples/final.png`` when the run
+            stops mid-epoch).
         progress: show a tqdm bar (only on a terminal, rank 0).
         threads: torch CPU threads (0 = leave torch's default).
         precision: ``fp32``, ``bf16`` (autocast in bfloat16) or ``fp16`` (autocast in float16 with a

@@ -12,10 +12,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
-        "  medsr train configs/quick_paired_l1.yaml --set data.manifest=prep/manifest.csv output_dir=runs/q\n"
+        "  medsr train configs/quick_paired_l1.yaml --set data.manifest=prep/manifest.csv 'data.subjects=[s1, s2]' "
+        "output_dir=runs/q\n"
         "  medsr train configs/table3/paired_r4.yaml --set data.manifest=hcp/manifest.csv --resume\n"
         "  torchrun --nproc_per_node 4 -m pipelines.cli train configs/default.yaml --set data.manifest=m.csv\n"
-        "\nThe run folder (output_dir) receives last.pt, log.csv, config.yaml and samples/epoch_XXX.png."
+        "\ndata.subjects names the training subjects (default: every ok subject of the manifest, test subjects too)."
+        "\nThe run folder (output_dir) receives last.pt, log.csv, config.yaml, samples/epoch_XXX.png at each epoch "
+        "end and samples/final.png when the run stops mid-epoch."
     )
     parser.add_argument("config", help="YAML experiment config (see configs/)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
