@@ -289,6 +289,15 @@ class Predictor:
         vs = data.get("voxel_size")
         self.train_voxel_size = tuple(float(v) for v in vs) if vs is not None else None
         self.norm = model_norm(ck)
+        # Symmetries the model was trained on (data.flip / data.permute): what --tta auto averages over.
+        self.trained_flip = bool(data.get("flip", False) or data.get("permute", False))
+
+    def resolve_tta(self, tta: str) -> str:
+        """``auto`` -> ``flip`` for a model trained with flips or permutations, else ``none``."""
+        if tta == "auto":
+            return "flip" if self.trained_flip else "none"
+        symmetries(tta)  # raises on an unknown name
+        return tta
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
@@ -351,9 +360,10 @@ class Predictor:
             plan: precomputed windows (:meth:`plan`); else :meth:`plan` with ``window``/``overlap``.
             sw_batch_size: windows per model call.
             progress: MONAI's tqdm bar over windows.
-            tta: test-time augmentation: ``none``, ``flip`` (mean over the 8 axis flips) or ``full``
-                (the 48 flips and axis permutations); DTI tensors are moved with the axes
-                (:mod:`medsr.data.augment`), so every view is a physically valid volume. Costs 8x / 48x.
+            tta: test-time augmentation: ``none``, ``flip`` (mean over the 8 axis flips), ``full``
+                (the 48 flips and axis permutations) or ``auto`` (:meth:`resolve_tta`); DTI tensors are
+                moved with the axes (:mod:`medsr.data.augment`), so every view is a physically valid
+                volume. Costs 8x / 48x.
 
         Returns:
             (C, X, Y, Z) float32 volume on ``vol``'s grid, in original units.
@@ -364,7 +374,12 @@ class Predictor:
             raise ValueError(f"{vol.name}: input has NaN or inf values")
         if plan is None:
             plan = self.plan(vol.spatial_shape, window, overlap, reverse)
+        tta = self.resolve_tta(tta)
         views = symmetries(tta)
+        vox = vol.voxel_size
+        if tta == "full" and max(vox) > 1.05 * min(vox):
+            raise ValueError(f"{vol.name}: --tta full permutes axes, which needs isotropic voxels "
+                             f"({' x '.join(f'{v:.3g}' for v in vox)} mm); use --tta flip")
         if len(views) == 1:
             return self._predict_view(vol, reverse, plan, sw_batch_size, progress)
         dti = self.kind == "dti" and self.channels == 6

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-TTA_CHOICES = ("none", "flip", "full")
+TTA_CHOICES = ("auto", "none", "flip", "full")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -115,12 +115,13 @@ def run_inference(
     subjects: list[str] | None = None,
     quiet: bool = False,
     precision: str = "fp32",
-    tta: str = "none",
+    tta: str = "auto",
 ) -> list[Path]:
     """Run a checkpoint over one or many volumes and write float32 NIfTIs on the HR grid.
 
     ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the model under autocast; outputs stay float32.
-    ``tta`` (``none``, ``flip``, ``full``): test-time augmentation (:meth:`Predictor.predict`).
+    ``tta`` (``auto``, ``none``, ``flip``, ``full``): test-time augmentation (:meth:`Predictor.predict`);
+    ``auto`` averages the 8 flips for a model trained with flips or permutations.
 
     Returns:
         The paths written, in input order.
@@ -170,7 +171,8 @@ def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Pat
             shown_plan = (plan.roi, plan.overlap)
             tqdm.write(
                 f"windows {'x'.join(map(str, plan.roi))} overlap {plan.overlap:g}: {plan.n_windows} window(s), "
-                f"overlap factor {plan.overlap_factor:.2f} ({plan.reason}); device {predictor.device}",
+                f"overlap factor {plan.overlap_factor:.2f} ({plan.reason}); device {predictor.device}; "
+                f"tta {predictor.resolve_tta(tta)}",
                 file=sys.stderr,
             )
         pred = predictor.predict(hr_in, reverse=reverse, plan=plan, progress=not quiet and not batch, tta=tta)

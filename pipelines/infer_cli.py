@@ -36,10 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                         help="run the model under autocast in bf16 or fp16 (fp16: CUDA only); outputs are float32 "
                              "NIfTI either way (default fp32)")
-    parser.add_argument("--tta", choices=["none", "flip", "full"], default="none",
+    parser.add_argument("--tta", choices=["auto", "none", "flip", "full"], default="auto",
                         help="test-time augmentation: average the predictions of the 8 axis flips (flip) or of "
                              "all 48 flips and axis permutations (full; isotropic voxels), DTI tensors moved "
-                             "with the axes; 8x / 48x the time (default none)")
+                             "with the axes, 8x / 48x the time; auto = flip for a model trained with data.flip "
+                             "or data.permute, else none (default auto)")
     parser.add_argument("--window", type=int, nargs="+", default=None, metavar="N",
                         help="window edge (1 or 3 ints; 0 = whole volume); default: automatic (see below)")
     parser.add_argument("--overlap", type=float, default=None,

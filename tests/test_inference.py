@@ -273,5 +273,16 @@ def test_tta_prediction_commutes_with_the_symmetries() -> None:
     moved = Volume(symmetry_volume(vol.data, (0, 1, 2), (1,), True), np.eye(4), name="v")
     assert not np.allclose(pred.predict(moved, window=0).data, symmetry_volume(plain, (0, 1, 2), (1,), True),
                            atol=1e-3)
-    with pytest.raises(ValueError, match="none, flip or full"):
+    with pytest.raises(ValueError, match="none, flip, full or auto"):
         pred.predict(vol, window=0, tta="rotate")
+
+
+def test_tta_auto_follows_the_training_augmentation() -> None:
+    pred = _espcn_predictor(random=True)
+    assert pred.resolve_tta("auto") == "none"
+    pred.ck["data"]["flip"] = True
+    assert Predictor(pred.model, Y_STATS, Y_STATS, pred.ck, "cpu").resolve_tta("auto") == "flip"
+    vol = _lr_up()
+    aniso = Volume(vol.data, np.diag([1.0, 1.0, 2.0, 1.0]), name="aniso.nii.gz")
+    with pytest.raises(ValueError, match="aniso.nii.gz.*isotropic"):
+        pred.predict(aniso, window=0, tta="full")

@@ -124,4 +124,4 @@ def symmetries(kind: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         return [(PERMUTATIONS[0], f) for f in flips]
     if kind == "full":
         return [(p, f) for p in PERMUTATIONS for f in flips]
-    raise ValueError(f"test-time augmentation must be none, flip or full, got {kind!r}")
+    raise ValueError(f"test-time augmentation must be none, flip, full or auto, got {kind!r}")

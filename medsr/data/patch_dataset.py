@@ -1,10 +1,12 @@
 """Brain patches from prepared subjects: the 3D training data (``data.type: patches3d``).
 
-Every training subject's ``lr_up`` (network input x) and ``hr`` (target y) are loaded once,
-normalised with per-channel statistics over the training brain voxels, and kept in memory
-(DataLoader workers share them copy-on-write). A patch is a slice of those arrays, so drawing
-one costs a ~300 kB copy: the loader outruns the model by orders of magnitude
-(``medsr bench loader``).
+Every training subject's ``lr_up`` (network input x) and ``hr`` (target y) are memory-mapped from
+their cache (:mod:`medsr.data.cache`, written on first use), so a process's memory does not grow
+with the number of subjects and every process on a node shares one copy of the data through the
+OS page cache. A patch is read from the maps and normalised on the way out with per-channel
+statistics over the training brain voxels: a ~300 kB read, element for element the arithmetic of
+normalising the whole volume first, so patches are bit-identical to in-memory data, and the loader
+outruns the model by orders of magnitude (``medsr bench loader``).
 
 Positions: the non-overlapping (or ``stride``) grid of ``medsr.patches`` filtered by the brain
 rule (>= 1 % mask voxels, the paper's about 112 patches per HCP volume), and/or random
@@ -12,7 +14,6 @@ positions drawn per epoch around random brain voxels and held to the same rule.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,37 +21,85 @@ import numpy as np
 import torch
 
 from medsr.data.augment import PERMUTATIONS, flip_axes_from_bits, symmetry_mask, symmetry_normalised
+from medsr.data.cache import CacheEntry, ensure as ensure_cache
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
-from medsr.normalise import ChannelStats, brain_stats
+from medsr.normalise import ChannelStats, stats_from_sums
 from medsr.patches import brain_patch_origins
 
 
 # (axis permutation, flipped axes) applied to a patch.
 Symmetry = tuple[tuple[int, ...], tuple[int, ...]]
+# The cache arrays a Subject maps, in the order of its attributes.
+ARRAYS_ORDER = ("lr_up", "hr", "mask", "brain")
 
 
-@dataclass
 class Subject:
-    """One prepared subject in memory.
+    """One prepared subject, memory-mapped from its cache (:class:`medsr.data.cache.CacheEntry`).
 
     Attributes:
         name: subject id (manifest ``subject``).
-        x: (C, X, Y, Z) float32 network input (``lr_up``), normalised.
-        y: (C, X, Y, Z) float32 target (``hr``), normalised.
-        mask: (X, Y, Z) bool brain mask.
+        lr_up: (C, X, Y, Z) float32 read-only memmap of the network input, raw values.
+        hr: (C, X, Y, Z) float32 read-only memmap of the target, raw values.
+        mask: (X, Y, Z) bool read-only memmap of the brain mask.
+        brain: (N, 3) int32 read-only memmap of the brain voxel coordinates.
         affine: 4x4 HR voxel-to-world affine.
+        norm_x, norm_y: statistics that :meth:`patch` normalises x (``lr_up``) and y (``hr``) with.
+
+    Pickling (a DataLoader under the spawn or forkserver start method) sends the cache folder and
+    reopens the maps on the other side, never the data.
     """
 
-    name: str
-    x: np.ndarray
-    y: np.ndarray
-    mask: np.ndarray
-    affine: np.ndarray
+    def __init__(self, name: str, entry: CacheEntry, norm_x: ChannelStats | None = None,
+                 norm_y: ChannelStats | None = None) -> None:
+        self.name = name
+        self.entry = entry
+        self.affine = entry.affine
+        self.norm_x = norm_x or ChannelStats.identity(entry.channels)
+        self.norm_y = norm_y or ChannelStats.identity(entry.channels)
+        self._open()
+
+    def _open(self) -> None:
+        self.lr_up, self.hr, self.mask, self.brain = (np.load(self.entry.path(a), mmap_mode="r") for a in ARRAYS_ORDER)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ARRAYS_ORDER}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def read_mask(self) -> np.ndarray:
+        """The whole mask as a private in-memory array (for one-off scans that should not keep
+        every page of every subject's map resident in this process)."""
+        return np.load(self.entry.path("mask"))
+
+    def region(self, key: str, sl: tuple[slice, ...]) -> np.ndarray:
+        """Normalised (C, ...) float32 copy of ``[:, *sl]`` of x (``key="x"``) or y (``"y"``)."""
+        raw, stats = (self.lr_up, self.norm_x) if key == "x" else (self.hr, self.norm_y)
+        # Elementwise (v - mean) / std in float32: the same numbers as normalising the whole volume.
+        return np.asarray(stats.normalise(np.asarray(raw[(slice(None),) + tuple(sl)])), dtype=np.float32)
+
+    def patch(self, key: str, origin: np.ndarray, size: int) -> np.ndarray:
+        """Normalised (C, s, s, s) float32 patch of x or y at ``origin``."""
+        o = origin
+        return self.region(key, (slice(o[0], o[0] + size), slice(o[1], o[1] + size), slice(o[2], o[2] + size)))
+
+    @property
+    def x(self) -> np.ndarray:
+        """The whole normalised input (C, X, Y, Z) in memory: a full copy, for tests and small checks."""
+        return self.region("x", (slice(None),) * 3)
+
+    @property
+    def y(self) -> np.ndarray:
+        """The whole normalised target (C, X, Y, Z) in memory: a full copy, for tests and small checks."""
+        return self.region("y", (slice(None),) * 3)
 
 
 def load_subjects(manifest: str | Path, subjects: list[str] | None = None) -> tuple[list[Subject], dict[str, Any]]:
-    """Load the ``ok`` subjects of a manifest (optionally a named subset), unnormalised.
+    """Open the ``ok`` subjects of a manifest (optionally a named subset), memory-mapped and unnormalised.
+
+    A subject's cache is built on first use (one subject in memory at a time) and reused afterwards.
 
     Returns:
         (subjects, info) with info = {"factor", "kind", "channels", "manifest"}.
@@ -59,7 +108,6 @@ def load_subjects(manifest: str | Path, subjects: list[str] | None = None) -> tu
         FileNotFoundError: the manifest or a file it names is missing (subject and file named).
         ValueError: unknown subject names, mismatched grids/channels, non-finite values.
     """
-    from medsr.io import load_mask, load_volume
     from medsr.manifest import read_manifest
 
     manifest = Path(manifest)
@@ -82,20 +130,12 @@ def load_subjects(manifest: str | Path, subjects: list[str] | None = None) -> tu
     out: list[Subject] = []
     channels = None
     for row in df.itertuples(index=False):
-        hr = load_volume(row.hr, name=f"subject {row.subject}: {row.hr}")
-        lr_up = load_volume(row.lr_up, name=f"subject {row.subject}: {row.lr_up}")
-        hr.check_same_space(lr_up)
-        if hr.channels != lr_up.channels:
-            raise ValueError(f"subject {row.subject}: hr has {hr.channels} channels, lr_up {lr_up.channels}")
+        entry = ensure_cache({"hr": row.hr, "lr_up": row.lr_up, "mask": row.mask}, str(row.subject))
         if channels is None:
-            channels = hr.channels
-        elif hr.channels != channels:
-            raise ValueError(f"subject {row.subject}: {hr.channels} channels, other subjects have {channels}")
-        mask = load_mask(row.mask, like=hr)
-        for vol, what in ((hr, row.hr), (lr_up, row.lr_up)):
-            if not np.isfinite(vol.data).all():
-                raise ValueError(f"subject {row.subject}: {what} contains NaN or infinite values")
-        out.append(Subject(str(row.subject), lr_up.data, hr.data, mask, hr.affine))
+            channels = entry.channels
+        elif entry.channels != channels:
+            raise ValueError(f"subject {row.subject}: {entry.channels} channels, other subjects have {channels}")
+        out.append(Subject(str(row.subject), entry))
     info = {"factor": factors[0], "kind": kinds[0], "channels": int(channels or 0), "manifest": str(manifest)}
     return out, info
 
@@ -109,7 +149,7 @@ class PatchDataset(torch.utils.data.Dataset):
     ``permute`` an axis permutation (DTI components moved and signs corrected accordingly).
 
     Args:
-        subjects: normalised subjects.
+        subjects: memory-mapped subjects (patches are normalised with their ``norm_x`` / ``norm_y``).
         patch_size: patch edge s.
         stride: grid stride (None = s).
         sampling: ``grid``, ``random`` or ``both``.
@@ -118,7 +158,7 @@ class PatchDataset(torch.utils.data.Dataset):
         flip: random flip augmentation.
         permute: random axis permutation augmentation (for isotropic voxels).
         dti: the channels are FSL-ordered tensors (flips change off-diagonal signs).
-        norm_x, norm_y: statistics the subjects were normalised with (needed by DTI flips).
+        norm_x, norm_y: normalisation statistics (default: the subjects' own); set on every subject.
         align: patch origins are multiples of this (``data.factor``), so every patch starts on an LR
             block boundary: LR-grid models recover the LR voxels from ``lr_up`` exactly, and every
             model sees the blocks in one phase, as whole-volume inference does.
@@ -141,17 +181,20 @@ class PatchDataset(torch.utils.data.Dataset):
         self.flip = bool(flip)
         self.permute = bool(permute)
         self.dti = bool(dti)
-        c = subjects[0].x.shape[0]
-        self.norm_x = norm_x or ChannelStats.identity(c)
-        self.norm_y = norm_y or ChannelStats.identity(c)
+        self.norm_x = norm_x or subjects[0].norm_x
+        self.norm_y = norm_y or subjects[0].norm_y
+        for s in subjects:  # one set of statistics for reading and for the DTI symmetries
+            s.norm_x, s.norm_y = self.norm_x, self.norm_y
         empty: list[str] = []
         grid: list[np.ndarray] = []
         for si, s in enumerate(subjects):
             if any(d < self.size for d in s.mask.shape):
                 raise ValueError(f"subject {s.name}: volume {s.mask.shape} is smaller than a {self.size}^3 patch")
-            origins = brain_patch_origins(s.mask, self.size, stride, self.min_fraction)
+            # A private copy, freed after the scan: scanning the map would keep every subject's whole
+            # mask resident in this process.
+            origins = brain_patch_origins(s.read_mask(), self.size, stride, self.min_fraction)
             origins = np.unique(origins // self.align * self.align, axis=0) if len(origins) else origins
-            if sampling in ("grid", "both") and len(origins) == 0 or not s.mask.any():
+            if sampling in ("grid", "both") and len(origins) == 0 or len(s.brain) == 0:
                 empty.append(s.name)
             grid.append(np.concatenate([np.full((len(origins), 1), si), origins], 1))
         if empty:
@@ -163,8 +206,6 @@ class PatchDataset(torch.utils.data.Dataset):
         self.n_random = int(random_per_subject) * len(subjects) if sampling in ("random", "both") else 0
         if sampling == "random" and self.n_random == 0:
             raise ValueError("config key 'data.random_per_subject' must be > 0 when data.sampling is 'random'")
-        # Brain voxel coordinates per subject: random patch centres are drawn among them.
-        self._brain = [np.argwhere(s.mask).astype(np.int32) for s in subjects] if self.n_random else []
 
     def __len__(self) -> int:
         return len(self.grid) + self.n_random
@@ -185,7 +226,8 @@ class PatchDataset(torch.utils.data.Dataset):
         shape, n = np.asarray(mask.shape), self.size
         best = None
         for _ in range(16):  # rejection sampling against the brain rule
-            centre = self._brain[si][rng.integers(len(self._brain[si]))]
+            brain = self.subjects[si].brain  # brain voxel coordinates (N, 3), memory-mapped
+            centre = np.asarray(brain[rng.integers(len(brain))])
             origin = np.clip(centre - n // 2, 0, shape - n) // self.align * self.align
             # One patch: count its voxels directly (patch_fractions builds a whole-volume summed
             # table per call, ~0.1 s on an HCP mask, which would dominate the loader).
@@ -195,10 +237,9 @@ class PatchDataset(torch.utils.data.Dataset):
             best = origin if best is None else best
         return si, best  # type: ignore[return-value]
 
-    def _patch(self, vol: np.ndarray, origin: np.ndarray, sym: Symmetry, stats: ChannelStats) -> torch.Tensor:
-        s = self.size
-        o = origin
-        patch = vol[:, o[0]:o[0] + s, o[1]:o[1] + s, o[2]:o[2] + s]
+    def _patch(self, si: int, key: str, origin: np.ndarray, sym: Symmetry) -> torch.Tensor:
+        patch = self.subjects[si].patch(key, origin, self.size)
+        stats = self.norm_x if key == "x" else self.norm_y
         perm, axes = sym
         if axes or perm != PERMUTATIONS[0]:
             patch = symmetry_normalised(patch, perm, axes, self.dti, np.asarray(stats.mean), np.asarray(stats.std))
@@ -215,14 +256,14 @@ class PatchDataset(torch.utils.data.Dataset):
             item = (int(item), int(item), 0, 0)
         ix, iy, sx, sy = item
         si, ox = self.position(ix, sx)
-        x = self._patch(self.subjects[si].x, ox, self._symmetry(sx), self.norm_x)
+        x = self._patch(si, "x", ox, self._symmetry(sx))
         if ix == iy and sx == sy:
-            y = self._patch(self.subjects[si].y, ox, self._symmetry(sx), self.norm_y)
+            y = self._patch(si, "y", ox, self._symmetry(sx))
             if self.with_mask:
                 return {"x": x, "y": y, "mask": self._mask_patch(si, ox, self._symmetry(sx))}
         else:
             sj, oy = self.position(iy, sy)
-            y = self._patch(self.subjects[sj].y, oy, self._symmetry(sy), self.norm_y)
+            y = self._patch(sj, "y", oy, self._symmetry(sy))
         return {"x": x, "y": y}
 
     def _mask_patch(self, si: int, origin: np.ndarray, sym: Symmetry) -> torch.Tensor:
@@ -233,29 +274,30 @@ class PatchDataset(torch.utils.data.Dataset):
 
 def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind: str, crop: int = 64):
     """A preview function: axial slice through a central crop (input, output, HR), original units."""
-    mask = subject.mask
-    idx = np.argwhere(mask)
-    centre = ((idx.min(0) + idx.max(0)) // 2) if len(idx) else np.asarray(mask.shape) // 2
-    shape = np.asarray(mask.shape)
+    idx = np.asarray(subject.brain)  # the mask's voxel coordinates
+    shape = np.asarray(subject.mask.shape)
+    centre = ((idx.min(0) + idx.max(0)) // 2) if len(idx) else shape // 2
     size = np.minimum(np.array([crop, crop, 16]), shape)
     o = np.clip(centre - size // 2, 0, shape - size)
-    sl = (slice(None),) + tuple(slice(int(a), int(a + b)) for a, b in zip(o, size))
+    sl = tuple(slice(int(a), int(a + b)) for a, b in zip(o, size))
+    dti = kind == "dti" and subject.entry.channels == 6
 
     def scalar(v: np.ndarray) -> np.ndarray:
         # DTI: mean diffusivity (trace / 3) is the map a reader recognises; scalar: channel 0.
-        return (v[0] + v[3] + v[5]) / 3.0 if kind == "dti" and v.shape[0] == 6 else v[0]
+        return (v[0] + v[3] + v[5]) / 3.0 if dti else v[0]
 
     def preview(model: torch.nn.Module, device: torch.device) -> list[tuple[str, np.ndarray]]:
-        x = torch.from_numpy(np.ascontiguousarray(subject.x[sl]))[None].to(device)
+        xn = subject.region("x", sl)  # a crop read from the maps, normalised
+        x = torch.from_numpy(xn)[None].to(device)
         with torch.no_grad():
             out = model(x)[0].float().cpu().numpy()
         z = int(size[2]) // 2
-        xin = norm_x.denormalise(subject.x[sl])
-        yhr = norm_y.denormalise(subject.y[sl])
+        xin = norm_x.denormalise(xn)
+        yhr = norm_y.denormalise(subject.region("y", sl))
         yout = norm_y.denormalise(out)
         # "name: quantity (unit)" titles: medsr.figures.preview puts the quantity on the colour bar.
         scale, what = 1.0, "intensity (image units)"
-        if kind == "dti" and subject.x.shape[0] == 6:
+        if dti:
             from medsr.figures.maps import md_units
 
             md = scalar(yhr)
@@ -281,14 +323,11 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
             if vox.max() > 1.05 * vox.min():
                 raise ValueError(f"config key 'data.permute': subject {s.name} has anisotropic voxels "
                                  f"({' x '.join(f'{v:.3g}' for v in vox)} mm); permute only isotropic data")
-    if d.normalise:
-        norm_y = brain_stats((s.y, s.mask) for s in subjects)
-        norm_x = norm_y if d.norm_stats == "shared" else brain_stats((s.x, s.mask) for s in subjects)
+    if d.normalise:  # from the brain sums cached with each subject: no voxel is read again
+        norm_y = stats_from_sums(s.entry.sums["hr"] for s in subjects)
+        norm_x = norm_y if d.norm_stats == "shared" else stats_from_sums(s.entry.sums["lr_up"] for s in subjects)
     else:
         norm_x, norm_y = ChannelStats.identity(c), ChannelStats.identity(c)
-    for s in subjects:  # normalise once; patches are then plain slices (normalise keeps float32: no extra copy)
-        s.x = norm_x.normalise(s.x).astype(np.float32, copy=False)
-        s.y = norm_y.normalise(s.y).astype(np.float32, copy=False)
     dataset = PatchDataset(
         subjects, d.patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
         d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=int(info["factor"]),
@@ -297,7 +336,8 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired")
     entry = {"factor": int(info["factor"]), "patch_size": int(d.patch_size), "channels": int(c), "kind": info["kind"],
-             "subjects": [s.name for s in subjects], "n_patches": int(dataset.n_grid)}
+             "subjects": [s.name for s in subjects], "n_patches": int(dataset.n_grid),
+             "flip": bool(d.flip), "permute": bool(d.permute)}  # inference's --tta auto follows them
     # The training HR voxel size lets inference tell an LR-grid input from an HR-grid one by its
     # geometry instead of its file name; stored only when the training subjects agree on it.
     sizes = np.array([np.linalg.norm(s.affine[:3, :3], axis=0) for s in subjects])

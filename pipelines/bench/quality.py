@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="overrides applied to every config (e.g. train.threads=2)")
     parser.add_argument("--workers", type=int, default=2, help="processes for phantom prep (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace runs already in OUTPUT/runs")
+    parser.add_argument("--tta", choices=["auto", "none", "flip", "full"], default="auto",
+                        help="test-time augmentation of the held-out inference, as `medsr infer --tta` "
+                             "(default auto: flip for configs trained with data.flip or data.permute)")
 
 
 def parse_spec(spec: str) -> tuple[Path, list[str]]:
@@ -90,7 +93,7 @@ def phantom_data(output: Path, n_train: int, n_test: int, seed: int, workers: in
 
 def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], test_subjects: list[str],
                     output: Path, minutes: float | None, steps: int | None, seed: int, overrides: list[str],
-                    overwrite: bool) -> pd.DataFrame:
+                    overwrite: bool, tta: str = "auto") -> pd.DataFrame:
     """Train one config to the budget, infer the held-out volumes, return evaluate's rows for it."""
     from medsr.checkpoint import load_checkpoint
     from medsr.config import load_config
@@ -119,7 +122,8 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     ck = load_checkpoint(run_dir / "last.pt")
     pred_dir = output / "predictions" / name
     t1 = time.perf_counter()
-    run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=test_subjects, overwrite=True, quiet=True)
+    run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=test_subjects, overwrite=True, quiet=True,
+                  tta=tta)
     infer_s = time.perf_counter() - t1
     rows = evaluate_manifest(manifest, pred_dir, model_name=name, baselines=(), subjects=test_subjects, quiet=True)
     rows.insert(1, "config", str(path))
@@ -179,7 +183,7 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
                 output: str | Path = "bench_quality", manifest: str | Path | None = None,
                 train: list[str] | None = None, test: list[str] | None = None, train_subjects: int = 3,
                 test_subjects: int = 1, seed: int = 0, overrides: list[str] | None = None, workers: int = 2,
-                overwrite: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+                overwrite: bool = False, tta: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The benchmark as a function (see the module docstring). Returns (per-subject table, summary, text)."""
     from medsr.utils.atomic import atomic_path
     from pipelines.evaluate import evaluate_manifest
@@ -212,7 +216,7 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
     baselines = evaluate_manifest(manifest, None, baselines=("nn", "linear", "cubic"), subjects=test_s, quiet=True)
     rows = [train_and_score(spec, manifest=manifest, train_subjects=train_s, test_subjects=test_s, output=output,
                             minutes=minutes, steps=steps, seed=seed, overrides=list(overrides or []),
-                            overwrite=overwrite) for spec in configs]
+                            overwrite=overwrite, tta=tta) for spec in configs]
     table = compare(pd.concat(rows, ignore_index=True), baselines)
     summary = summarise(table)
     text = format_table(summary, baselines)
@@ -228,7 +232,7 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
         tmp.write_text(text + "\n")
     with atomic_path(output / "quality.json") as tmp:
         tmp.write_text(json.dumps({"configs": configs, "minutes": minutes, "steps": steps, "seed": seed,
-                                   "overrides": overrides or [], "train": train_s, "test": test_s,
+                                   "overrides": overrides or [], "tta": tta, "train": train_s, "test": test_s,
                                    "manifest": str(manifest)}, indent=2) + "\n")
     return table, summary, text
 
@@ -237,6 +241,6 @@ def run(args: argparse.Namespace) -> int:
     _, _, text = run_quality(args.configs, minutes=args.minutes, steps=args.steps, output=args.output,
                              manifest=args.manifest, train=args.train, test=args.test,
                              train_subjects=args.train_subjects, test_subjects=args.test_subjects, seed=args.seed,
-                             overrides=args.overrides, workers=args.workers, overwrite=args.overwrite)
+                             overrides=args.overrides, workers=args.workers, overwrite=args.overwrite, tta=args.tta)
     print(text)
     return 0
