@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a prepared manifest to use instead of the generated phantom")
     parser.add_argument("--train", nargs="+", default=None, metavar="ID", help="training subjects (with --manifest)")
     parser.add_argument("--test", nargs="+", default=None, metavar="ID", help="held-out subjects (with --manifest)")
-    parser.add_argument("--train-subjects", type=int, default=3, help="phantom training subjects (default 3)")
+    parser.add_argument("--train-subjects", type=int, default=6,
+                        help="phantom training subjects (default 6, as `medsr demo`)")
     parser.add_argument("--test-subjects", type=int, default=1, help="phantom held-out subjects (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="phantom and training seed (default 0)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -181,7 +182,7 @@ def _fmt(metric: str, v: float) -> str:
 
 def run_quality(configs: list[str], *, minutes: float | None = None, steps: int | None = None,
                 output: str | Path = "bench_quality", manifest: str | Path | None = None,
-                train: list[str] | None = None, test: list[str] | None = None, train_subjects: int = 3,
+                train: list[str] | None = None, test: list[str] | None = None, train_subjects: int = 6,
                 test_subjects: int = 1, seed: int = 0, overrides: list[str] | None = None, workers: int = 2,
                 overwrite: bool = False, tta: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The benchmark as a function (see the module docstring). Returns (per-subject table, summary, text)."""
