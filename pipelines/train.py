@@ -140,6 +140,9 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
                 detail = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:200]
                 raise ValueError(f"{ckpt}: not a complete checkpoint of this run's model "
                                  f"({type(e).__name__}: {detail})") from e
+            before = state.get("precision", "fp32")
+            if before != cfg.train.precision and info.is_main:
+                print(f"medsr train: {ckpt} was trained in {before}; continuing in {cfg.train.precision}")
         if info.is_main:
             if overwrite and run_dir.is_dir():
                 check_run_dir(run_dir, resume, overwrite)  # again: files may have appeared meanwhile
