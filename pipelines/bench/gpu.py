@@ -105,7 +105,8 @@ def run_tests(sizes: Sizes, device: str) -> str:
         body += "\n\n" + "\n".join(f"- {ln}" for ln in skips)
     if proc.returncode != 0:
         failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
-        raise RuntimeError(f"pytest exit {proc.returncode}: {summary}" + (f" ({'; '.join(failed[:5])})" if failed else ""))
+        which = f" ({'; '.join(failed[:5])})" if failed else ""
+        raise RuntimeError(f"pytest exit {proc.returncode}: {summary}{which}")
     if device.startswith("cuda") and "passed" not in summary:
         raise RuntimeError(f"no CUDA test passed on a GPU: {summary}")
     return body
@@ -143,7 +144,8 @@ def run_train(sizes: Sizes, device: str, work: Path) -> tuple[str, list[dict[str
             ck = load_checkpoint(run / "last.pt")
             with open(run / "log.csv", newline="") as f:
                 last = list(csv.DictReader(f))[-1]
-            losses = {k: float(v) for k, v in last.items() if k not in ("step", "epoch", "lr", "patches_per_s", "train_s")}
+            other = ("step", "epoch", "lr", "patches_per_s", "train_s")
+            losses = {k: float(v) for k, v in last.items() if k not in other}
             rows.append({"mode": mode, "precision": prec, "steps": ck["step"], "seconds": seconds,
                          "patches_per_s": float(last["patches_per_s"]), "recorded": ck.get("precision"),
                          "losses": losses, "finite": all(math.isfinite(v) for v in losses.values())})
@@ -171,7 +173,8 @@ def run_memory(sizes: Sizes, device: str) -> tuple[str, list[dict[str, Any]]]:
                             subprocess_per_config=False, progress=False)
     cmd = (f"medsr bench memory --device {device} --depths {','.join(map(str, sizes.memory_depths))} "
            f"--width {sizes.width} --patch {sizes.patch} --variants reversible,plain")
-    peak = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS of this process (dry run: meaningless)"
+    cuda = device.startswith("cuda")
+    peak = "CUDA max_memory_allocated" if cuda else "peak RSS of this process (dry run: meaningless)"
     body = (f"The same as `{cmd}` (one 6-channel {sizes.patch}^3 patch, batch 1; peak_MiB / step_MiB = {peak}).\n\n"
             "```\n" + format_table(rows) + "\n" + "\n".join(check_targets(rows)) + "\n```")
     return body, rows
@@ -281,7 +284,10 @@ TITLES = {
 
 
 def environment(device: str) -> str:
-    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor() or "CPU"
+    if device.startswith("cuda"):
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    else:
+        gpu = platform.processor() or "CPU"
     cuda = ""
     if device.startswith("cuda"):
         tf32 = "on: fp32 convolutions run in TF32" if torch.backends.cudnn.allow_tf32 else "off"
@@ -293,7 +299,8 @@ def render(sections: list[Section], command: str, device: str, dry_run: bool, to
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = ["# GPU check", ""]
     if dry_run:
-        head += ["**Dry run on the CPU at tiny sizes: these are not GPU figures.** It only shows that the check runs.", ""]
+        head += ["**Dry run on the CPU at tiny sizes: these are not GPU figures.** It only shows that the check "
+                 "runs.", ""]
     head += [f"Written by `{command}` on {when} ({environment(device)}), {total_s / 60:.1f} min in all. "
              "Rerun that command on a machine with a GPU, from the repository root, to replace this file.", ""]
     failed = [s for s in sections if s.error]

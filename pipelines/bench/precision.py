@@ -15,8 +15,9 @@ Three measurements, each against float32 on the same weights and inputs:
   channel's standard deviation over the brain (RMS and max over brain voxels).
 
 The fp32 references of the core run without TF32 (:func:`true_fp32`); inference runs with PyTorch's default
-flags, as ``medsr infer`` does. Weights are PyTorch's default conv initialisation everywhere (the zero-initialised last conv of each
-branch included), so every block changes the stream as a trained one does. Deterministic for a seed.
+flags, as ``medsr infer`` does. Weights are PyTorch's default conv initialisation everywhere (the
+zero-initialised last conv of each branch included), so every block changes the stream as a trained one
+does. Deterministic for a seed.
 """
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ def measure_core(depth: int, width: int = 64, patch: int = 16, device: str = "cp
         "depth": depth, "width": width, "patch": patch, "device": str(device), "precision": precision,
         "stream_growth": growth, "inverse_fp32": inv_fp32, "inverse": inv_low, "inverse_naive": inv_naive,
         "grad_rev_vs_plain": _rel(g_rev, g_plain), "grad_input_rev_vs_plain": _rel(g_rev[:1], g_plain[:1]),
-        "grad_rev_vs_fp32": _rel(g_rev, g_ref), "grad_rev_vs_plain_fp32": _rel(g_rev32, g_ref), "grad_plain_vs_fp32": _rel(g_plain, g_ref),
+        "grad_rev_vs_fp32": _rel(g_rev, g_ref), "grad_rev_vs_plain_fp32": _rel(g_rev32, g_ref),
+        "grad_plain_vs_fp32": _rel(g_plain, g_ref),
         "seconds": time.perf_counter() - t0,
     }
 
@@ -188,7 +190,8 @@ def format_core(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vals = (str(r["depth"]), f"{r['inverse_fp32']:.1e}", f"{r['inverse']:.1e}", f"{r['inverse_naive']:.1e}",
-                f"{r['grad_rev_vs_plain_fp32']:.1e}", f"{r['grad_rev_vs_plain']:.1e}", f"{r['grad_rev_vs_fp32']:.1e}", f"{r['grad_plain_vs_fp32']:.1e}",
+                f"{r['grad_rev_vs_plain_fp32']:.1e}", f"{r['grad_rev_vs_plain']:.1e}", f"{r['grad_rev_vs_fp32']:.1e}",
+                f"{r['grad_plain_vs_fp32']:.1e}",
                 f"{r['stream_growth']:.1f}x")
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
@@ -236,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
         depths = [int(d) for d in args.depths.split(",") if d.strip()]
         shape = tuple(int(s) for s in args.shape.split(","))
     except ValueError:
-        raise ValueError(f"--depths and --shape take comma-separated integers, got {args.depths!r}, {args.shape!r}") from None
+        raise ValueError(f"--depths and --shape take comma-separated integers, got {args.depths!r}, "
+                         f"{args.shape!r}") from None
     if len(shape) != 3 or min(shape) < 8 or any(s % 2 for s in shape):
         raise ValueError(f"--shape {args.shape!r}: three even sizes >= 8")
     if not depths or min(depths) < 1 or args.width % 2 or args.width < 2:
