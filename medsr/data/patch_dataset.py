@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medsr.data.augment import PERMUTATIONS, flip_axes_from_bits, symmetry_mask, symmetry_normalised
-from medsr.data.cache import CacheEntry, ensure as ensure_cache
+from medsr.data.cache import CacheEntry, MappedArray, ensure as ensure_cache
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
 from medsr.normalise import ChannelStats, stats_from_sums
@@ -39,15 +39,15 @@ class Subject:
 
     Attributes:
         name: subject id (manifest ``subject``).
-        lr_up: (C, X, Y, Z) float32 read-only memmap of the network input, raw values.
-        hr: (C, X, Y, Z) float32 read-only memmap of the target, raw values.
-        mask: (X, Y, Z) bool read-only memmap of the brain mask.
-        brain: (N, 3) int32 read-only memmap of the brain voxel coordinates.
+        lr_up: (C, X, Y, Z) float32 read-only mapped array of the network input, raw values.
+        hr: (C, X, Y, Z) float32 read-only mapped array of the target, raw values.
+        mask: (X, Y, Z) bool read-only mapped array of the brain mask.
+        brain: (N, 3) int32 read-only mapped array of the brain voxel coordinates.
         affine: 4x4 HR voxel-to-world affine.
         norm_x, norm_y: statistics that :meth:`patch` normalises x (``lr_up``) and y (``hr``) with.
 
     Pickling (a DataLoader under the spawn or forkserver start method) sends the cache folder and
-    reopens the maps on the other side, never the data.
+    maps the files again on the other side, never the data.
     """
 
     def __init__(self, name: str, entry: CacheEntry, norm_x: ChannelStats | None = None,
@@ -60,14 +60,20 @@ class Subject:
         self._open()
 
     def _open(self) -> None:
-        self.lr_up, self.hr, self.mask, self.brain = (np.load(self.entry.path(a), mmap_mode="r") for a in ARRAYS_ORDER)
+        self._maps = [MappedArray(self.entry.path(a)) for a in ARRAYS_ORDER]
+        self.lr_up, self.hr, self.mask, self.brain = (m.array for m in self._maps)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ARRAYS_ORDER}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_maps",) + ARRAYS_ORDER}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._open()
+
+    def release(self) -> None:
+        """Unmap the pages reads have touched from this process (see :class:`MappedArray`)."""
+        for m in self._maps:
+            m.release()
 
     def read_mask(self) -> np.ndarray:
         """The whole mask as a private in-memory array (for one-off scans that should not keep
@@ -256,15 +262,21 @@ class PatchDataset(torch.utils.data.Dataset):
             item = (int(item), int(item), 0, 0)
         ix, iy, sx, sy = item
         si, ox = self.position(ix, sx)
-        x = self._patch(si, "x", ox, self._symmetry(sx))
-        if ix == iy and sx == sy:
-            y = self._patch(si, "y", ox, self._symmetry(sx))
-            if self.with_mask:
-                return {"x": x, "y": y, "mask": self._mask_patch(si, ox, self._symmetry(sx))}
-        else:
-            sj, oy = self.position(iy, sy)
-            y = self._patch(sj, "y", oy, self._symmetry(sy))
-        return {"x": x, "y": y}
+        sj = si
+        try:
+            x = self._patch(si, "x", ox, self._symmetry(sx))
+            if ix == iy and sx == sy:
+                y = self._patch(si, "y", ox, self._symmetry(sx))
+                if self.with_mask:
+                    return {"x": x, "y": y, "mask": self._mask_patch(si, ox, self._symmetry(sx))}
+            else:
+                sj, oy = self.position(iy, sy)
+                y = self._patch(sj, "y", oy, self._symmetry(sy))
+            return {"x": x, "y": y}
+        finally:  # the patches are copies: keep no page of the maps resident in this process
+            self.subjects[si].release()
+            if sj != si:
+                self.subjects[sj].release()
 
     def _mask_patch(self, si: int, origin: np.ndarray, sym: Symmetry) -> torch.Tensor:
         s, o = self.size, origin

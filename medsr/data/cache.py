@@ -1,0 +1,228 @@
+"""Memory-mappable copies of prepared subjects: training memory that does not grow with the subjects.
+
+A prepared subject is stored as compressed NIfTI (``hr.nii.gz``, ``lr_up.nii.gz``, ``mask.nii.gz``);
+reading a patch from those means decompressing the whole file, so training used to hold every
+subject in memory (about 7 MB per 96^3 scalar subject, 176 MB per HCP DTI subject, per process).
+Instead, each subject gets a cache folder beside its files, written on first use::
+
+    <subject>/cache/hr.npy        (C, X, Y, Z) float32, C order, raw values (not normalised)
+    <subject>/cache/lr_up.npy     (C, X, Y, Z) float32
+    <subject>/cache/mask.npy      (X, Y, Z) bool
+    <subject>/cache/brain.npy     (N, 3) int32 brain voxel coordinates (random patch centres)
+    <subject>/cache/cache.json    sources (name, size, mtime), grid, channels, per-channel brain sums
+
+Training opens the ``.npy`` files with ``np.load(mmap_mode="r")``: a patch read touches only its
+own pages, the OS page cache holds the data once for every process on the node (DDP ranks,
+DataLoader workers, two trainings), and a process's private memory stays flat in the number of
+subjects. ``.npy`` was chosen on measurement (docs/scale.md): a 16^3 patch read from an ``.npy``
+memmap costs about what a slice of an in-memory array costs, needs no new dependency, and its layout
+is the one the dataset slices, so patches are bit-identical to before.
+
+The normalisation statistics come from ``cache.json``'s brain sums (:class:`medsr.normalise.BrainSums`,
+computed in the one streaming pass that writes the cache), pooled in manifest order: the same
+float64 arithmetic as :func:`medsr.normalise.brain_stats`, so the statistics are bit-identical too.
+
+Validity: ``cache.json`` records each source file's name, size and modification time (ns); a
+prep rerun (an atomic write: a new file) changes them and the cache is rebuilt. Moving the prepared
+folder as a whole keeps it valid. Writes go through :func:`medsr.utils.atomic.atomic_path`,
+``cache.json`` last (it is what makes a cache valid), under :func:`medsr.utils.lock.file_lock` on
+``cache/.lock``: of several processes that find a cache missing at once, one builds it and the
+others wait for it and use it.
+
+When the prepared folder is read-only, set ``MEDSR_CACHE_DIR``: caches then live under
+``$MEDSR_CACHE_DIR/<hash of the subject folder's path>/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsr.normalise import BrainSums, brain_sums
+from medsr.utils.atomic import atomic_path
+from medsr.utils.lock import file_lock
+
+# Drops a mapping's pages from this process (they stay in the OS page cache); None where the OS lacks it.
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+VERSION = 1
+CACHE_FOLDER = "cache"
+ENV_CACHE_DIR = "MEDSR_CACHE_DIR"
+SOURCES = ("hr", "lr_up", "mask")
+ARRAYS = ("hr", "lr_up", "mask", "brain")
+
+
+@dataclass
+class CacheEntry:
+    """A valid cache of one subject.
+
+    Attributes:
+        folder: the cache folder (holds ``<name>.npy`` for each of :data:`ARRAYS`).
+        shape: HR spatial shape (X, Y, Z).
+        channels: C of hr and lr_up.
+        affine: 4x4 HR voxel-to-world affine.
+        sums: ``{"hr": BrainSums, "lr_up": BrainSums}`` over the brain mask.
+    """
+
+    folder: Path
+    shape: tuple[int, int, int]
+    channels: int
+    affine: np.ndarray
+    sums: dict[str, BrainSums]
+
+    def path(self, array: str) -> Path:
+        return self.folder / f"{array}.npy"
+
+    @property
+    def brain_voxels(self) -> int:
+        return self.sums["hr"].n
+
+
+def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the ``.npy`` file open as ``f``; leaves ``f`` at the data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
+
+
+def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape in an ``.npy`` file's header (the data are not read)."""
+    with open(path, "rb") as f:
+        return tuple(_read_header(f)[0])
+
+
+class MappedArray:
+    """A read-only ``.npy`` file mapped into memory.
+
+    Attributes:
+        array: the file's array, backed by the mapping (read-only; no copy is made).
+
+    Pages a read touches join this process's resident set (the kernel maps up to 64 kB around each
+    fault), so a long run would slowly count every subject it visited. :meth:`release` unmaps them
+    from this process after a read; they stay in the page cache, shared by every process on the node,
+    and come back from there (no disk read) on the next touch, about 40 us per 16^3 patch (docs/scale.md).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _read_header(f)
+            offset = f.tell()
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.array = np.ndarray(shape, dtype, buffer=self._map, offset=offset, order="F" if fortran else "C")
+
+    def release(self) -> None:
+        """Drop the pages of the mapping from this process's resident set (the data stay readable)."""
+        if _DONTNEED is not None:
+            self._map.madvise(_DONTNEED)
+
+
+def cache_folder(hr: str | os.PathLike) -> Path:
+    """Where the cache of the subject whose ``hr`` file is given lives."""
+    subject_dir = Path(hr).resolve().parent
+    root = os.environ.get(ENV_CACHE_DIR)
+    if root:
+        key = hashlib.sha256(str(subject_dir).encode()).hexdigest()[:16]
+        return Path(root) / f"{subject_dir.name}-{key}"
+    return subject_dir / CACHE_FOLDER
+
+
+def _identity(path: Path, base: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"file": os.path.relpath(path.resolve(), base), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _expected_sources(files: dict[str, str], base: Path) -> dict[str, dict[str, Any]]:
+    return {k: _identity(Path(files[k]), base) for k in SOURCES}
+
+
+def read_valid(folder: Path, files: dict[str, str]) -> CacheEntry | None:
+    """The cache in ``folder`` if it was built from exactly ``files`` (and is complete), else None."""
+    try:
+        meta = json.loads((folder / "cache.json").read_text())
+    except (OSError, ValueError):
+        return None
+    base = Path(files["hr"]).resolve().parent
+    try:
+        if meta.get("version") != VERSION or meta.get("sources") != _expected_sources(files, base):
+            return None
+        entry = CacheEntry(folder, tuple(int(v) for v in meta["shape"]), int(meta["channels"]),
+                           np.asarray(meta["affine"], dtype=np.float64),
+                           {k: BrainSums.from_dict(v) for k, v in meta["sums"].items()})
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    want = {"hr": (entry.channels, *entry.shape), "lr_up": (entry.channels, *entry.shape), "mask": entry.shape,
+            "brain": (entry.brain_voxels, 3)}
+    for name, shape in want.items():  # a deleted or foreign .npy makes the cache invalid, not an error
+        try:
+            if npy_shape(entry.path(name)) != tuple(shape):
+                return None
+        except (OSError, ValueError):
+            return None
+    return entry
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:  # the temporary keeps the .npy suffix, so np.save adds none
+        np.save(tmp, array, allow_pickle=False)
+
+
+def build(folder: Path, files: dict[str, str], subject: str) -> CacheEntry:
+    """Read one subject's NIfTI files, check them, and write its cache (the caller holds the lock).
+
+    Raises:
+        ValueError: grids or channel counts of hr / lr_up / mask disagree, or NaN/Inf values.
+    """
+    from medsr.io import load_mask, load_volume
+
+    base = Path(files["hr"]).resolve().parent
+    sources = _expected_sources(files, base)  # before reading: a file replaced meanwhile invalidates the cache
+    hr = load_volume(files["hr"], name=f"subject {subject}: {files['hr']}")
+    lr_up = load_volume(files["lr_up"], name=f"subject {subject}: {files['lr_up']}")
+    hr.check_same_space(lr_up)
+    if hr.channels != lr_up.channels:
+        raise ValueError(f"subject {subject}: hr has {hr.channels} channels, lr_up {lr_up.channels}")
+    mask = load_mask(files["mask"], like=hr)
+    for vol, what in ((hr, files["hr"]), (lr_up, files["lr_up"])):
+        if not np.isfinite(vol.data).all():
+            raise ValueError(f"subject {subject}: {what} contains NaN or infinite values")
+    sums = {"hr": brain_sums(hr.data, mask), "lr_up": brain_sums(lr_up.data, mask)}
+    entry = CacheEntry(folder, hr.spatial_shape, hr.channels, np.asarray(hr.affine, dtype=np.float64), sums)
+    try:
+        _save(entry.path("hr"), np.ascontiguousarray(hr.data, dtype=np.float32))
+        del hr
+        _save(entry.path("lr_up"), np.ascontiguousarray(lr_up.data, dtype=np.float32))
+        del lr_up
+        _save(entry.path("mask"), np.ascontiguousarray(mask, dtype=bool))
+        _save(entry.path("brain"), np.argwhere(mask).astype(np.int32))
+        meta = {"version": VERSION, "subject": subject, "sources": sources, "shape": list(entry.shape),
+                "channels": entry.channels, "affine": entry.affine.tolist(),
+                "sums": {k: v.to_dict() for k, v in sums.items()}}
+        with atomic_path(folder / "cache.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=1))
+    except OSError as e:
+        raise OSError(e.errno, f"subject {subject}: cannot write the training cache ({e.strerror}); if the "
+                               f"prepared folder is read-only, set {ENV_CACHE_DIR} to a writable folder",
+                      e.filename) from None
+    return entry
+
+
+def ensure(files: dict[str, str], subject: str) -> CacheEntry:
+    """The valid cache of a subject, built first if missing or stale.
+
+    Args:
+        files: absolute paths ``{"hr", "lr_up", "mask"}`` (a manifest row).
+        subject: its name, for messages.
+    """
+    folder = cache_folder(files["hr"])
+    entry = read_valid(folder, files)
+    if entry is not None:
+        return entry
+    with file_lock(folder / ".lock"):
+        entry = read_valid(folder, files)  # built by another process while this one waited
+        return entry if entry is not None else build(folder, files, subject)
