@@ -72,6 +72,46 @@ def _slices(vol: Volume, order, flips, centre_mm: np.ndarray) -> tuple[list[np.n
     return out, extents
 
 
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where a subject is sliced: RAS display order, the mask's centre and the brain's box.
+
+    Attributes:
+        order, flips: :func:`medsr.figures.maps.ras_view` of the HR affine.
+        centre_mm: (3,) slice positions (mm from the RAS-ordered grid's corner): the mask's centre of mass.
+        crop: (3, 2) mm limits of the brain's bounding box plus a margin.
+        mask2d: the mask's slice per view (in :data:`VIEWS` order).
+    """
+
+    order: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    centre_mm: np.ndarray
+    crop: np.ndarray
+    mask2d: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, affine: np.ndarray, voxel_size: Sequence[float], mask: np.ndarray) -> "SliceGeometry":
+        order, flips = ras_view(affine)
+        zooms = np.asarray(voxel_size, dtype=np.float64)[list(order)]
+        mask_r = reorient(np.asarray(mask, dtype=bool), order, flips)
+        idx = np.argwhere(mask_r) if mask_r.any() else np.argwhere(np.ones_like(mask_r))
+        centre = np.round(idx.mean(0)).astype(int)
+        lo, hi = idx.min(0) - MARGIN_VOXELS, idx.max(0) + 1 + MARGIN_VOXELS
+        crop = np.stack([np.maximum(lo, 0), np.minimum(hi, mask_r.shape)], 1) * zooms[:, None]
+        mask2d = tuple(np.take(mask_r, int(centre[ax]), axis=ax) for _, ax, _ in VIEWS)
+        return cls(order, flips, (centre + 0.5) * zooms, crop, mask2d)
+
+    def slices(self, vol: Volume) -> tuple[list[np.ndarray], list[tuple]]:
+        """Per view: the (C, A, B) slice of ``vol`` (any grid of the same field of view) and its extent (mm)."""
+        return _slices(vol, self.order, self.flips, self.centre_mm)
+
+
+def _nearest(mask2d: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The HR mask slice sampled at the centres of a coarser grid of ``shape`` over the same field of view."""
+    idx = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1) for n, m in zip(shape, mask2d.shape)]
+    return mask2d[np.ix_(*idx)]
+
+
 def _masked(m: np.ndarray, mask2d: np.ndarray) -> np.ndarray:
     if m.ndim == 3:  # RGB: black outside
         return np.where(mask2d[..., None], m, 0.0)
@@ -125,31 +165,24 @@ def subject_figures(
                 raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
 
     spec = describe(kind, hr.data, mask)
-    order, flips = ras_view(hr.affine)
-    zooms = np.asarray(hr.voxel_size)[list(order)]
-    mask_r = reorient(mask, order, flips)
-    idx = np.argwhere(mask_r) if mask_r.any() else np.argwhere(np.ones_like(mask_r))
-    centre_mm = (np.round(idx.mean(0)) + 0.5) * zooms
-    lo, hi = idx.min(0) - MARGIN_VOXELS, idx.max(0) + 1 + MARGIN_VOXELS
-    crop = np.stack([np.maximum(lo, 0), np.minimum(hi, mask_r.shape)], 1) * zooms[:, None]  # (3, 2) mm
-    mask2d = [np.take(mask_r, int(centre_mm[ax] / zooms[ax]), axis=ax) for _, ax, _ in VIEWS]
+    geo = SliceGeometry.of(hr.affine, hr.voxel_size, mask)
+    order, flips, centre_mm, crop, mask2d = geo.order, geo.flips, geo.centre_mm, geo.crop, geo.mask2d
 
-    def column(label: str, role: str, vol: Volume, masked: bool) -> _Column:
+    def column(label: str, role: str, vol: Volume) -> _Column:
         sl, ext = _slices(vol, order, flips, centre_mm)
         maps = []
         for s, m2 in zip(sl, mask2d):
             d = slice_maps(kind, s, spec, order)
-            if masked:
-                d = {k: (v if k == "e1" else _masked(v, m2)) for k, v in d.items()}
-            maps.append(d)
+            m2 = m2 if s.shape[1:] == m2.shape else _nearest(m2, s.shape[1:])  # the LR input's own grid
+            maps.append({k: (v if k == "e1" else _masked(v, m2)) for k, v in d.items()})
         return _Column(label, role, maps, ext)
 
     cols = []
     if lr is not None:
         vs = lr.voxel_size
-        cols.append(column(f"LR input\n({'x'.join(f'{v:.3g}' for v in vs)} mm)", "input", lr, False))
-    cols.append(column("HR truth", "truth", hr, True))
-    cols += [column(label, "method", vol, True) for label, vol in methods]
+        cols.append(column(f"LR input\n({'x'.join(f'{v:.3g}' for v in vs)} mm)", "input", lr))
+    cols.append(column("HR truth", "truth", hr))
+    cols += [column(label, "method", vol) for label, vol in methods]
 
     written = []
     rendered = [(p, _render(q, spec[q], cols, crop, mask2d, f"subject {subject}", dpi))
