@@ -12,7 +12,10 @@ Guarantees:
   that were there before the run started are never removed);
 * no output path may resolve outside the output folder (a link there is refused), and the caller
   refuses an output folder overlapping an input subject folder (:func:`check_output_folder`);
-* the manifest is rewritten (atomically) after each subject, so an interrupted run keeps its progress;
+* the manifest is updated (atomically) after each subject, so an interrupted run keeps its progress;
+* any number of runs (``medsr prep ... --subjects ...`` jobs, e.g. a SLURM array) can prepare
+  disjoint subjects into one output folder at once: each merges its own rows into the manifest
+  under a lock (:func:`medsr.manifest.update_manifest`), so the manifest ends up with every subject;
 * a rerun skips subjects whose row is ``ok`` and whose files all exist, and retries the others
   (``overwrite=True`` redoes every subject);
 * the return value is 0 when every subject is ``ok``, 1 otherwise.
@@ -28,7 +31,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from medsr.manifest import PATH_COLUMNS, empty_row, read_manifest_raw, write_manifest
+from medsr.manifest import PATH_COLUMNS, empty_row, read_manifest_raw, update_manifest
 from medsr.utils.paths import check_subject_name, inside
 
 OUTPUT_FILES: dict[str, str] = {"hr": "hr.nii.gz", "lr": "lr.nii.gz", "lr_up": "lr_up.nii.gz", "mask": "mask.nii.gz"}
@@ -205,13 +208,13 @@ def run_subjects(
         rows[s] = dict(empty_row(s), status="failed", kind=kind, factor=factor,
                        error=f"subject {s}: not finished (the run preparing it was interrupted)")
     if stale:
-        write_manifest(manifest, rows.values())
+        update_manifest(manifest, [rows[s] for s in stale])
     if skipped:
         print(f"{desc}: {skipped} subject(s) already done, skipped (use --overwrite to redo)", file=sys.stderr)
 
     def record(row: dict, bar: tqdm) -> None:
         rows[row["subject"]] = row
-        write_manifest(manifest, rows.values())
+        update_manifest(manifest, [row])  # only this subject's row: other jobs may be writing theirs
         if row["status"] != "ok":
             bar.write(f"{desc}: {row['error']}", file=sys.stderr)
         bar.update(1)
@@ -240,8 +243,8 @@ def run_subjects(
                             row.update(status="failed", error=f"subject {s}: worker died: {one_line(e)}",
                                        kind=kind, factor=factor)
                         record(row, bar)
-    if not rows:
-        write_manifest(manifest, [])
+    if not manifest.exists():
+        update_manifest(manifest, [])
     n_failed = sum(rows[s]["status"] != "ok" for s in subjects if s in rows)
     n_ok = len(subjects) - n_failed
     print(f"{desc}: {n_ok} ok ({skipped} skipped), {n_failed} failed; manifest: {manifest}", file=sys.stderr)

@@ -10,6 +10,10 @@ Columns (fixed; others code against them)::
   ``"1.25x1.25x1.25"`` (see :func:`parse_triple`);
 * ``status`` is ``ok`` or ``failed`` (then ``error`` holds the one-line reason and paths may be empty);
 * ``kind`` is ``dti`` (6 channels, FSL order) or ``scalar`` (1 channel).
+
+Several writers (prep jobs of a SLURM array sharing one output folder) go through
+:func:`update_manifest`: it merges their rows into the manifest on disk under a lock, so no job
+overwrites the rows another one wrote.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Iterable
 import pandas as pd
 
 from medsr.utils.atomic import atomic_path
+from medsr.utils.lock import file_lock
 from medsr.utils.paths import check_subject_name
 
 COLUMNS: tuple[str, ...] = (
@@ -27,6 +32,7 @@ COLUMNS: tuple[str, ...] = (
     "brain_voxels", "n_patches", "status", "error", "factor", "kind",
 )
 PATH_COLUMNS: tuple[str, ...] = ("hr", "lr", "lr_up", "mask")
+LOCK_NAME = "manifest.lock"  # beside the manifest; held while a writer merges its rows
 _STR_COLUMNS = ("subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size", "status", "error", "kind")
 _INT_COLUMNS = ("brain_voxels", "n_patches", "factor")
 
@@ -74,6 +80,29 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return path
+
+
+def update_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Merge ``rows`` into the manifest at ``path`` (created if absent): each replaces its subject's row.
+
+    The read-merge-write runs under an exclusive lock on ``manifest.lock`` beside the manifest
+    (:func:`medsr.utils.lock.file_lock`), so any number of processes can each update their own
+    subjects at once and the manifest ends up with every row. Paths in ``rows`` follow
+    :func:`write_manifest`; rows already in the manifest keep theirs.
+    """
+    path = Path(path)
+    with file_lock(path.parent / LOCK_NAME):
+        merged: dict[str, dict] = {}
+        if path.exists():
+            base = path.parent.resolve()
+            for r in read_manifest_raw(path).to_dict("records"):
+                for c in PATH_COLUMNS:  # stored relative to the manifest; write_manifest wants them absolute
+                    if r[c] and not Path(r[c]).is_absolute():
+                        r[c] = str(base / r[c])
+                merged[str(r["subject"])] = r
+        for r in rows:
+            merged[str(r["subject"])] = dict(r)
+        return write_manifest(path, merged.values())
 
 
 def read_manifest_raw(path: str | os.PathLike) -> pd.DataFrame:
