@@ -1,18 +1,26 @@
 """``medsr bench loader``: patches/s the loader supplies vs patches/s a training step consumes.
 
 Both are measured in the same process on the same config: first the DataLoader alone is
-drained for ``--batches`` batches (what the data side can supply), then the Trainer runs
-``--steps`` optimisation steps on batches already in memory (what the model consumes). The
-ratio supply / consumption should be >= 10 so the model never waits for data. CPU seconds per
-step are reported too: on a shared machine they show what an idle core would do.
+drained for ``--batches`` batches (what the data side can supply, ``--workers`` processes), then
+the Trainer runs ``--steps`` optimisation steps on batches already in memory (what the model
+consumes). The ratio supply / consumption should be >= 10 so the model never waits for data. CPU
+seconds per step are reported too: on a shared machine they show what an idle core would do.
 
-Without ``--manifest`` or ``data.manifest`` a small synthetic prepared dataset is generated in a
-temporary folder (``--shape``, ``--kind``).
+Without ``--manifest`` or ``data.manifest`` a prepared dataset of ``--subjects`` generated subjects
+(``--shape``, ``--kind``; ``medsr.data.synthetic``) is written to ``--data`` (reused when it already
+holds enough subjects) or a temporary folder. Opening the dataset builds the subjects' caches on
+first use (``medsr.data.cache``); the seconds it took are reported.
+
+Peak resident memory is reported for this process (``VmHWM``, reset after the data are generated,
+so it covers opening the dataset, loading and training) and for the largest loader worker
+(``ru_maxrss`` of the waited-for children: each worker starts as a fork of this process).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +31,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. data.patch_size=24 model.kwargs.width=64")
     parser.add_argument("--manifest", default=None, help="prepared data manifest (overrides data.manifest)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], help="synthetic volume shape")
-    parser.add_argument("--kind", choices=["dti", "scalar"], default="dti", help="synthetic data kind")
+    parser.add_argument("--subjects", type=int, default=2, help="generated subjects (without --manifest; default 2)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder for the generated subjects, kept and reused (default: a temporary folder)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], help="generated volume shape")
+    parser.add_argument("--kind", choices=["dti", "scalar"], default="dti", help="generated data kind")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (data.num_workers)")
     parser.add_argument("--batches", type=int, default=200, help="loader batches to time")
     parser.add_argument("--steps", type=int, default=20, help="training steps to time (after 3 warm-up steps)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's peak-RSS count (Linux ``clear_refs``; elsewhere a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since the last :func:`reset_peak_rss` (MiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def generated_manifest(folder: Path, n: int, shape: tuple[int, int, int], kind: str, patch_size: int) -> Path:
+    """A manifest of ``n`` generated subjects under ``folder``, reusing those already there."""
+    from medsr.data.synthetic import make_prepared_dataset
+    from medsr.manifest import read_manifest, write_manifest
+
+    everything = folder / "all" / "manifest.csv"
+    rows = read_manifest(everything).to_dict("records") if everything.exists() else []
+    if len(rows) < n or any(r["shape"] != "x".join(map(str, shape)) or r["kind"] != kind for r in rows[:n]):
+        rows = read_manifest(make_prepared_dataset(folder / "all", n, shape, kind, patch_size=patch_size)).to_dict("records")
+    return write_manifest(folder / f"n{n}" / "manifest.csv", rows[:n])
+
+
 def measure(cfg, batches: int, steps: int) -> dict:
-    """Time the loader alone and the training step on ``cfg``; returns a dict of rates."""
+    """Time opening the data, the loader alone and the training step on ``cfg``; returns a dict of rates."""
     import torch
 
     from medsr.data import build_dataset
@@ -41,7 +84,9 @@ def measure(cfg, batches: int, steps: int) -> dict:
     info = env_dist_info()
     device = select_device(cfg.train.device, info)
     configure_determinism(False, cfg.train.threads)
+    t0 = time.perf_counter()
     data = build_dataset(cfg, info)
+    open_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, data, Path(tmp), info, device)
         loader = trainer.make_loader()
@@ -63,6 +108,8 @@ def measure(cfg, batches: int, steps: int) -> dict:
         # Consumption: training steps on a fixed batch (no loader in the loop).
         data.sampler.set_epoch(0)
         batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
+        del loader  # stops persistent workers, so their peak memory is counted below
+        gc.collect()
         for _ in range(3):
             trainer.mode.train_step(batch)
         if device.type == "cuda":
@@ -74,12 +121,16 @@ def measure(cfg, batches: int, steps: int) -> dict:
             torch.cuda.synchronize()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     consume = steps * bs / wall
+    workers = int(cfg.data.num_workers)
     return {
         "mode": cfg.train.mode, "model": cfg.model.name, "kwargs": trainer.gen_kwargs,
-        "patch_size": cfg.data.patch_size, "batch_size": bs, "device": str(device),
-        "threads": torch.get_num_threads(), "loader_patches_per_s": round(supply, 1),
+        "subjects": len(data.info.get("subjects", [])), "n_patches": len(data.dataset),
+        "patch_size": cfg.data.patch_size, "batch_size": bs, "device": str(device), "num_workers": workers,
+        "threads": torch.get_num_threads(), "open_s": round(open_s, 2), "loader_patches_per_s": round(supply, 1),
         "train_patches_per_s": round(consume, 2), "train_steps_per_s": round(steps / wall, 2),
         "train_cpu_s_per_step": round(cpu / steps, 4), "ratio": round(supply / consume, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1) if workers else None,
     }
 
 
@@ -88,22 +139,27 @@ def run(args: argparse.Namespace) -> int:
 
     config = args.config or str(Path(__file__).parents[2] / "configs" / "quick_paired_l1.yaml")
     overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"data.num_workers={args.workers}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.manifest:
             overrides.append(f"data.manifest={args.manifest}")
         cfg = load_config(config, overrides)
         if not cfg.data.manifest and cfg.data.type == "patches3d":
-            from medsr.data.synthetic import make_prepared_dataset
-
-            m = make_prepared_dataset(Path(tmp) / "data", 2, tuple(args.shape), args.kind,
-                                      patch_size=cfg.data.patch_size)
+            m = generated_manifest(args.data or Path(tmp) / "data", args.subjects, tuple(args.shape), args.kind,
+                                   cfg.data.patch_size)
             cfg = load_config(cfg, [f"data.manifest={m}"])
+        reset_peak_rss()  # generating the data is not part of the measurement
         result = measure(cfg, args.batches, args.steps)
-    print(f"loader: {result['loader_patches_per_s']:.1f} patches/s   "
+    workers = f", largest worker {result['worker_peak_rss_mib']:.0f} MiB" if result["num_workers"] else ""
+    print(f"{result['subjects']} subjects ({result['n_patches']} patches/epoch, opened in {result['open_s']:.1f} s), "
+          f"{result['num_workers']} worker(s)\n"
+          f"loader: {result['loader_patches_per_s']:.1f} patches/s   "
           f"training step ({result['mode']}, {result['model']} {result['kwargs']}, {result['patch_size']}^3, "
           f"batch {result['batch_size']}, {result['threads']} thread(s)): {result['train_patches_per_s']:.2f} patches/s "
           f"= {result['train_steps_per_s']:.2f} steps/s, {result['train_cpu_s_per_step']} CPU s/step   "
-          f"ratio {result['ratio']:.1f}x (target >= 10)")
+          f"ratio {result['ratio']:.1f}x (target >= 10)\n"
+          f"peak RSS: this process {result['peak_rss_mib']:.0f} MiB{workers}")
     if args.json:
         from medsr.utils.atomic import atomic_path
 
