@@ -60,5 +60,6 @@ def test_spec_parsing():
     assert parse_spec("configs/a.yaml train.lr=1e-3 'data.subjects=[a, b]'") == (
         __import__("pathlib").Path("configs/a.yaml"), ["train.lr=1e-3", "data.subjects=[a, b]"])
     assert spec_name(*parse_spec("x/demo.yaml model.kwargs.width=32")) == "demo__width=32"
+    assert spec_name(*parse_spec("x/demo.yaml train.lr=0.002")) == "demo__lr=0.002"  # the value kept whole
     with pytest.raises(ValueError, match="not a key=value"):
         parse_spec("a.yaml depth")

@@ -74,7 +74,8 @@ def parse_spec(spec: str) -> tuple[Path, list[str]]:
 
 def spec_name(path: Path, overrides: list[str]) -> str:
     """A readable, file-safe run name: the config stem plus its overrides."""
-    tail = "_".join(o.split(".")[-1] for o in overrides)
+    # "train.lr=0.002" -> "lr=0.002": the key's last part and the whole value.
+    tail = "_".join(o.split("=", 1)[0].split(".")[-1] + "=" + o.split("=", 1)[1] for o in overrides)
     name = path.stem + (f"__{tail}" if tail else "")
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)[:120]
 
