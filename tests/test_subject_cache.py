@@ -190,3 +190,15 @@ def test_cache_dir_from_the_environment(tmp_path, monkeypatch):
     assert not (tmp_path / "prep" / "sub00" / "cache").exists()
     assert ds.subjects[0].entry.folder.parent == tmp_path / "elsewhere"
     assert (ds.subjects[0].entry.folder / "cache.json").is_file()
+
+
+def test_ranks_start_building_at_their_own_share(tmp_path, monkeypatch):
+    from medsr.data.patch_dataset import load_subjects
+
+    manifest = make_prepared_dataset(tmp_path, 4, (16, 16, 16), "scalar", patch_size=8)
+    builds = []
+    real = subject_cache.build
+    monkeypatch.setattr(subject_cache, "build", lambda *a: builds.append(a[2]) or real(*a))
+    subjects, _ = load_subjects(manifest, rank=1, world_size=2)
+    assert builds == ["sub02", "sub03", "sub00", "sub01"]  # rank 1 of 2 starts half-way
+    assert [s.name for s in subjects] == ["sub00", "sub01", "sub02", "sub03"]  # the manifest's order

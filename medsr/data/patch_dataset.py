@@ -102,10 +102,14 @@ class Subject:
         return self.region("y", (slice(None),) * 3)
 
 
-def load_subjects(manifest: str | Path, subjects: list[str] | None = None) -> tuple[list[Subject], dict[str, Any]]:
+def load_subjects(manifest: str | Path, subjects: list[str] | None = None, rank: int = 0,
+                  world_size: int = 1) -> tuple[list[Subject], dict[str, Any]]:
     """Open the ``ok`` subjects of a manifest (optionally a named subset), memory-mapped and unnormalised.
 
     A subject's cache is built on first use (one subject in memory at a time) and reused afterwards.
+    Process ``rank`` of ``world_size`` starts building at its own share of the subjects, so the
+    processes of a distributed run build the missing caches side by side instead of queueing on
+    one subject's lock after another.
 
     Returns:
         (subjects, info) with info = {"factor", "kind", "channels", "manifest"}.
@@ -134,9 +138,14 @@ def load_subjects(manifest: str | Path, subjects: list[str] | None = None) -> tu
     if len(factors) > 1 or len(kinds) > 1:
         raise ValueError(f"{manifest}: subjects mix factors {factors} / kinds {kinds}; train on one kind and factor")
     out: list[Subject] = []
+    rows = list(df.itertuples(index=False))
+    start = rank * len(rows) // max(world_size, 1)
+    entries = {}
+    for row in rows[start:] + rows[:start]:
+        entries[row.subject] = ensure_cache({"hr": row.hr, "lr_up": row.lr_up, "mask": row.mask}, str(row.subject))
     channels = None
-    for row in df.itertuples(index=False):
-        entry = ensure_cache({"hr": row.hr, "lr_up": row.lr_up, "mask": row.mask}, str(row.subject))
+    for row in rows:  # manifest order: the pooled statistics add up subjects in this order
+        entry = entries[row.subject]
         if channels is None:
             channels = entry.channels
         elif entry.channels != channels:
@@ -327,7 +336,7 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     d = cfg.data
     if not d.manifest:
         raise ValueError("config key 'data.manifest' is required for data.type 'patches3d' (a manifest.csv from 'medsr prep')")
-    subjects, info = load_subjects(d.manifest, d.subjects)
+    subjects, info = load_subjects(d.manifest, d.subjects, dist.rank, dist.world_size)
     c = info["channels"]
     if d.permute:
         for s in subjects:  # a permuted patch of anisotropic voxels would show anatomy at a wrong scale
