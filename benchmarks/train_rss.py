@@ -5,7 +5,8 @@ writes one manifest per count listing the first N of them, and runs ``medsr trai
 ``--steps`` steps on each in a fresh subprocess. The peak RSS is the child's own ``ru_maxrss`` from
 ``os.wait4`` (what ``/usr/bin/time -v`` prints as "Maximum resident set size"): the training process
 and any data-loader workers it waited for. Each count is run twice: the first run builds the
-subjects' memory-mappable caches (``medsr.data.cache``), the second finds them.
+subjects' memory-mappable caches (``medsr.data.cache``; any left by an earlier run are removed
+first), the second finds them.
 
     python benchmarks/train_rss.py --subjects 4 48 --shape 96 96 96 --kind scalar --workdir /tmp/rss
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,9 +33,10 @@ def generate(folder: Path, n: int, shape: tuple[int, int, int], kind: str, patch
     from medsr.manifest import read_manifest
 
     manifest = folder / "all" / "manifest.csv"
-    if manifest.exists() and len(read_manifest(manifest)) >= n:
-        df = read_manifest(manifest)
-    else:
+    df = read_manifest(manifest) if manifest.exists() else None
+    same = df is not None and len(df) >= n and set(df["shape"][:n]) == {"x".join(map(str, shape))} \
+        and set(df["kind"][:n]) == {kind}
+    if not same:
         df = read_manifest(make_prepared_dataset(folder / "all", n, shape, kind, patch_size=patch_size))
     return df.to_dict("records")[:n]
 
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
+    from medsr.data.cache import cache_folder
     from medsr.manifest import write_manifest
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory()
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n in args.subjects:
         manifest = write_manifest(work / f"n{n}" / "manifest.csv", rows[:n])
+        for row in rows[:n]:  # the first run builds every cache it needs
+            shutil.rmtree(cache_folder(row["hr"]), ignore_errors=True)
         for run in ("first", "cached"):
             r = run_train(args.config, manifest, work / f"run_n{n}_{run}", args.steps, args.workers, args.extra)
             results.append({"subjects": n, "run": run, **r})
