@@ -4,11 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from medsr.config import Config, load_config, save_config
+from medsr.data.registry import list_datasets
+from medsr.networks import create_model
+from medsr.training import create_mode
+from medsr.training.trainer import resolve_kwargs
+from medsr.twod.datasets import resolve_dataset
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+CONFIGS_DIR = Path(__file__).parents[1] / "configs"
+CONFIGS = sorted(CONFIGS_DIR.rglob("*.yaml"))
 
 
 def test_yaml_overrides_and_round_trip(tmp_path):
@@ -56,8 +63,41 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
+    """Every shipped config names a registered data type, mode, model and discriminator, and its
+    networks build from its kwargs (as the Trainer builds them, with the data's channel count)."""
     cfg = load_config(path)
-    assert cfg.output_dir
+    _check_buildable(cfg)
+
+
+def _check_buildable(cfg: Config) -> None:
+    assert cfg.data.type in list_datasets(), f"data.type {cfg.data.type!r}"
+    if cfg.data.type == "aligned2d":
+        resolve_dataset(cfg.data)  # data.dataset is maps | cityscapes (or told by the folder name)
+    mode = create_mode(cfg)  # raises on an unknown train.mode
+    channels = 3 if cfg.data.type == "aligned2d" else 6  # RGB images; the 6 DTI tensor components
+    kwargs = resolve_kwargs(cfg.model.kwargs, channels, "model.kwargs", "the data")
+    if kwargs.get("factor") == "auto":
+        kwargs["factor"] = 2
+    assert isinstance(create_model(cfg.model.name, **kwargs), torch.nn.Module)
+    if mode.discriminators:
+        kwargs = resolve_kwargs(cfg.discriminator.kwargs, mode.discriminator_in_channels(channels),
+                                "discriminator.kwargs", "the data")
+        if kwargs.get("patch_size") == "auto":
+            kwargs["patch_size"] = cfg.data.patch_size
+        assert isinstance(create_model(cfg.discriminator.name, **kwargs), torch.nn.Module)
+
+
+@pytest.mark.parametrize("key, value, error, pattern", [
+    ("model.name", "rev_srcnn3", ValueError, "'model.name': unknown name 'rev_srcnn3'"),
+    ("discriminator.name", "patchgan", ValueError, "'discriminator.name': unknown name"),
+    ("train.mode", "pairedd", ValueError, "'train.mode': unknown name"),
+    ("data.type", "patches", ValueError, "'data.type': unknown name"),
+    ("data.dataset", "map", ValueError, "'data.dataset'"),
+    ("model.kwargs.widht", 8, TypeError, "widht"),
+])
+def test_a_misspelt_name_in_a_shipped_config_fails(key, value, error, pattern):
+    with pytest.raises(error, match=pattern):
+        _check_buildable(load_config(CONFIGS_DIR / "2d" / "quick_maps.yaml", [f"{key}={value}"]))
 
 
 def test_table3_has_the_twelve_paper_rows():

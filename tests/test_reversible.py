@@ -20,14 +20,9 @@ from medsr.networks.reversible import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs are dominated by thread synchronisation on a shared 2-core machine (~30x slower
-    with 2 threads than with 1 here), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny convs are dominated by thread synchronisation on a shared 2-core machine (~30x slower with
+# 2 threads than with 1 here), so these tests run single-threaded (tests/conftest.py:one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(module: nn.Module, std: float = 0.1) -> nn.Module:
