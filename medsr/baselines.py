@@ -1,9 +1,9 @@
 """Interpolation baselines from the LR grid to the HR grid: nearest, trilinear, cubic B-spline.
 
-Grid alignment decides who looks better (a misaligned cubic spline on a T1 brain lost 0.55 RMSE to an
-aligned one), so all three share prep's geometry (``medsr.degrade``): LR voxel (0, 0, 0) is the block
-mean of HR voxels (0..r-1)^3, so its centre sits at that block's centre. HR voxel index ``i``
-therefore lies at the LR continuous coordinate::
+Grid alignment decides who looks better (a baseline off by a fraction of a voxel shifts every edge),
+so all three share prep's geometry (``medsr.degrade``): LR voxel (0, 0, 0) is the block mean of HR
+voxels (0..r-1)^3, so its centre sits at that block's centre. HR voxel index ``i`` therefore lies at
+the LR continuous coordinate::
 
     u(i) = (i - (r - 1) / 2) / r
 

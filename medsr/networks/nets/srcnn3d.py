@@ -8,12 +8,12 @@ a reversible sequence of ``depth`` additive-coupling blocks shared by both direc
 (``srcnn3d`` is the same model with depth 0: an identity core). Weights start from N(0, 0.02);
 the last conv of every reversible branch starts at zero, so each block starts as the identity.
 
-Defaults (``norm="none"``, ``residual=True``) are the ones that measured best: on a real T1
-brain, trained on 24^3 patches and run on whole volumes, instance norm without a global residual
-did worse than nearest-neighbour upsampling (instance norm drops each patch's intensity level,
-which whole-volume inference cannot restore), while no norm plus a global residual
-(output = input + net(input)) beat cubic-spline interpolation. The paper-faithful setting is
-``norm="instance", residual=False`` (used by the Table-3 configs).
+Defaults (``norm="none"``, ``residual=True``) suit training on patches and inferring on larger
+windows: instance norm drops each patch's intensity level, which inference on windows of another
+size cannot restore, and a global residual (output = input + net(input)) starts the model at its
+input rather than at zero. The paper-faithful setting is ``norm="instance", residual=False`` (used
+by the Table-3 configs); measured comparisons of the shipped settings, with their commands, are in
+``docs/quality.md``.
 """
 from __future__ import annotations
 
