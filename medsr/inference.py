@@ -39,6 +39,7 @@ import torch
 
 from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_volume
 from medsr.normalise import ChannelStats
+from medsr.utils.device import resolve_device
 from medsr.volume import Volume
 
 # Bytes of live activations per window voxel and per feature channel during an inference-mode
@@ -240,16 +241,6 @@ def to_hr_grid(vol: Volume, factor: int, grid: str) -> Volume:
     return nn_upsample(vol, factor)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 def lr_grid_factor(model: torch.nn.Module) -> int:
     """r for a model that computes on the LR grid (``input_factor`` and ``forward_lr``), else 1."""
     r = int(getattr(model, "input_factor", 1) or 1)
@@ -278,7 +269,7 @@ class Predictor:
     ) -> None:
         from medsr.precision import check_precision
 
-        self.device = resolve_device(device) if not isinstance(device, torch.device) else device
+        self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device, "--precision")
         self.model = model.eval().to(self.device)
         self.x_stats, self.y_stats, self.ck = x_stats, y_stats, ck

@@ -37,6 +37,7 @@ from medsr.twod import cityscapes as cs
 from medsr.twod.aligned import DATASET_SIZES, AlignedPairs
 from medsr.twod.metrics import mae, psnr, ssim, to_uint8_range
 from medsr.utils.atomic import atomic_path
+from medsr.utils.device import resolve_device
 
 DIRECTIONS = {
     "maps": ("sat2map", "map2sat"),
@@ -58,12 +59,6 @@ def infer_dataset(ck: dict[str, Any], root: str | os.PathLike) -> str:
             if d in part.lower():
                 return d
     raise ValueError(f"{root}: cannot tell Maps from Cityscapes; pass --dataset maps|cityscapes")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class _Translator:
@@ -213,7 +208,7 @@ def evaluate2d(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Evaluate ``checkpoint`` on ``data/split`` and write the summary CSV. Returns the summary table."""
-    dev = _device(device)
+    dev = resolve_device(device)
     tr = _Translator(checkpoint, dev)
     tr.model.eval()
     dataset = dataset or infer_dataset(tr.ck, data)

@@ -126,9 +126,9 @@ def run_inference(
     Returns:
         The paths written, in input order.
     """
-    from medsr.inference import Predictor, resolve_device
+    from medsr.inference import Predictor
     from medsr.precision import check_precision
-    from medsr.utils.device import check_device
+    from medsr.utils.device import check_device, resolve_device
     from medsr.utils.paths import inside
 
     items = collect_items(src, out, reverse=reverse, input_grid=input_grid, subjects=subjects)

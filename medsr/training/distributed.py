@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from medsr.utils.device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -42,19 +44,12 @@ def env_dist_info() -> DistInfo:
 
 
 def select_device(request: str, info: DistInfo) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
-    from medsr.utils.device import check_device
-
-    request = check_device(request, "config key 'train.device':")
-    if request == "auto":
-        request = "cuda" if torch.cuda.is_available() else "cpu"
-    if request.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("config key 'train.device': 'cuda' requested but CUDA is not available")
-        if request == "cuda":
-            request = f"cuda:{info.local_rank}"
-        torch.cuda.set_device(torch.device(request))
-    return torch.device(request)
+    """This rank's training device (:func:`medsr.utils.device.resolve_device`: ``auto`` and ``cuda``
+    mean ``cuda:LOCAL_RANK``), made the current CUDA device so NCCL and ``.cuda()`` use it."""
+    device = resolve_device(request, "config key 'train.device':", info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:

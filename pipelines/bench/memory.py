@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medsr.utils.device import resolve_device
+
 VARIANTS: tuple[str, ...] = ("reversible", "plain", "memcnn")
 # Recomputed core forward passes per training step (the price of not storing activations).
 RECOMPUTE: dict[str, int] = {"reversible": 1, "plain": 0, "memcnn": 2}
@@ -592,9 +594,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats must be >= 5 for a meaningful median, got {args.repeats}")
     if args.width % 2 and max(depths) > 0:
         raise ValueError(f"--width must be even (the reversible core splits channels in half), got {args.width}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    device = str(resolve_device(args.device))
     variants = None
     if args.variants:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -768,9 +768,7 @@ def run_2d(args: argparse.Namespace) -> int:
         raise ValueError(f"--size must be a multiple of 4 and >= 16 (two stride-2 convs), got {args.size}")
     if args.width_revgan % 2:
         raise ValueError(f"--width-revgan must be even (the core splits 4K channels in half), got {args.width_revgan}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    device = str(resolve_device(args.device))
     for out in (args.csv, args.png):
         if out is not None and not out.parent.is_dir():
             raise FileNotFoundError(f"{out}: output folder does not exist")
