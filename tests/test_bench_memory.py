@@ -82,7 +82,7 @@ def test_cli_validates_arguments(tmp_path):
 
 def test_memcnn_variant_when_installed():
     """memcnn's per-block wrappers also keep saved memory flat in depth. memcnn is an optional extra
-    (not a dependency, and not installable on the test machine), so this runs only where it is."""
+    (not a dependency, not installed on the test machine), so this runs only where it is installed."""
     pytest.importorskip("memcnn", reason="memcnn is not installed (optional: pip install memcnn); "
                                          "the bench's memcnn variant is untested here")
     a = memory.measure_memory(_cfg("memcnn", 4))
