@@ -202,3 +202,18 @@ def test_ranks_start_building_at_their_own_share(tmp_path, monkeypatch):
     subjects, _ = load_subjects(manifest, rank=1, world_size=2)
     assert builds == ["sub02", "sub03", "sub00", "sub01"]  # rank 1 of 2 starts half-way
     assert [s.name for s in subjects] == ["sub00", "sub01", "sub02", "sub03"]  # the manifest's order
+
+
+def test_patch_grid_is_saved_with_the_cache(tmp_path, monkeypatch):
+    import medsr.data.patch_dataset as pd
+
+    manifest = make_prepared_dataset(tmp_path, 2, (24, 24, 24), "dti", patch_size=8)
+    scans = []
+    real = pd.brain_patch_origins
+    monkeypatch.setattr(pd, "brain_patch_origins", lambda *a: scans.append(1) or real(*a))
+    first = build_dataset(_cfg(manifest), SINGLE).dataset.grid
+    assert len(scans) == 2
+    again = build_dataset(_cfg(manifest), SINGLE).dataset.grid
+    assert len(scans) == 2 and np.array_equal(first, again)  # read back, not scanned again
+    build_dataset(_cfg(manifest, min_brain_fraction=0.5), SINGLE)
+    assert len(scans) == 4  # other parameters: another grid

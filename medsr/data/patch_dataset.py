@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medsr.data.augment import PERMUTATIONS, flip_axes_from_bits, symmetry_mask, symmetry_normalised
-from medsr.data.cache import CacheEntry, MappedArray, ensure as ensure_cache
+from medsr.data.cache import CacheEntry, MappedArray, cached_origins, ensure as ensure_cache
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
 from medsr.normalise import ChannelStats, stats_from_sums
@@ -205,9 +205,10 @@ class PatchDataset(torch.utils.data.Dataset):
         for si, s in enumerate(subjects):
             if any(d < self.size for d in s.mask.shape):
                 raise ValueError(f"subject {s.name}: volume {s.mask.shape} is smaller than a {self.size}^3 patch")
-            # A private copy, freed after the scan: scanning the map would keep every subject's whole
-            # mask resident in this process.
-            origins = brain_patch_origins(s.read_mask(), self.size, stride, self.min_fraction)
+            # Saved with the cache after the first scan; the scan reads a private copy of the mask,
+            # freed after it (scanning the map would keep every subject's whole mask resident).
+            scan = lambda s=s: brain_patch_origins(s.read_mask(), self.size, stride, self.min_fraction)  # noqa: E731
+            origins = cached_origins(s.entry, self.size, stride, self.min_fraction, scan)
             origins = np.unique(origins // self.align * self.align, axis=0) if len(origins) else origins
             if sampling in ("grid", "both") and len(origins) == 0 or len(s.brain) == 0:
                 empty.append(s.name)

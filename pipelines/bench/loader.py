@@ -69,7 +69,8 @@ def generated_manifest(folder: Path, n: int, shape: tuple[int, int, int], kind: 
     everything = folder / "all" / "manifest.csv"
     rows = read_manifest(everything).to_dict("records") if everything.exists() else []
     if len(rows) < n or any(r["shape"] != "x".join(map(str, shape)) or r["kind"] != kind for r in rows[:n]):
-        rows = read_manifest(make_prepared_dataset(folder / "all", n, shape, kind, patch_size=patch_size)).to_dict("records")
+        made = make_prepared_dataset(folder / "all", n, shape, kind, patch_size=patch_size)
+        rows = read_manifest(made).to_dict("records")
     return write_manifest(folder / f"n{n}" / "manifest.csv", rows[:n])
 
 
@@ -122,6 +123,7 @@ def measure(cfg, batches: int, steps: int) -> dict:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     consume = steps * bs / wall
     workers = int(cfg.data.num_workers)
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers else None
     return {
         "mode": cfg.train.mode, "model": cfg.model.name, "kwargs": trainer.gen_kwargs,
         "subjects": len(data.info.get("subjects", [])), "n_patches": len(data.dataset),
@@ -130,7 +132,7 @@ def measure(cfg, batches: int, steps: int) -> dict:
         "train_patches_per_s": round(consume, 2), "train_steps_per_s": round(steps / wall, 2),
         "train_cpu_s_per_step": round(cpu / steps, 4), "ratio": round(supply / consume, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
-        "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1) if workers else None,
+        "worker_peak_rss_mib": round(worker_peak, 1) if worker_peak is not None else None,
     }
 
 
