@@ -422,7 +422,7 @@ def check_names(cfg: Config) -> None:
     Checks ``data.type``, ``train.mode``, ``model.name`` and ``discriminator.name`` against the
     registries (imported here, lazily: plain config handling needs no torch).
     """
-    from medsr.data.registry import list_datasets  # imports the dataset modules, which register the modes
+    from medsr.data.registry import list_datasets
     from medsr.networks import list_models
     from medsr.training.modes import list_modes
 

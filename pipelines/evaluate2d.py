@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,8 +33,10 @@ from tqdm import tqdm
 
 from medsr.checkpoint import load_generator
 from medsr.twod import cityscapes as cs
-from medsr.twod.aligned import DATASET_SIZES, AlignedPairs
+from medsr.twod.aligned import DATASET_SIZES, dataset_from_folder, list_images
+from medsr.twod.datasets import AlignedItems
 from medsr.twod.metrics import mae, psnr, ssim, to_uint8_range
+from medsr.twod.translate import Translator
 from medsr.utils.atomic import atomic_path
 from medsr.utils.device import resolve_device
 
@@ -54,45 +55,10 @@ def infer_dataset(ck: dict[str, Any], root: str | os.PathLike) -> str:
     info = ck.get("data") or {}
     if info.get("dataset") in DIRECTIONS and info.get("dataset_source") not in (None, "default"):
         return info["dataset"]
-    for part in reversed(Path(root).resolve().parts):
-        for d in DIRECTIONS:
-            if d in part.lower():
-                return d
+    guess = dataset_from_folder(root)
+    if guess is not None:
+        return guess
     raise ValueError(f"{root}: cannot tell Maps from Cityscapes; pass --dataset maps|cityscapes")
-
-
-class _Translator:
-    """Both directions of a generator in image terms (A and B in [-1, 1]), undoing ``norm`` stats."""
-
-    def __init__(self, checkpoint: str | os.PathLike, device: torch.device) -> None:
-        model, sx, sy, ck = load_generator(checkpoint, map_location="cpu")
-        if not callable(getattr(model, "reverse", None)):
-            raise ValueError(f"{checkpoint}: model {ck['model']['name']!r} has no reverse(); "
-                             "not a 2D translation generator")
-        self.model = model.to(device)
-        self.ck = ck
-        data = (ck.get("config") or {}).get("data", {}) or {}
-        # With direction BtoA the model's input side (x) is B.
-        self.swap = data.get("direction", "AtoB") == "BtoA"
-        self.sx, self.sy = sx, sy
-
-    def _run(self, fn: Callable, inp: torch.Tensor, s_in, s_out) -> torch.Tensor:
-        x = s_in.normalise(inp, channel_axis=1)
-        return s_out.denormalise(fn(x), channel_axis=1)
-
-    @torch.no_grad()
-    def a_to_b(self, a: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) A -> B."""
-        if self.swap:
-            return self._run(self.model.reverse, a, self.sy, self.sx)
-        return self._run(self.model.forward, a, self.sx, self.sy)
-
-    @torch.no_grad()
-    def b_to_a(self, b: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) B -> A."""
-        if self.swap:
-            return self._run(self.model.forward, b, self.sx, self.sy)
-        return self._run(self.model.reverse, b, self.sy, self.sx)
 
 
 def _image_size(ck: dict[str, Any], dataset: str, size: int | None) -> int:
@@ -103,7 +69,8 @@ def _image_size(ck: dict[str, Any], dataset: str, size: int | None) -> int:
 
 
 def _loader(root: str | os.PathLike, split: str, size: int, dataset: str, batch_size: int, limit: int | None):
-    ds = AlignedPairs(root, split=split, size=size, dataset=dataset)
+    # Paired, unflipped items (int indices) with their file names for the per-image table.
+    ds = AlignedItems(list_images(root, split), size, label_b=dataset == "cityscapes", with_name=True)
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(int(limit), len(ds))))
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -121,7 +88,7 @@ def _summary(dataset: str, direction: str, values: dict[str, list[float]]) -> di
 
 
 def evaluate_maps(
-    tr: _Translator, loader: DataLoader, device: torch.device, progress: bool = True
+    tr: Translator, loader: DataLoader, device: torch.device, progress: bool = True
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """MAE / PSNR / SSIM on 0-255 in both directions. Returns (summary rows, per-image table)."""
     per_image = []
@@ -147,7 +114,7 @@ def _segment(seg: torch.nn.Module, photos: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_cityscapes(
-    tr: _Translator,
+    tr: Translator,
     loader: DataLoader,
     device: torch.device,
     seg: torch.nn.Module | None = None,
@@ -209,8 +176,7 @@ def evaluate2d(
 ) -> pd.DataFrame:
     """Evaluate ``checkpoint`` on ``data/split`` and write the summary CSV. Returns the summary table."""
     dev = resolve_device(device)
-    tr = _Translator(checkpoint, dev)
-    tr.model.eval()
+    tr = Translator(checkpoint, dev)
     dataset = dataset or infer_dataset(tr.ck, data)
     if dataset not in DIRECTIONS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DIRECTIONS)}")

@@ -12,7 +12,9 @@ from PIL import Image
 
 from medsr.networks import create_model
 from medsr.twod import cityscapes as cs
-from medsr.twod.aligned import AlignedPairs, AlignedSegmentation, AlignedUnpaired, read_aligned
+from medsr.data.sampler import EpochBatchSampler
+from medsr.twod.aligned import dataset_from_folder, list_images, read_aligned
+from medsr.twod.datasets import AlignedItems
 from medsr.twod.metrics import mae, psnr, ssim, to_uint8_range
 from medsr.twod.synthetic import make_aligned_dataset
 
@@ -21,6 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- data
+def _items(root: Path, size: int, split: str = "train", **kwargs) -> AlignedItems:
+    return AlignedItems(list_images(root, split), size, label_b=kwargs.pop("label_b", False), **kwargs)
+
+
 def _save(path: Path, a: np.ndarray, b: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate([a, b], axis=1).astype(np.uint8)).save(path)
@@ -38,7 +44,8 @@ def test_split_and_resize(tmp_path: Path) -> None:
     assert ra.shape == rb.shape == (16, 16, 3)
     assert (rb[..., 2] == 180).all() and (rb[..., :2] == 0).all()
     assert (ra[:6, :6] == 255).all() and (ra[12:, 12:, 0] == 200).all() and (ra[12:, 12:, 1:] == 0).all()
-    item = AlignedPairs(tmp_path, "train", size=16)[0]
+    item = _items(tmp_path, 16, with_name=True)[0]
+    assert item["name"] == "x"
     assert item["x"].shape == item["y"].shape == (3, 16, 16)
     assert item["x"].dtype == torch.float32
     assert item["x"].max() == 1.0 and item["y"].min() == -1.0  # 255 -> 1, 0 -> -1
@@ -47,12 +54,12 @@ def test_split_and_resize(tmp_path: Path) -> None:
 
 def test_label_half_keeps_palette_colours(tmp_path: Path) -> None:
     root = make_aligned_dataset(tmp_path / "city", "cityscapes", n_train=2, n_val=1, size=48)
-    pairs = AlignedPairs(root, "train", size=20, dataset="cityscapes")
+    pairs = _items(root, 20, label_b=True)
     b = to_uint8_range(pairs[0]["y"])  # nearest-neighbour resize: no blended colours
     colours = {tuple(c) for c in b.reshape(-1, 3).astype(int)}
     palette = {tuple(c) for c in cs.TRAIN_COLOURS.astype(int)}
     assert colours <= palette
-    seg = AlignedSegmentation(root, "train", size=20)[0]
+    seg = _items(root, 20, label_b=True, target="labels")[0]
     assert seg["y"].dtype == torch.int64 and seg["y"].shape == (20, 20)
     assert np.array_equal(seg["y"].numpy(), cs.colours_to_train_ids(b))
 
@@ -61,39 +68,50 @@ def test_bad_images_named(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
     Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(tmp_path / "train" / "odd.png")
     with pytest.raises(ValueError, match=r"odd\.png.*width = 2 x height.*50x30"):
-        AlignedPairs(tmp_path, "train", size=16)[0]
+        _items(tmp_path, 16)[0]
     (tmp_path / "train" / "odd.png").unlink()
     (tmp_path / "train" / "broken.jpg").write_bytes(b"not a jpeg at all")
     with pytest.raises(ValueError, match=r"broken\.jpg: cannot read image"):
-        AlignedPairs(tmp_path, "train", size=16)[0]
+        _items(tmp_path, 16)[0]
     with pytest.raises(FileNotFoundError, match="val"):
-        AlignedPairs(tmp_path, "val")
+        _items(tmp_path, 16, "val")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
-        AlignedPairs(tmp_path, "empty")
+        _items(tmp_path, 16, "empty")
 
 
-def test_unpaired_view_shuffles_independently(tmp_path: Path) -> None:
+def test_dataset_told_by_the_nearest_folder_name(tmp_path: Path) -> None:
+    assert dataset_from_folder(tmp_path / "Maps" / "cityscapes_small") == "cityscapes"
+    assert dataset_from_folder(tmp_path / "cityscapes" / "maps") == "maps"
+    assert dataset_from_folder(tmp_path / "photos") is None
+
+
+def test_unpaired_items_shuffle_independently(tmp_path: Path) -> None:
+    """The training path of the unpaired mode: the shared sampler draws A and B apart."""
     root = make_aligned_dataset(tmp_path / "m", "maps", n_train=6, n_val=1, size=16)
-    ds = AlignedUnpaired(root, "train", size=16, seed=3)
-    pairs = AlignedPairs(root, "train", size=16)
+    ds = _items(root, 16)
+    sampler = EpochBatchSampler(len(ds), 1, seed=3, unpaired=True)
+    pairs = _items(root, 16)
     a_all = [pairs[i]["x"] for i in range(6)]
     b_all = [pairs[i]["y"] for i in range(6)]
 
     def which(t: torch.Tensor, pool: list[torch.Tensor]) -> int:
         return next(i for i, p in enumerate(pool) if torch.equal(p, t))
 
+    epoch = [0]
+
     def epoch_order() -> tuple[list[int], list[int]]:
-        items = [ds[i] for i in range(len(ds))]
+        sampler.set_epoch(epoch[0])
+        items = [ds[item] for batch in sampler for item in batch]
         return [which(it["x"], a_all) for it in items], [which(it["y"], b_all) for it in items]
 
     ia, ib = epoch_order()
     assert sorted(ia) == sorted(ib) == list(range(6))  # each image once per epoch
     assert ia != ib  # A and B no longer travel together
-    ds.set_epoch(1)
+    epoch[0] = 1
     ja, jb = epoch_order()
     assert (ja, jb) != (ia, ib)  # reshuffled per epoch
-    ds.set_epoch(0)
+    epoch[0] = 0
     assert epoch_order() == (ia, ib)  # deterministic (resume, workers)
 
 
@@ -225,7 +243,16 @@ def test_modes_train_through_shared_trainer(tmp_path: Path, data2d: dict[str, Pa
     assert ck["data"]["dataset"] == "maps" and ck["data"]["image_size"] == 32 and ck["step"] == 3
     x = torch.zeros(1, 3, 32, 32)
     assert gen(x).shape == gen.reverse(x).shape == (1, 3, 32, 32)
-    if mode == "paired":  # evaluate2d end to end on this checkpoint
+    if mode == "paired":  # the library translator, then evaluate2d end to end on this checkpoint
+        from medsr.twod.translate import Translator
+
+        tr = Translator(run / "last.pt", torch.device("cpu"))
+        with torch.no_grad():
+            f = sy.denormalise(gen(sx.normalise(x, channel_axis=1)), channel_axis=1)
+            g = sx.denormalise(gen.reverse(sy.normalise(x, channel_axis=1)), channel_axis=1)
+        assert not tr.swap and torch.allclose(tr.a_to_b(x), f) and torch.allclose(tr.b_to_a(x), g)
+        tr.swap = True  # a BtoA run: A is the model's y side
+        assert torch.allclose(tr.a_to_b(x), g) and torch.allclose(tr.b_to_a(x), f)
         csv = tmp_path / "scores.csv"
         assert main(["evaluate2d", "--checkpoint", str(run / "last.pt"), "--data", str(data2d["maps"]),
                      "--csv", str(csv)]) == 0

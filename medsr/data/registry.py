@@ -3,6 +3,8 @@
 A builder turns a :class:`medsr.config.Config` into a :class:`TrainData`: the dataset, its
 resumable sampler and what the checkpoint must remember about the data. ``patches3d`` (brain
 patches from a prep manifest) registers itself here; the 2D module registers ``aligned2d``.
+(Training modes have their own registry, :mod:`medsr.training.modes`, which loads the 2D
+``segmentation`` mode itself.)
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ to X through the same shared reversible core, so training either direction train
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import torch
@@ -21,6 +22,14 @@ from medsr.precision import MixedPrecision
 from medsr.training.image_pool import ImagePool
 
 _MODES: dict[str, type["TrainMode"]] = {}
+# Modes defined outside this package, imported on first look-up so their @register_mode runs:
+# listed here, not registered as a side effect of importing some dataset.
+_PLUGIN_MODULES = ("medsr.twod.segmentation",)
+
+
+def _ensure_loaded() -> None:
+    for mod in _PLUGIN_MODULES:
+        importlib.import_module(mod)
 
 
 def register_mode(name: str) -> Callable[[type["TrainMode"]], type["TrainMode"]]:
@@ -37,11 +46,13 @@ def register_mode(name: str) -> Callable[[type["TrainMode"]], type["TrainMode"]]
 
 
 def list_modes() -> list[str]:
+    _ensure_loaded()
     return sorted(_MODES)
 
 
 def create_mode(cfg: Config, rank: int = 0) -> "TrainMode":
     """Instantiate the mode named by ``cfg.train.mode``."""
+    _ensure_loaded()
     name = cfg.train.mode
     if name not in _MODES:
         raise ValueError(f"config key 'train.mode': unknown mode {name!r}; registered: {', '.join(list_modes())}")

@@ -25,12 +25,8 @@ import torch
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
 from medsr.normalise import ChannelStats
-from medsr.twod.aligned import DATASET_SIZES, list_images, read_aligned, to_tensor
+from medsr.twod.aligned import DATASET_SIZES, dataset_from_folder, list_images, read_aligned, to_tensor
 from medsr.twod.cityscapes import colours_to_train_ids
-
-# Registers the ``segmentation`` training mode: the data registry imports this module before the
-# Trainer looks the mode up, so the 2D mode needs no edit of the training package.
-import medsr.twod.segmentation  # noqa: E402,F401  isort: skip
 
 __all__ = ["AlignedItems", "build_aligned2d", "resolve_dataset"]
 
@@ -49,12 +45,8 @@ def resolve_dataset(data_cfg: Any) -> tuple[str, str]:
         if name not in DATASET_SIZES:
             raise ValueError(f"config key 'data.dataset': {name!r} is not one of {', '.join(DATASET_SIZES)}")
         return str(name), "config"
-    parts = [p.lower() for p in Path(data_cfg.root).resolve().parts]
-    for part in reversed(parts):  # the nearest folder name wins
-        for d in DATASET_SIZES:
-            if d in part:
-                return d, "folder name"
-    return "maps", "default"
+    guess = dataset_from_folder(data_cfg.root)
+    return (guess, "folder name") if guess else ("maps", "default")
 
 
 class AlignedItems(torch.utils.data.Dataset):
@@ -67,14 +59,19 @@ class AlignedItems(torch.utils.data.Dataset):
         swap: ``direction: BtoA``: x is B and y is A.
         flip: random horizontal flips (a pair shares one flip, since paired items share a seed).
         target: ``"image"`` (y in [-1, 1]) or ``"labels"`` (y = train ids, for segmentation).
+        with_name: add ``"name"``: the file stem of x (``"stem_x|stem_y"`` for an unpaired item), for
+            per-image tables at evaluation (training batches carry tensors only).
 
-    ``dataset[item]`` -> ``{"x": (3, S, S) float32, "y": (3, S, S) float32 or (S, S) int64}``.
+    ``dataset[item]`` -> ``{"x": (3, S, S) float32, "y": (3, S, S) float32 or (S, S) int64}``; an
+    int ``i`` is the paired, unflipped item ``(i, i, 0, 0)``.
     """
 
-    def __init__(self, files: list[Path], size: int, label_b: bool, swap: bool = False, flip: bool = False,
-                 target: str = "image") -> None:
+    def __init__(self, files: list[Path], size: int | None, label_b: bool, swap: bool = False,
+                 flip: bool = False, target: str = "image", with_name: bool = False) -> None:
+        if target not in ("image", "labels"):
+            raise ValueError(f"target {target!r}: choose 'image' or 'labels'")
         self.files, self.size, self.label_b = files, size, label_b
-        self.swap, self.flip, self.target = swap, flip, target
+        self.swap, self.flip, self.target, self.with_name = swap, flip, target, with_name
 
     def __len__(self) -> int:
         return len(self.files)
@@ -100,8 +97,13 @@ class AlignedItems(torch.utils.data.Dataset):
             xs, ys = self._half(ix, self.swap), self._half(iy, not self.swap)
         xs, ys = self._flip(xs, sx), self._flip(ys, sy)
         if self.target == "labels":
-            return {"x": to_tensor(xs), "y": torch.from_numpy(np.ascontiguousarray(colours_to_train_ids(ys)))}
-        return {"x": to_tensor(xs), "y": to_tensor(ys)}
+            out = {"x": to_tensor(xs), "y": torch.from_numpy(np.ascontiguousarray(colours_to_train_ids(ys)))}
+        else:
+            out = {"x": to_tensor(xs), "y": to_tensor(ys)}
+        if self.with_name:
+            stems = (self.files[ix].stem, self.files[iy].stem)
+            out["name"] = stems[0] if ix == iy else "|".join(stems)
+        return out
 
 
 def _preview(ds: AlignedItems, segmentation: bool):
