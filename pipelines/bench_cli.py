@@ -27,8 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("options", nargs=argparse.REMAINDER, help="options of that benchmark")
 
 
+def bench_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of ``medsr bench NAME`` (imports that benchmark's module only)."""
+    from pipelines.cli import use_help_formatter
+
+    module = importlib.import_module(f"pipelines.bench.{name}")
+    sub = argparse.ArgumentParser(prog=f"medsr bench {name}", description=BENCHES[name])
+    module.add_arguments(sub)
+    return use_help_formatter(sub)
+
+
 def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"pipelines.bench.{args.bench}")
-    sub = argparse.ArgumentParser(prog=f"medsr bench {args.bench}", description=BENCHES[args.bench])
-    module.add_arguments(sub)
-    return int(module.run(sub.parse_args(args.options)) or 0)
+    return int(module.run(bench_parser(args.bench).parse_args(args.options)) or 0)

@@ -44,6 +44,41 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line without a traceback."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in ``--help`` (as ``ArgumentDefaultsHelpFormatter``), descriptions and
+    epilogs kept as written; a help text that already states its default, or a default of None /
+    False (an unset option or an off switch), is left as it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or default == []):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+def use_help_formatter(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Set :class:`HelpFormatter` on ``parser`` and on every sub-command parser below it (after the
+    verb module has built them, so no module can opt out). Returns ``parser``."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_help_formatter(sub)
+    return parser
+
+
+def verb_parser(verb: str) -> argparse.ArgumentParser:
+    """The argument parser of ``medsr VERB`` (imports that verb's module only)."""
+    module_name, help_line = VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"medsr {verb}", description=help_line)
+    module.add_arguments(parser)
+    return use_help_formatter(parser)
+
+
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medsr",
@@ -106,11 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     verb = argv[0]
     if verb not in VERBS:
         top.error(f"unknown verb {verb!r}; choose from {', '.join(VERBS)}")
-    module_name, help_line = VERBS[verb]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"medsr {verb}", description=help_line)
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    module = importlib.import_module(VERBS[verb][0])
+    args = verb_parser(verb).parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

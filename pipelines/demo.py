@@ -198,7 +198,7 @@ def run_demo(
     output: str | Path = "medsr-demo",
     *,
     minutes: float = DEFAULT_MINUTES,
-    subjects: int = 7,
+    n_subjects: int = 7,
     seed: int = 0,
     config: str | Path = DEFAULT_CONFIG,
     overwrite: bool = False,
@@ -211,7 +211,7 @@ def run_demo(
     Args:
         output: the demo folder (refused if non-empty, unless ``overwrite`` and a previous demo).
         minutes: wall-clock budget of the training stage.
-        subjects: phantom subjects; the last is held out for testing (>= 2).
+        n_subjects: how many phantom subjects; the last is held out for testing (>= 2).
         seed: seeds the phantom and the training.
         config: the training config (``configs/demo.yaml``).
         workers: processes for prep.
@@ -223,8 +223,8 @@ def run_demo(
     from pipelines.evaluate import evaluate_manifest, write_results
     from pipelines.infer import run_inference
 
-    if subjects < 2:
-        raise ValueError(f"--subjects must be at least 2 (training subjects + 1 held out), got {subjects}")
+    if n_subjects < 2:
+        raise ValueError(f"--n-subjects must be at least 2 (training subjects + 1 held out), got {n_subjects}")
     if minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes:g}")
     output = Path(output)
@@ -234,9 +234,9 @@ def run_demo(
     n = 5
 
     t = time.perf_counter()
-    say(1, n, f"generating {subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
+    say(1, n, f"generating {n_subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
               "(HR DTI fit, block-averaged LR DTI fit, manifest)")
-    manifest, names = prepare_phantoms(output, subjects, seed=seed, config=phantom_config, workers=workers,
+    manifest, names = prepare_phantoms(output, n_subjects, seed=seed, config=phantom_config, workers=workers,
                                        progress=not quiet)
     train_subjects, test_subjects = names[:-1], names[-1:]
     test_subject = test_subjects[0]

@@ -16,6 +16,14 @@ stages:
 """
 
 
+class _RefusedSubjects(argparse.Action):
+    """The old ``demo --subjects N`` spelling: refused with a one-line hint."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error("--subjects takes subject IDs in the other commands; the demo's subject count is "
+                     "--n-subjects N")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipelines.demo import DEFAULT_CONFIG, DEFAULT_MINUTES
 
@@ -28,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                         help=f"wall-clock budget of the training stage in minutes (default {DEFAULT_MINUTES:g}; "
                              "the rest of the demo takes about 1-2 minutes on 2 CPU cores)")
-    parser.add_argument("--subjects", type=int, default=7,
-                        help="phantom subjects; the last is held out for testing (default 7: 6 to train on, at least 2)")
+    parser.add_argument("--n-subjects", type=int, default=7, metavar="N",
+                        help="how many phantom subjects, at least 2; the last is held out for testing")
+    # Elsewhere --subjects lists subject IDs; a count here under that name would mislead, so it is refused.
+    parser.add_argument("--subjects", nargs="*", action=_RefusedSubjects, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="training config (default configs/demo.yaml)")
@@ -42,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    res = run_demo(args.output, minutes=args.minutes, subjects=args.subjects, seed=args.seed, config=args.config,
+    res = run_demo(args.output, minutes=args.minutes, n_subjects=args.n_subjects, seed=args.seed, config=args.config,
                    overwrite=args.overwrite, workers=args.workers)
     print(res.summary)
     return 0

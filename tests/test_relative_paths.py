@@ -73,7 +73,7 @@ def test_demo_with_a_relative_output_runs_again_after_success_and_failure(tmp_pa
     from pipelines.demo import MARKER, run_demo
 
     monkeypatch.chdir(tmp_path)
-    kw = dict(minutes=0.05, subjects=2, seed=0, workers=1, phantom_config=TINY, quiet=True)
+    kw = dict(minutes=0.05, n_subjects=2, seed=0, workers=1, phantom_config=TINY, quiet=True)
     res = run_demo("demo_out", **kw)
     assert (tmp_path / "demo_out" / "summary.txt").is_file() and res.steps > 0
     assert (tmp_path / "demo_out" / "predictions" / f"{res.test_subject}.nii.gz").is_file()

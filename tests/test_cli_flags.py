@@ -1,0 +1,44 @@
+"""Command-line flags agree across commands: every --help shows defaults; old spellings are refused."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pipelines.bench_cli import BENCHES, bench_parser
+from pipelines.cli import VERBS, HelpFormatter, main, verb_parser
+
+
+def _parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    out = []
+    for verb in VERBS:
+        parser = verb_parser(verb)
+        out.append((verb, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                out += [(f"{verb} {name}", sub) for name, sub in action.choices.items()]
+    return out + [(f"bench {name}", bench_parser(name)) for name in BENCHES]
+
+
+@pytest.mark.parametrize("name, parser", _parsers(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_help_shows_the_defaults(name, parser):
+    assert parser.formatter_class is HelpFormatter, name
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            continue
+        text = formatter._get_help_string(action)
+        assert "default" in text.lower(), f"medsr {name} {action.option_strings[0]}: {text!r}"
+    parser.format_help()  # renders (a stray % in a help text would raise here)
+
+
+def test_demo_counts_subjects_with_n_subjects(capsys):
+    args = verb_parser("demo").parse_args(["--n-subjects", "3"])
+    assert args.n_subjects == 3 and args.subjects is None
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--subjects", "3"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("medsr demo: error: --subjects") and "--n-subjects N" in err
