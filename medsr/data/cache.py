@@ -12,12 +12,14 @@ Instead, each subject gets a cache folder beside its files, written on first use
     <subject>/cache/cache.json    sources (name, size, mtime), grid, channels, per-channel brain sums
     <subject>/cache/origins-*.npy the brain-rule patch grid per (patch size, stride, brain fraction)
 
-Training opens the ``.npy`` files with ``np.load(mmap_mode="r")``: a patch read touches only its
+Training maps the ``.npy`` files read-only (:class:`MappedArray`): a patch read touches only its
 own pages, the OS page cache holds the data once for every process on the node (DDP ranks,
 DataLoader workers, two trainings), and a process's private memory stays flat in the number of
-subjects. ``.npy`` was chosen on measurement (docs/scale.md): a 16^3 patch read from an ``.npy``
-memmap costs about what a slice of an in-memory array costs, needs no new dependency, and its layout
-is the one the dataset slices, so patches are bit-identical to before.
+subjects. ``.npy`` was chosen on measurement (``benchmarks/patch_read.py``, docs/scale.md): a 16^3
+patch of an HCP-size DTI volume reads in 70 us from the map with its pages released (40 us from
+memory; 0.4 ms by ``pread``, 0.7 ms from chunked HDF5, 4.7 ms through nibabel's map of an
+uncompressed NIfTI, 1 s from ``.nii.gz``), needs no new dependency, and its layout is the one the
+dataset slices, so patches are bit-identical to before.
 
 The normalisation statistics come from ``cache.json``'s brain sums (:class:`medsr.normalise.BrainSums`,
 computed in the one streaming pass that writes the cache), pooled in manifest order: the same
@@ -110,7 +112,8 @@ class MappedArray:
     Pages a read touches join this process's resident set (the kernel maps up to 64 kB around each
     fault), so a long run would slowly count every subject it visited. :meth:`release` unmaps them
     from this process after a read; they stay in the page cache, shared by every process on the node,
-    and come back from there (no disk read) on the next touch, about 40 us per 16^3 patch (docs/scale.md).
+    and come back from there (no disk read) on the next touch: about 20 us more per 16^3 DTI patch
+    (docs/scale.md).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
