@@ -75,15 +75,12 @@ class WindowPlan:
 def plan_windows(shape: Sequence[int], roi: Sequence[int], overlap: float, reason: str = "") -> WindowPlan:
     """Count the windows MONAI's ``sliding_window_inference`` runs for ``shape`` and ``roi``.
 
-    Uses MONAI's own scan-interval and slice helpers, so the count is the one the run will use.
+    The count is the product of :func:`_n_windows` per axis, MONAI's rule written out (its helper is
+    private); tests/test_inference.py checks it against the windows ``sliding_window_inference`` runs.
     """
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
-
     shape = tuple(int(s) for s in shape)
     roi = tuple(min(int(r), s) for r, s in zip(roi, shape))
-    interval = _get_scan_interval(shape, roi, 3, (float(overlap),) * 3)
-    n = len(dense_patch_slices(shape, roi, interval))
+    n = math.prod(_n_windows(s, r, float(overlap)) for s, r in zip(shape, roi))
     factor = n * float(np.prod(roi)) / float(np.prod(shape))
     return WindowPlan(roi, float(overlap), n, factor, reason)  # type: ignore[arg-type]
 
@@ -146,7 +143,9 @@ def choose_window(
 
 
 def _n_windows(length: int, roi: int, overlap: float) -> int:
-    """MONAI's window count along one axis (``_get_scan_interval`` + ``dense_patch_slices``)."""
+    """MONAI's window count along one axis: windows start every ``int(roi * (1 - overlap))`` voxels
+    (at least 1) until one reaches the end (``sliding_window_inference``'s scan interval and
+    ``dense_patch_slices``)."""
     if roi >= length:
         return 1
     step = max(int(roi * (1.0 - overlap)), 1)

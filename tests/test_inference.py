@@ -286,3 +286,23 @@ def test_tta_auto_follows_the_training_augmentation() -> None:
     aniso = Volume(vol.data, np.diag([1.0, 1.0, 2.0, 1.0]), name="aniso.nii.gz")
     with pytest.raises(ValueError, match="aniso.nii.gz.*isotropic"):
         pred.predict(aniso, window=0, tta="full")
+
+
+@pytest.mark.parametrize("shape, roi, overlap", [
+    ((20, 17, 9), (8, 8, 8), 0.25), ((20, 17, 9), (8, 6, 9), 0.5), ((13, 13, 13), (13, 5, 4), 0.0),
+    ((16, 11, 7), (16, 11, 7), 0.25), ((12, 10, 9), (5, 7, 3), 0.9), ((9, 9, 9), (20, 4, 9), 0.125),
+])
+def test_window_count_is_the_one_monai_runs(shape, roi, overlap):
+    """plan_windows counts windows without MONAI's private helpers; the count equals the windows
+    monai.inferers.sliding_window_inference (public API) actually runs."""
+    from monai.inferers import sliding_window_inference
+
+    calls = []
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x
+
+    clamped = tuple(min(r, s) for r, s in zip(roi, shape))
+    sliding_window_inference(torch.zeros(1, 1, *shape), clamped, 1, predictor, overlap=overlap)
+    assert plan_windows(shape, roi, overlap).n_windows == sum(calls)
