@@ -217,3 +217,18 @@ def test_patch_grid_is_saved_with_the_cache(tmp_path, monkeypatch):
     assert len(scans) == 2 and np.array_equal(first, again)  # read back, not scanned again
     build_dataset(_cfg(manifest, min_brain_fraction=0.5), SINGLE)
     assert len(scans) == 4  # other parameters: another grid
+
+
+def test_unwritable_cache_folder_is_named_with_the_way_out(tmp_path, capsys):
+    from pipelines.cli import main
+
+    manifest = make_prepared_dataset(tmp_path / "prep", 1, (16, 16, 16), "scalar", patch_size=8)
+    (tmp_path / "prep" / "sub00" / "cache").write_text("not a folder")  # stands in for a read-only folder
+    with pytest.raises(OSError) as err:
+        build_dataset(_cfg(manifest), SINGLE)
+    assert "cache" in str(err.value) and "subject sub00" in err.value.__notes__[0]
+    config = str(Path(__file__).parents[1] / "configs" / "quick_paired_l1.yaml")
+    assert main(["train", config, "--set", f"data.manifest={manifest}", "data.patch_size=8", "train.max_steps=1",
+                 f"output_dir={tmp_path / 'run'}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "sub00" in err[-1] and "MEDSR_CACHE_DIR" in err[-1]

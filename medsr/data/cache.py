@@ -37,6 +37,7 @@ When the prepared folder is read-only, set ``MEDSR_CACHE_DIR``: caches then live
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -216,9 +217,7 @@ def build(folder: Path, files: dict[str, str], subject: str) -> CacheEntry:
         with atomic_path(folder / "cache.json") as tmp:
             tmp.write_text(json.dumps(meta, indent=1))
     except OSError as e:
-        raise OSError(e.errno, f"subject {subject}: cannot write the training cache ({e.strerror}); if the "
-                               f"prepared folder is read-only, set {ENV_CACHE_DIR} to a writable folder",
-                      e.filename) from None
+        raise _unwritable(subject, e) from None
     return entry
 
 
@@ -233,9 +232,21 @@ def ensure(files: dict[str, str], subject: str) -> CacheEntry:
     entry = read_valid(folder, files)
     if entry is not None:
         return entry
-    with file_lock(folder / ".lock"):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(folder / ".lock"))
+        except OSError as e:
+            raise _unwritable(subject, e) from None
         entry = read_valid(folder, files)  # built by another process while this one waited
         return entry if entry is not None else build(folder, files, subject)
+
+
+def _unwritable(subject: str, e: OSError) -> OSError:
+    """``e`` (path and reason) with a note naming the subject and the way out (the CLI prints notes)."""
+    err = OSError(e.errno, e.strerror, e.filename)
+    err.add_note(f"subject {subject}: cannot write the training cache; if the prepared folder is read-only, "
+                 f"set {ENV_CACHE_DIR} to a writable folder")
+    return err
 
 
 def cached_origins(entry: CacheEntry, size: int, stride: int | None, min_fraction: float,

@@ -8,16 +8,22 @@ would let a third process lock a new file of the same name at the same time.
 
 On NFS, Linux emulates ``flock`` with POSIX byte-range locks, which the server arbitrates between
 machines (NFSv4, or v3 with lockd): jobs on several nodes sharing one disk exclude each other too.
+Where ``fcntl`` does not exist (Windows) the lock is a no-op: one writer at a time is then the
+user's to ensure.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 from typing import Iterator
 
 from medsr.utils.atomic import current_umask
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
@@ -36,9 +42,11 @@ def file_lock(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise OSError(e.errno, f"cannot create the lock file ({e.strerror})", str(path)) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
