@@ -42,3 +42,16 @@ def test_demo_counts_subjects_with_n_subjects(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("medsr demo: error: --subjects") and "--n-subjects N" in err
+
+
+@pytest.mark.parametrize("bench", ["infer", "precision"])
+def test_bench_shapes_are_three_integers(bench, capsys):
+    assert bench_parser(bench).parse_args(["--shape", "8", "10", "12"]).shape == [8, 10, 12]
+    with pytest.raises(SystemExit) as e:
+        bench_parser(bench).parse_args(["--shape", "8,10,12"])
+    assert e.value.code == 2
+    assert "give the sizes space-separated, e.g. --shape 8 10 12" in capsys.readouterr().err
+    for bad, hint in ((["8", "10"], "three positive sizes"), (["8", "x", "2"], "integers")):
+        with pytest.raises(SystemExit):
+            bench_parser(bench).parse_args(["--shape", *bad])
+        assert hint in capsys.readouterr().err

@@ -29,11 +29,13 @@ import subprocess
 import sys
 import time
 
+from pipelines.bench.shape_arg import add_shape_argument
+
 DEFAULT_CONFIGS = "auto,64:0.25"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shape", default="145,174,145", help="volume X,Y,Z (default HCP 1.25 mm: 145,174,145)")
+    add_shape_argument(parser, (145, 174, 145), "volume (HCP 1.25 mm)")
     parser.add_argument("--channels", type=int, default=6, help="channels C (default 6: DTI)")
     parser.add_argument("--model", default="rev_srcnn3d", help="registered generator (default rev_srcnn3d)")
     parser.add_argument("--depth", type=int, default=8, help="reversible blocks R (default 8)")
@@ -217,9 +219,7 @@ def run(args: argparse.Namespace) -> int:
         return _child(args.child)
     import torch
 
-    shape = tuple(int(s) for s in args.shape.split(","))
-    if len(shape) != 3:
-        raise ValueError(f"--shape must be X,Y,Z, got {args.shape!r}")
+    shape = tuple(args.shape)
     base = {"shape": shape, "channels": args.channels, "model": args.model, "depth": args.depth,
             "width": args.width, "norm": args.norm, "threads": args.threads}
     configs = _parse_configs(args.configs)

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from medsr.precision import autocast
+from pipelines.bench.shape_arg import add_shape_argument
 
 DEFAULT_DEPTHS = "8,32"
 
@@ -219,7 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", default=DEFAULT_DEPTHS, help="reversible depths R (default %(default)s)")
     parser.add_argument("--width", type=int, default=64, help="core width K (default %(default)s)")
     parser.add_argument("--patch", type=int, default=16, help="input side for the core (default %(default)s)")
-    parser.add_argument("--shape", default="48,48,48", help="inference volume X,Y,Z (default %(default)s)")
+    add_shape_argument(parser, (48, 48, 48), "inference volume, even sizes >= 8")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"],
                         help="low precision to compare with fp32 (fp16: CUDA only; default %(default)s)")
@@ -229,20 +230,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medsr.precision import check_precision
-    from medsr.utils.device import check_device
+    from medsr.utils.device import resolve_device
 
-    check_device(args.device)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
+    device = str(resolve_device(args.device))
     check_precision(args.precision, device, "--precision")
     try:
         depths = [int(d) for d in args.depths.split(",") if d.strip()]
-        shape = tuple(int(s) for s in args.shape.split(","))
     except ValueError:
-        raise ValueError(f"--depths and --shape take comma-separated integers, got {args.depths!r}, "
-                         f"{args.shape!r}") from None
-    if len(shape) != 3 or min(shape) < 8 or any(s % 2 for s in shape):
-        raise ValueError(f"--shape {args.shape!r}: three even sizes >= 8")
+        raise ValueError(f"--depths takes comma-separated integers, got {args.depths!r}") from None
+    shape = tuple(args.shape)
+    if min(shape) < 8 or any(s % 2 for s in shape):
+        raise ValueError(f"--shape {' '.join(map(str, shape))}: three even sizes >= 8")
     if not depths or min(depths) < 1 or args.width % 2 or args.width < 2:
         raise ValueError("--depths must be integers >= 1 and --width even")
     if args.threads:
