@@ -68,7 +68,7 @@ frame, which is what ``dtifit`` or dipy returns when fitted with those ``bvecs``
     <out>/<subject>/phantom/labels.nii.gz                   (X, Y, Z) uint8, see LABELS
 
 Use it from Python with :func:`make_subject` / :func:`generate`, or from the shell with
-``python -m data_prep.phantom --output DIR --subjects N``. Statistics: ``docs/phantom.md``.
+``python -m data_prep.phantom --output DIR --n-subjects N``. Statistics: ``docs/phantom.md``.
 """
 from __future__ import annotations
 
@@ -850,6 +850,13 @@ def generate(output: str | Path, subjects: int = 4, *, seed: int = 0, config: Ph
 
 # ----------------------------------------------------------------------------- command line
 
+class _RefusedSubjects(argparse.Action):
+    """The old ``--subjects N`` spelling: refused with a one-line hint."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error("--subjects takes subject IDs in the medsr commands; the phantom count is --n-subjects N")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.phantom",
@@ -858,7 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = PhantomConfig()
     p.add_argument("--output", required=True, type=Path, help="folder to write the subjects into")
-    p.add_argument("--subjects", type=int, default=4, help="number of subjects (default 4)")
+    p.add_argument("--n-subjects", type=int, default=4, metavar="N", help="how many subjects (default 4)")
+    # --subjects lists subject IDs in the medsr commands; a count under that name is refused.
+    p.add_argument("--subjects", nargs="*", action=_RefusedSubjects, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--shape", type=int, nargs=3, default=list(d.shape), metavar=("X", "Y", "Z"),
                    help=f"voxel grid (default {' '.join(map(str, d.shape))})")
@@ -875,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(PhantomConfig(), shape=tuple(args.shape), voxel_size=args.voxel_size, n_dirs=args.directions,
                   n_b0=args.b0, snr=args.snr)
     try:
-        paths = generate(args.output, args.subjects, seed=args.seed, config=cfg, overwrite=args.overwrite)
+        paths = generate(args.output, args.n_subjects, seed=args.seed, config=cfg, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:
         print(f"phantom: error: {e}", file=sys.stderr)
         return 2

@@ -186,7 +186,7 @@ def test_subjects_differ_and_seeds_repeat():
 
 def test_cli_writes_real_hcp_layout(tmp_path, capsys):
     out = tmp_path / "hcp"
-    args = ["--output", str(out), "--subjects", "2", "--shape", "24", "28", "22", "--directions", "12", "--b0", "2"]
+    args = ["--output", str(out), "--n-subjects", "2", "--shape", "24", "28", "22", "--directions", "12", "--b0", "2"]
     assert main(args) == 0
     for name in ("phantom01", "phantom02"):
         diff = out / name / "T1w" / "Diffusion"
@@ -211,3 +211,10 @@ def test_cli_writes_real_hcp_layout(tmp_path, capsys):
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_cli_refuses_subjects_as_a_count(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--output", str(tmp_path / "hcp"), "--subjects", "2"])
+    assert e.value.code == 2 and "--n-subjects N" in capsys.readouterr().err
+    assert not (tmp_path / "hcp").exists()
