@@ -55,3 +55,11 @@ def test_bench_shapes_are_three_integers(bench, capsys):
         with pytest.raises(SystemExit):
             bench_parser(bench).parse_args(["--shape", *bad])
         assert hint in capsys.readouterr().err
+
+
+def test_bench_prep_takes_shape_and_volumes(capsys):
+    args = bench_parser("prep").parse_args(["--shape", "12", "14", "12", "--volumes", "40"])
+    assert (args.shape, args.volumes) == ([12, 14, 12], 40)
+    with pytest.raises(SystemExit):
+        bench_parser("prep").parse_args(["--size", "12,14,12,40"])
+    assert "--size X,Y,Z,N is now --shape 12 14 12 --volumes 40" in capsys.readouterr().err

@@ -248,7 +248,7 @@ def test_bench_prep_small(tmp_path):
 
     from pipelines.bench import prep as bench
 
-    args = argparse.Namespace(size="12,14,12,40", shell=1000.0, workdir=tmp_path, keep=False, target_gb=12.0,
+    args = argparse.Namespace(shape=[12, 14, 12], volumes=40, shell=1000.0, workdir=tmp_path, keep=False, target_gb=12.0,
                               json=tmp_path / "bench.json")
     assert bench.run(args) == 0
     res = json.loads((tmp_path / "bench.json").read_text())

@@ -28,12 +28,28 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.bench.shape_arg import add_shape_argument
+
 TARGET_GB = 12.0
-HCP_SIZE = "145,174,145,288"
+HCP_SHAPE = (145, 174, 145)
+HCP_VOLUMES = 288
+
+
+class _RefusedSize(argparse.Action):
+    """The old ``--size X,Y,Z,N`` spelling: refused with the new one."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parts = str(values).replace(",", " ").split()
+        new = f"--shape {' '.join(parts[:3])} --volumes {parts[3]}" if len(parts) == 4 else "--shape X Y Z --volumes N"
+        parser.error(f"--size X,Y,Z,N is now {new}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", default=HCP_SIZE, help=f"X,Y,Z,N of the generated DWI (default HCP: {HCP_SIZE})")
+    add_shape_argument(parser, HCP_SHAPE, "voxel grid of the generated DWI (HCP)")
+    parser.add_argument("--volumes", type=int, default=HCP_VOLUMES, metavar="N",
+                        help=f"DWI volumes, b0s included (default HCP: {HCP_VOLUMES})")
+    # The old --size X,Y,Z,N: --size means an image side elsewhere (evaluate2d, bench memory --2d).
+    parser.add_argument("--size", action=_RefusedSize, help=argparse.SUPPRESS)
     parser.add_argument("--shell", type=float, default=1000.0, help="shell passed to prep (default 1000)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where to put the temporary subject (default: system temp)")
@@ -102,11 +118,9 @@ def write_subject(folder: Path, size: tuple[int, int, int, int], seed: int = 0) 
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        size = tuple(int(v) for v in str(args.size).split(","))
-        assert len(size) == 4 and min(size) > 0
-    except (ValueError, AssertionError):
-        raise ValueError(f"--size must be X,Y,Z,N positive integers, got {args.size!r}") from None
+    if args.volumes < 1:
+        raise ValueError(f"--volumes must be at least 1, got {args.volumes}")
+    size = (*args.shape, args.volumes)
     work = Path(tempfile.mkdtemp(prefix="medsr-bench-prep-", dir=args.workdir))
     try:
         t0 = time.perf_counter()
