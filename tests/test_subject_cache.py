@@ -74,9 +74,13 @@ def test_dataset_holds_mappings_not_arrays(prepared):
     manifest, kind = prepared
     td = build_dataset(_cfg(manifest, sampling="both", random_per_subject=4), SINGLE)
     ds = td.dataset
+    for item in range(len(ds)):  # read every patch: every subject's maps are open now
+        ds[(item, item, item, item)]
+    opened = [a for s in ds.subjects for a in (s.lr_up, s.hr, s.mask, s.brain)]
+    # Every subject's input, target, mask and brain coordinates are file mappings, and nothing else
+    # large is held: the process's private memory does not grow with the subjects.
+    assert all(_is_mapped(a) and not a.flags.writeable for a in opened)
     big = list(_large_arrays(ds))
-    # Every subject's input, target, mask and brain coordinates are there, and all of them are file
-    # mappings: the process's private memory does not grow with the subjects.
     assert len(big) >= 3 * len(ds.subjects)
     assert all(_is_mapped(a) and not a.flags.writeable for a in big)
     # Pickling (DataLoader workers under spawn) sends paths, not voxels.
@@ -232,3 +236,22 @@ def test_unwritable_cache_folder_is_named_with_the_way_out(tmp_path, capsys):
                  f"output_dir={tmp_path / 'run'}"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert "sub00" in err[-1] and "MEDSR_CACHE_DIR" in err[-1]
+
+
+def test_maps_beyond_the_open_limit_are_closed_and_reopened(tmp_path, monkeypatch):
+    from medsr.data import mapped
+
+    manifest = make_prepared_dataset(tmp_path, 5, (16, 16, 16), "dti", patch_size=8)
+    ds = build_dataset(_cfg(manifest, sampling="both", random_per_subject=3), SINGLE).dataset
+    items = [(i, i, 7 * i, 7 * i) for i in range(len(ds))]
+    want = [ds[it] for it in items]  # every subject open (the default limit is far above 5)
+    for s in ds.subjects:
+        s.arrays.close()
+    monkeypatch.setattr(mapped, "max_open_groups", lambda files: 2)  # as if ulimit -n were tiny
+    fds = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").is_dir() else None
+    for it, w in zip(items, want):
+        got = ds[it]
+        assert all(torch.equal(got[k], w[k]) for k in w)  # closing and reopening changes no bit
+        assert sum(s.arrays.is_open for s in ds.subjects) <= 2
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) <= fds + 2 * 4

@@ -12,7 +12,7 @@ Instead, each subject gets a cache folder beside its files, written on first use
     <subject>/cache/cache.json    sources (name, size, mtime), grid, channels, per-channel brain sums
     <subject>/cache/origins-*.npy the brain-rule patch grid per (patch size, stride, brain fraction)
 
-Training maps the ``.npy`` files read-only (:class:`MappedArray`): a patch read touches only its
+Training maps the ``.npy`` files read-only (:mod:`medsr.data.mapped`): a patch read touches only its
 own pages, the OS page cache holds the data once for every process on the node (DDP ranks,
 DataLoader workers, two trainings), and a process's private memory stays flat in the number of
 subjects. ``.npy`` was chosen on measurement (``benchmarks/patch_read.py``, docs/scale.md): a 16^3
@@ -40,21 +40,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import mmap
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from medsr.data.mapped import NpyLayout, read_layout
 from medsr.normalise import BrainSums, brain_sums
 from medsr.utils.atomic import atomic_path
 from medsr.utils.lock import file_lock
 
-# Drops a mapping's pages from this process (they stay in the OS page cache); None where the OS lacks it.
-_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 VERSION = 1
 CACHE_FOLDER = "cache"
 ENV_CACHE_DIR = "MEDSR_CACHE_DIR"
@@ -73,6 +71,7 @@ class CacheEntry:
         affine: 4x4 HR voxel-to-world affine.
         sums: ``{"hr": BrainSums, "lr_up": BrainSums}`` over the brain mask.
         build: id of this build (files derived from the cache carry it, so a rebuild orphans them).
+        layouts: the ``.npy`` header of each of :data:`ARRAYS` (parsed once, reused by every map).
     """
 
     folder: Path
@@ -81,6 +80,7 @@ class CacheEntry:
     affine: np.ndarray
     sums: dict[str, BrainSums]
     build: str
+    layouts: dict[str, NpyLayout] = field(default_factory=dict)
 
     def path(self, array: str) -> Path:
         return self.folder / f"{array}.npy"
@@ -88,46 +88,6 @@ class CacheEntry:
     @property
     def brain_voxels(self) -> int:
         return self.sums["hr"].n
-
-
-def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran order, dtype) of the ``.npy`` file open as ``f``; leaves ``f`` at the data."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    return np.lib.format.read_array_header_2_0(f)
-
-
-def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """The shape in an ``.npy`` file's header (the data are not read)."""
-    with open(path, "rb") as f:
-        return tuple(_read_header(f)[0])
-
-
-class MappedArray:
-    """A read-only ``.npy`` file mapped into memory.
-
-    Attributes:
-        array: the file's array, backed by the mapping (read-only; no copy is made).
-
-    Pages a read touches join this process's resident set (the kernel maps up to 64 kB around each
-    fault), so a long run would slowly count every subject it visited. :meth:`release` unmaps them
-    from this process after a read; they stay in the page cache, shared by every process on the node,
-    and come back from there (no disk read) on the next touch: about 20 us more per 16^3 DTI patch
-    (docs/scale.md).
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        with open(path, "rb") as f:
-            shape, fortran, dtype = _read_header(f)
-            offset = f.tell()
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.array = np.ndarray(shape, dtype, buffer=self._map, offset=offset, order="F" if fortran else "C")
-
-    def release(self) -> None:
-        """Drop the pages of the mapping from this process's resident set (the data stay readable)."""
-        if _DONTNEED is not None:
-            self._map.madvise(_DONTNEED)
 
 
 def cache_folder(hr: str | os.PathLike) -> Path:
@@ -168,9 +128,10 @@ def read_valid(folder: Path, files: dict[str, str]) -> CacheEntry | None:
             "brain": (entry.brain_voxels, 3)}
     for name, shape in want.items():  # a deleted or foreign .npy makes the cache invalid, not an error
         try:
-            if npy_shape(entry.path(name)) != tuple(shape):
-                return None
+            entry.layouts[name] = read_layout(entry.path(name))
         except (OSError, ValueError):
+            return None
+        if entry.layouts[name].shape != tuple(shape):
             return None
     return entry
 
@@ -218,6 +179,7 @@ def build(folder: Path, files: dict[str, str], subject: str) -> CacheEntry:
             tmp.write_text(json.dumps(meta, indent=1))
     except OSError as e:
         raise _unwritable(subject, e) from None
+    entry.layouts = {name: read_layout(entry.path(name)) for name in ARRAYS}
     return entry
 
 

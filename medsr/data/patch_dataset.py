@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from medsr.data.augment import PERMUTATIONS, flip_axes_from_bits, symmetry_mask, symmetry_normalised
-from medsr.data.cache import CacheEntry, MappedArray, cached_origins, ensure as ensure_cache
+from medsr.data.cache import ARRAYS as CACHE_ARRAYS, CacheEntry, cached_origins, ensure as ensure_cache
+from medsr.data.mapped import MappedGroup
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
 from medsr.normalise import ChannelStats, stats_from_sums
@@ -30,8 +31,6 @@ from medsr.patches import brain_patch_origins
 
 # (axis permutation, flipped axes) applied to a patch.
 Symmetry = tuple[tuple[int, ...], tuple[int, ...]]
-# The cache arrays a Subject maps, in the order of its attributes.
-ARRAYS_ORDER = ("lr_up", "hr", "mask", "brain")
 
 
 class Subject:
@@ -39,15 +38,15 @@ class Subject:
 
     Attributes:
         name: subject id (manifest ``subject``).
-        lr_up: (C, X, Y, Z) float32 read-only mapped array of the network input, raw values.
-        hr: (C, X, Y, Z) float32 read-only mapped array of the target, raw values.
-        mask: (X, Y, Z) bool read-only mapped array of the brain mask.
-        brain: (N, 3) int32 read-only mapped array of the brain voxel coordinates.
+        entry: its cache (folder, grid, channels, brain sums).
         affine: 4x4 HR voxel-to-world affine.
         norm_x, norm_y: statistics that :meth:`patch` normalises x (``lr_up``) and y (``hr``) with.
 
-    Pickling (a DataLoader under the spawn or forkserver start method) sends the cache folder and
-    maps the files again on the other side, never the data.
+    The arrays (``lr_up``, ``hr``: (C, X, Y, Z) float32 raw values; ``mask``: (X, Y, Z) bool;
+    ``brain``: (N, 3) int32 brain voxel coordinates) are read-only maps of the cache files, opened on
+    first use and closed again when many other subjects have been read since
+    (:class:`medsr.data.mapped.MappedGroup`). Pickling (a DataLoader under the spawn or forkserver
+    start method) sends the cache paths, never the data.
     """
 
     def __init__(self, name: str, entry: CacheEntry, norm_x: ChannelStats | None = None,
@@ -57,23 +56,27 @@ class Subject:
         self.affine = entry.affine
         self.norm_x = norm_x or ChannelStats.identity(entry.channels)
         self.norm_y = norm_y or ChannelStats.identity(entry.channels)
-        self._open()
+        self.arrays = MappedGroup({a: entry.path(a) for a in CACHE_ARRAYS}, entry.layouts)
 
-    def _open(self) -> None:
-        self._maps = [MappedArray(self.entry.path(a)) for a in ARRAYS_ORDER]
-        self.lr_up, self.hr, self.mask, self.brain = (m.array for m in self._maps)
+    @property
+    def lr_up(self) -> np.ndarray:
+        return self.arrays["lr_up"]
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_maps",) + ARRAYS_ORDER}
+    @property
+    def hr(self) -> np.ndarray:
+        return self.arrays["hr"]
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._open()
+    @property
+    def mask(self) -> np.ndarray:
+        return self.arrays["mask"]
+
+    @property
+    def brain(self) -> np.ndarray:
+        return self.arrays["brain"]
 
     def release(self) -> None:
-        """Unmap the pages reads have touched from this process (see :class:`MappedArray`)."""
-        for m in self._maps:
-            m.release()
+        """Unmap the pages reads have touched from this process (see :class:`medsr.data.mapped.MappedArray`)."""
+        self.arrays.release()
 
     def read_mask(self) -> np.ndarray:
         """The whole mask as a private in-memory array (for one-off scans that should not keep
@@ -83,8 +86,21 @@ class Subject:
     def region(self, key: str, sl: tuple[slice, ...]) -> np.ndarray:
         """Normalised (C, ...) float32 copy of ``[:, *sl]`` of x (``key="x"``) or y (``"y"``)."""
         raw, stats = (self.lr_up, self.norm_x) if key == "x" else (self.hr, self.norm_y)
-        # Elementwise (v - mean) / std in float32: the same numbers as normalising the whole volume.
-        return np.asarray(stats.normalise(np.asarray(raw[(slice(None),) + tuple(sl)])), dtype=np.float32)
+        mean, std = self._stats_arrays(key, stats)
+        # Elementwise (v - mean) / std in float32, as ChannelStats.normalise computes it: the same
+        # numbers as normalising the whole volume first.
+        out = np.subtract(raw[(slice(None),) + tuple(sl)], mean, dtype=np.float32)
+        return np.divide(out, std, out=out)
+
+    def _stats_arrays(self, key: str, stats: ChannelStats) -> tuple[np.ndarray, np.ndarray]:
+        """(C, 1, 1, 1) float32 mean and std of ``stats``, made once per statistics object."""
+        cached = self.__dict__.setdefault("_stats_cache", {}).get(key)
+        if cached is None or cached[0] is not stats:
+            shape = (-1, 1, 1, 1)
+            cached = (stats, np.asarray(stats.mean, np.float32).reshape(shape),
+                      np.asarray(stats.std, np.float32).reshape(shape))
+            self._stats_cache[key] = cached
+        return cached[1], cached[2]
 
     def patch(self, key: str, origin: np.ndarray, size: int) -> np.ndarray:
         """Normalised (C, s, s, s) float32 patch of x or y at ``origin``."""
@@ -203,14 +219,14 @@ class PatchDataset(torch.utils.data.Dataset):
         empty: list[str] = []
         grid: list[np.ndarray] = []
         for si, s in enumerate(subjects):
-            if any(d < self.size for d in s.mask.shape):
-                raise ValueError(f"subject {s.name}: volume {s.mask.shape} is smaller than a {self.size}^3 patch")
+            if any(d < self.size for d in s.entry.shape):
+                raise ValueError(f"subject {s.name}: volume {s.entry.shape} is smaller than a {self.size}^3 patch")
             # Saved with the cache after the first scan; the scan reads a private copy of the mask,
             # freed after it (scanning the map would keep every subject's whole mask resident).
             scan = lambda s=s: brain_patch_origins(s.read_mask(), self.size, stride, self.min_fraction)  # noqa: E731
             origins = cached_origins(s.entry, self.size, stride, self.min_fraction, scan)
             origins = np.unique(origins // self.align * self.align, axis=0) if len(origins) else origins
-            if sampling in ("grid", "both") and len(origins) == 0 or len(s.brain) == 0:
+            if sampling in ("grid", "both") and len(origins) == 0 or s.entry.brain_voxels == 0:
                 empty.append(s.name)
             grid.append(np.concatenate([np.full((len(origins), 1), si), origins], 1))
         if empty:
@@ -297,7 +313,7 @@ class PatchDataset(torch.utils.data.Dataset):
 def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind: str, crop: int = 64):
     """A preview function: axial slice through a central crop (input, output, HR), original units."""
     idx = np.asarray(subject.brain)  # the mask's voxel coordinates
-    shape = np.asarray(subject.mask.shape)
+    shape = np.asarray(subject.entry.shape)
     centre = ((idx.min(0) + idx.max(0)) // 2) if len(idx) else shape // 2
     size = np.minimum(np.array([crop, crop, 16]), shape)
     o = np.clip(centre - size // 2, 0, shape - size)
