@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import nibabel as nib
 
-    from medsr.data.cache import MappedArray
+    from medsr.data.mapped import MappedArray
 
     c, s = args.channels, args.patch
     x, y, z = args.shape
