@@ -8,7 +8,7 @@ the way the training dataset reads them:
 * ``memory``: a slice of an array already in memory (what training did before: every subject held);
 * ``npy mmap``: a slice of an ``.npy`` file mapped with ``np.load(mmap_mode="r")``;
 * ``npy mmap + release``: the same, then ``madvise(MADV_DONTNEED)`` so the pages leave the process's
-  resident set (``medsr.data.cache.MappedArray``, what training does);
+  resident set (``medsr.data.mapped.MappedArray``, what training does);
 * ``npy pread``: one ``os.preadv`` per (channel, x) row block of the patch, no mapping;
 * ``nii mmap``: uncompressed NIfTI through nibabel's memory map (channel-last, Fortran order);
 * ``hdf5 chunked``: an HDF5 dataset in ``--patch``^3 chunks (h5py), uncompressed;
