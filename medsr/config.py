@@ -20,9 +20,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
+
+# Closed sets of string values: a field annotated with one of these accepts only its listed strings
+# (the validator reads them with ``typing.get_args``). Aliases rather than inline ``Literal[...]`` so other
+# modules can share a set (``medsr.precision.PRECISIONS`` is ``get_args(Precision)``).
+Sampling = Literal["grid", "random", "both"]
+NormStats = Literal["separate", "shared"]
+Direction = Literal["AtoB", "BtoA"]
+GanLoss = Literal["vanilla", "lsgan"]
+LossRegion = Literal["patch", "brain"]
+LrDecay = Literal["epochs", "cosine"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -56,16 +67,16 @@ class DataConfig:
     manifest: str | None = None
     root: str | None = None
     image_size: int = 256
-    direction: str = "AtoB"
+    direction: Direction = "AtoB"
     dataset: str | None = None
     subjects: list[str] | None = None
     patch_size: int = 24
     stride: int | None = None
-    sampling: str = "grid"
+    sampling: Sampling = "grid"
     random_per_subject: int = 0
     min_brain_fraction: float = 0.01
     normalise: bool = True
-    norm_stats: str = "separate"
+    norm_stats: NormStats = "separate"
     flip: bool = False
     permute: bool = False
     num_workers: int = 0
@@ -142,9 +153,9 @@ class TrainConfig:
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
     lambda_reverse: float = 1.0
-    loss_region: str = "patch"
-    lr_decay: str = "epochs"
-    gan_loss: str = "vanilla"
+    loss_region: LossRegion = "patch"
+    lr_decay: LrDecay = "epochs"
+    gan_loss: GanLoss = "vanilla"
     pool_size: int = 50
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -154,7 +165,7 @@ class TrainConfig:
     samples: bool = True
     progress: bool = True
     threads: int = 0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
 
 
 @dataclass
@@ -186,15 +197,6 @@ class Config:
 
 # ---------------------------------------------------------------------------- validation
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "data.sampling": ("grid", "random", "both"),
-    "data.norm_stats": ("separate", "shared"),
-    "data.direction": ("AtoB", "BtoA"),
-    "train.gan_loss": ("vanilla", "lsgan"),
-    "train.loss_region": ("patch", "brain"),
-    "train.lr_decay": ("epochs", "cosine"),
-    "train.precision": ("fp32", "bf16", "fp16"),  # medsr.precision.PRECISIONS (no torch import here)
-}
 _FREE_DICTS = {"model.kwargs", "discriminator.kwargs"}
 
 # Allowed ranges of numeric keys: (low, high, low inclusive, high inclusive); None = unbounded.
@@ -248,6 +250,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " or ".join(sorted({type(a).__name__ for a in typing.get_args(tp)}))
     if tp is type(None):
         return "null"
     if origin is list:
@@ -267,7 +271,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ValueError:
                 continue
         raise ValueError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if tp is type(None):
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if any(type(value) is type(a) for a in allowed):  # a wrong type is reported as such, below
+            if value in allowed:
+                return value
+            raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    elif tp is type(None):
         if value is None:
             return None
     elif tp is bool:
@@ -314,8 +324,6 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
             kwargs[name] = _build(tp, d[name] if d[name] is not None else {}, key)
             continue
         value = _coerce(tp, d[name], key)
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}")
         _check_range(key, value)
         kwargs[name] = value
     if prefix == "train":

@@ -16,11 +16,14 @@ Outputs handed to users (inference volumes, logged losses, checkpoints) are alwa
 from __future__ import annotations
 
 import contextlib
+import typing
 from typing import Any, ContextManager, Iterable
 
 import torch
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+from medsr.config import Precision
+
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)  # one list: the config field's
 _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import dataclasses
+import typing
+
 import yaml
 
 from medsr.config import Config, load_config, save_config
@@ -50,6 +53,41 @@ def test_yaml_overrides_and_round_trip(tmp_path):
 def test_bad_configs_name_the_key(source, overrides, pattern):
     with pytest.raises(ValueError, match=pattern):
         load_config(source, overrides)
+
+
+def _literal_fields() -> list[tuple[str, tuple[str, ...]]]:
+    """(dotted key, allowed values) of every ``Literal``-annotated config field."""
+    found = []
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(cls):
+            continue
+        for name, tp in typing.get_type_hints(cls).items():
+            if typing.get_origin(tp) is typing.Literal:
+                found.append((f"{section.name}.{name}", typing.get_args(tp)))
+    return found
+
+
+LITERAL_FIELDS = _literal_fields()
+
+
+def test_the_choice_fields_are_literals():
+    keys = {k for k, _ in LITERAL_FIELDS}
+    assert {"data.sampling", "data.norm_stats", "data.direction", "train.gan_loss", "train.loss_region",
+            "train.lr_decay", "train.precision"} <= keys
+
+
+@pytest.mark.parametrize("key, allowed", LITERAL_FIELDS, ids=[k for k, _ in LITERAL_FIELDS])
+def test_every_choice_field_rejects_a_wrong_value_by_name(key, allowed):
+    """A value outside the field's Literal, or of the wrong type, fails with one line naming the key; every
+    allowed value is accepted."""
+    section, name = key.split(".")
+    with pytest.raises(ValueError, match=rf"^config key '{key}': 'nonsense' is not one of {', '.join(allowed)}$"):
+        load_config({section: {name: "nonsense"}})
+    with pytest.raises(ValueError, match=rf"^config key '{key}': expected str, got int 3$"):
+        load_config({}, [f"{key}=3"])
+    for value in allowed:  # (fp16 off CUDA is refused later, by the trainer, not by the config)
+        assert getattr(getattr(load_config({section: {name: value}}), section), name) == value
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
