@@ -7,8 +7,9 @@ within ``mask.nii.gz``. The summary has mean and standard deviation per model: t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 from tqdm import tqdm
@@ -68,6 +69,74 @@ def prediction_paths(subjects: Sequence[str], predictions: str | Path) -> dict[s
     return out
 
 
+@dataclass
+class SubjectVolumes:
+    """One manifest subject's volumes, as :func:`manifest_volumes` yields them.
+
+    Attributes:
+        subject: the manifest's ``subject``.
+        kind: ``dti``, or None for scalar images.
+        mask_name: the mask's path (named in metric errors).
+        hr: the high-resolution truth.
+        mask: the brain mask on ``hr``'s grid.
+        lr: the low-resolution input (None when neither baselines nor figures asked for it).
+        methods: ``(name, volume)`` per prediction folder holding the subject, then per baseline.
+    """
+
+    subject: str
+    kind: str | None
+    mask_name: str
+    hr: Any
+    mask: Any
+    lr: Any
+    methods: list[tuple[str, Any]]
+
+
+def check_figure_paths(folder: str | Path, df: pd.DataFrame, *, overwrite: bool) -> None:
+    """Before minutes of scoring or drawing: every subject's figures inside ``folder``, none replaced unasked."""
+    from medsr.figures import figure_paths
+    from medsr.utils.paths import inside
+
+    for _, r in df.iterrows():
+        for p in figure_paths(folder, str(r["subject"]), str(r["kind"]) or None):
+            inside(folder, p, "figure")
+            if p.exists() and not overwrite:
+                raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
+
+
+def manifest_volumes(
+    df: pd.DataFrame,
+    predictions: Sequence[tuple[str, dict[str, Path]]],
+    baselines: Sequence[str],
+    *,
+    need_lr: bool,
+    desc: str,
+    quiet: bool = False,
+) -> Iterator[SubjectVolumes]:
+    """The one loop over a manifest's rows shared by ``medsr evaluate`` and ``medsr report``.
+
+    Args:
+        df: manifest rows (:func:`select_subjects`).
+        predictions: ``(name, {subject: path})`` per prediction folder (:func:`prediction_paths`).
+        baselines: interpolations of ``lr`` to add as methods (``nn``, ``linear``, ``cubic``).
+        need_lr: load ``lr`` even without baselines (figures show it).
+        desc: the progress bar's label.
+        quiet: no progress bar.
+    """
+    from medsr.baselines import upsample
+    from medsr.io import load_mask, load_volume
+
+    for _, r in tqdm(df.iterrows(), total=len(df), desc=desc, unit="subj", disable=quiet):
+        subject = str(r["subject"])
+        factor = int(r["factor"]) or 2
+        hr = load_volume(r["hr"])
+        mask = load_mask(r["mask"], like=hr)
+        methods = [(name, load_volume(paths[subject])) for name, paths in predictions if subject in paths]
+        lr = load_volume(r["lr"]) if baselines or need_lr else None
+        methods += [(b, upsample(lr, factor, b, out_shape=hr.spatial_shape)) for b in baselines]
+        yield SubjectVolumes(subject, str(r["kind"]) or None, str(r["mask"]), hr, mask, lr, methods)
+
+
 def evaluate_manifest(
     manifest: str | Path,
     predictions: str | Path | None,
@@ -94,49 +163,27 @@ def evaluate_manifest(
     Returns:
         DataFrame, one row per (model, subject), columns ``model, subject`` + metrics.
     """
-    from medsr.baselines import upsample
-    from medsr.io import load_mask, load_volume
     from medsr.manifest import read_manifest
     from medsr.metrics import evaluate_volumes
-
-    from medsr.utils.paths import inside
 
     df = read_manifest(manifest)
     df = select_subjects(df, subjects, manifest)
     subjects = [str(s) for s in df["subject"]]
     if figures:
-        from medsr.figures import figure_paths
-
-        for _, r in df.iterrows():  # before minutes of scoring: no figure may land outside its folder
-            for p in figure_paths(figures, str(r["subject"]), str(r["kind"]) or None):
-                inside(figures, p, "figure")
-                if p.exists() and not overwrite_figures:
-                    raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
+        check_figure_paths(figures, df, overwrite=overwrite_figures)
     preds = prediction_paths(subjects, predictions) if predictions is not None else {}
     name = model_name or (Path(predictions).resolve().name if predictions is not None else "")
     if name in baselines:
         raise ValueError(f"--model-name {name!r} clashes with a baseline's name; choose another")
     rows: list[dict] = []
-    for _, r in tqdm(df.iterrows(), total=len(df), desc="subjects", unit="subj", disable=quiet):
-        subject = str(r["subject"])
-        kind = str(r["kind"]) or None
-        factor = int(r["factor"]) or 2
-        hr = load_volume(r["hr"])
-        mask = load_mask(r["mask"], like=hr)
-        scored: list[tuple[str, object]] = []
-        if subject in preds:
-            scored.append((name, load_volume(preds[subject])))
-        if baselines or figures:
-            lr = load_volume(r["lr"])
-            for b in baselines:
-                scored.append((b, upsample(lr, factor, b, out_shape=hr.spatial_shape)))
-        for model, vol in scored:
-            metrics = evaluate_volumes(vol, hr, mask, kind=kind, mask_name=str(r["mask"]))
-            rows.append({"model": model, "subject": subject, **metrics})
+    for sv in manifest_volumes(df, [(name, preds)], baselines, need_lr=bool(figures), desc="subjects", quiet=quiet):
+        for model, vol in sv.methods:
+            metrics = evaluate_volumes(vol, sv.hr, sv.mask, kind=sv.kind, mask_name=sv.mask_name)
+            rows.append({"model": model, "subject": sv.subject, **metrics})
         if figures:
             from medsr.figures import subject_figures
 
-            subject_figures(figures, subject, hr=hr, mask=mask, methods=scored, lr=lr, kind=kind,
+            subject_figures(figures, sv.subject, hr=sv.hr, mask=sv.mask, methods=sv.methods, lr=sv.lr, kind=sv.kind,
                             overwrite=overwrite_figures)
     out = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate([name, *baselines])}

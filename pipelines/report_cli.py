@@ -38,14 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from medsr.baselines import upsample
-    from medsr.figures import figure_paths, subject_figures
-    from medsr.io import load_mask, load_volume
+    from medsr.figures import subject_figures
     from medsr.manifest import read_manifest
-    from medsr.utils.paths import inside
-    from pipelines.evaluate import parse_baselines, prediction_paths, select_subjects
+    from pipelines.evaluate import (
+        check_figure_paths, manifest_volumes, parse_baselines, prediction_paths, select_subjects,
+    )
 
     df = select_subjects(read_manifest(args.manifest), args.subjects, args.manifest)
     subjects = [str(s) for s in df["subject"]]
@@ -55,21 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if clash:
         raise ValueError(f"--predictions: folder name {clash[0]!r} clashes with a baseline's name; rename the folder")
     out = Path(args.output)
-    for _, r in df.iterrows():  # before any drawing: every output inside its folder, none replaced unasked
-        for p in figure_paths(out, str(r["subject"]), str(r["kind"]) or None):
-            inside(out, p, "figure")
-            if p.exists() and not args.overwrite:
-                raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
+    check_figure_paths(out, df, overwrite=args.overwrite)
     written = 0
-    for _, r in tqdm(df.iterrows(), total=len(df), desc="figures", unit="subj"):
-        s = str(r["subject"])
-        hr = load_volume(r["hr"])
-        mask = load_mask(r["mask"], like=hr)
-        lr = load_volume(r["lr"])
-        factor = int(r["factor"]) or 2
-        cols = [(name, load_volume(paths[s])) for name, paths in pred_dirs]
-        cols += [(b, upsample(lr, factor, b, out_shape=hr.spatial_shape)) for b in baselines]
-        written += len(subject_figures(out, s, hr=hr, mask=mask, methods=cols, lr=lr, kind=str(r["kind"]) or None,
-                                       overwrite=args.overwrite))
+    for sv in manifest_volumes(df, pred_dirs, baselines, need_lr=True, desc="figures"):
+        written += len(subject_figures(out, sv.subject, hr=sv.hr, mask=sv.mask, methods=sv.methods, lr=sv.lr,
+                                       kind=sv.kind, overwrite=args.overwrite))
     print(f"wrote {written} figure(s) for {len(df)} subject(s) to {out}")
     return 0

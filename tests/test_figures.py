@@ -63,12 +63,19 @@ def test_scalar_evaluate_and_report_draw_the_same_files_through_one_function(sca
     calls = []
     real = medsr.figures.subject_figures
     monkeypatch.setattr(medsr.figures, "subject_figures", lambda *a, **k: calls.append(k["methods"]) or real(*a, **k))
+    import pipelines.evaluate
+
+    loops = []  # and both walk the manifest through one loop
+    real_loop = pipelines.evaluate.manifest_volumes
+    monkeypatch.setattr(pipelines.evaluate, "manifest_volumes",
+                        lambda *a, **k: loops.append(k["desc"]) or real_loop(*a, **k))
     model = str(tmp_path / "model")
     assert main(["evaluate", "--manifest", str(scalar_prep), "--predictions", model, "--figures",
                  str(tmp_path / "figs"), "--quiet"]) == 0
     assert main(["report", "--manifest", str(scalar_prep), "--predictions", model, "--output",
                  str(tmp_path / "rep")]) == 0
     assert len(calls) == 4  # two subjects, each through the one function from evaluate and from report
+    assert loops == ["subjects", "figures"]
     for s in ("t1a", "t1b"):
         assert [p.name for p in figure_paths(tmp_path, s, "scalar")] == [f"{s}_intensity.png"]
         a, b = (tmp_path / "figs" / f"{s}_intensity.png").read_bytes(), (tmp_path / "rep" / f"{s}_intensity.png").read_bytes()
