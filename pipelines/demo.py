@@ -20,15 +20,18 @@ after every step; the config's ``train.max_steps`` stays an upper bound.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+from medsr.utils.atomic import atomic_path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 DEFAULT_MINUTES = 7.0
@@ -69,8 +72,24 @@ class DemoResult:
     summary: str = ""
 
 
-def _stage(n: int, total: int, text: str) -> None:
-    print(f"\n[{n}/{total}] {text}", file=sys.stderr, flush=True)
+class _Stages:
+    """The demo's numbered stage headers (on stderr) and each stage's wall-clock seconds (the summary's timings)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet = total, quiet
+        self.timings: dict[str, float] = {}
+        self._n = 0
+
+    @contextlib.contextmanager
+    def stage(self, text: str, timing: str | None = None) -> Iterator[None]:
+        """Print ``[n/total] text`` (unless quiet), run the block, record its seconds as ``timings[timing]``."""
+        self._n += 1
+        t = time.perf_counter()
+        if not self.quiet:
+            print(f"\n[{self._n}/{self.total}] {text}", file=sys.stderr, flush=True)
+        yield
+        if timing is not None:
+            self.timings[timing] = time.perf_counter() - t
 
 
 def _fmt_s(seconds: float) -> str:
@@ -194,6 +213,30 @@ def format_report(res: DemoResult, model: str) -> str:
     return "\n".join(lines)
 
 
+def _evaluate(output: Path, manifest: Path, pred_dir: Path, prediction: Path, test_subject: str, label: str,
+              quiet: bool) -> tuple[Any, dict[str, Path]]:
+    """The demo's stage 4: evaluation CSVs and figures of the held-out subject.
+
+    Returns:
+        (per-(model, subject) table, summary label -> path of each output written, in the summary's order).
+    """
+    from medsr.manifest import read_manifest
+    from pipelines.evaluate import evaluate_manifest, write_results
+
+    fig_dir = output / "figures"
+    table = evaluate_manifest(manifest, pred_dir, model_name=label, baselines=BASELINES, figures=fig_dir,
+                              subjects=[test_subject], quiet=quiet)
+    csv, summ_csv = write_results(table, output / "evaluation.csv", overwrite=True)
+    row = read_manifest(manifest).set_index("subject", drop=False).loc[test_subject]
+    paths = {"evaluation CSV": csv, "summary CSV": summ_csv}
+    paths.update({f"{what} figure": fig_dir / f"{test_subject}_{suffix}.png"
+                  for what, suffix in (("MD", "md"), ("FA", "fa"), ("colour-FA", "colour_fa"))})
+    phantom_png = _phantom_figure(output / "hcp" / test_subject, fig_dir / "phantom.png")
+    paths["component figure"] = _components_figure(row, prediction, fig_dir / "tensor_components.png", label)
+    paths["phantom figure"] = phantom_png
+    return table, paths
+
+
 def run_demo(
     output: str | Path = "medsr-demo",
     *,
@@ -219,8 +262,6 @@ def run_demo(
         quiet: no stage headers (the tools' own progress bars still follow their settings).
     """
     from data_prep.phantom_dataset import prepare_phantoms
-    from medsr.manifest import read_manifest
-    from pipelines.evaluate import evaluate_manifest, write_results
     from pipelines.infer import run_inference
 
     if n_subjects < 2:
@@ -228,69 +269,45 @@ def run_demo(
     if minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes:g}")
     output = Path(output)
-    say = (lambda *a: None) if quiet else _stage
     prepare_output(output, overwrite)
-    timings: dict[str, float] = {}
-    n = 5
+    stages = _Stages(total=5, quiet=quiet)
 
-    t = time.perf_counter()
-    say(1, n, f"generating {n_subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
-              "(HR DTI fit, block-averaged LR DTI fit, manifest)")
-    manifest, names = prepare_phantoms(output, n_subjects, seed=seed, config=phantom_config, workers=workers,
-                                       progress=not quiet)
-    train_subjects, test_subjects = names[:-1], names[-1:]
-    test_subject = test_subjects[0]
-    timings["phantom + prep"] = time.perf_counter() - t
+    with stages.stage(f"generating {n_subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
+                      "(HR DTI fit, block-averaged LR DTI fit, manifest)", timing="phantom + prep"):
+        manifest, names = prepare_phantoms(output, n_subjects, seed=seed, config=phantom_config, workers=workers,
+                                           progress=not quiet)
+    train_subjects, test_subject = names[:-1], names[-1]
 
-    t = time.perf_counter()
     cfg = load_demo_config(config, manifest, output / "run", train_subjects, seed)
     label = cfg.model.name
-    say(2, n, f"training {label} on {', '.join(train_subjects)} for {minutes:g} min ({config})")
-    run_dir, steps = train_for(cfg, minutes)
-    timings["train"] = time.perf_counter() - t
+    with stages.stage(f"training {label} on {', '.join(train_subjects)} for {minutes:g} min ({config})",
+                      timing="train"):
+        run_dir, steps = train_for(cfg, minutes)
 
-    t = time.perf_counter()
-    say(3, n, f"full-volume inference on the held-out subject {test_subject}")
     pred_dir = output / "predictions"
-    (prediction,) = run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=[test_subject], quiet=quiet)
-    timings["infer"] = time.perf_counter() - t
+    with stages.stage(f"full-volume inference on the held-out subject {test_subject}", timing="infer"):
+        (prediction,) = run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=[test_subject], quiet=quiet)
 
-    t = time.perf_counter()
-    say(4, n, "evaluation against nn / linear / cubic baselines, figures")
-    fig_dir = output / "figures"
-    table = evaluate_manifest(manifest, pred_dir, model_name=label, baselines=BASELINES, figures=fig_dir,
-                              subjects=[test_subject], quiet=quiet)
-    csv, summ_csv = write_results(table, output / "evaluation.csv", overwrite=True)
-    row = read_manifest(manifest).set_index("subject", drop=False).loc[test_subject]
-    phantom_png = _phantom_figure(output / "hcp" / test_subject, fig_dir / "phantom.png")
-    comp_png = _components_figure(row, prediction, fig_dir / "tensor_components.png", label)
-    timings["evaluate"] = time.perf_counter() - t
+    with stages.stage("evaluation against nn / linear / cubic baselines, figures", timing="evaluate"):
+        table, outputs = _evaluate(output, manifest, pred_dir, prediction, test_subject, label, quiet)
 
-    say(5, n, "summary")
-    rmse = dict(zip(table["model"], table["rmse_interior"].astype(float)))
-    res = DemoResult(output=output, train_subjects=train_subjects, test_subject=test_subject, steps=steps,
-                     table=table, timings=timings,
-                     beats_cubic=bool(rmse.get(label, math.inf) < rmse.get("cubic", -math.inf)))
-    res.paths = {
-        "phantom (HCP layout)": output / "hcp",
-        "prepared pairs": output / "prep" / "manifest.csv",
-        "checkpoint": run_dir / "last.pt",
-        "training log": run_dir / "log.csv",
-        "prediction (NIfTI)": prediction,
-        "evaluation CSV": csv,
-        "summary CSV": summ_csv,
-        "MD figure": fig_dir / f"{test_subject}_md.png",
-        "FA figure": fig_dir / f"{test_subject}_fa.png",
-        "colour-FA figure": fig_dir / f"{test_subject}_colour_fa.png",
-        "component figure": comp_png,
-        "phantom figure": phantom_png,
-        "this summary": output / "summary.txt",
-    }
-    res.summary = format_report(res, label)
-    from medsr.utils.atomic import atomic_path
-
-    with atomic_path(output / "summary.txt") as tmp:
-        tmp.write_text(res.summary + "\n")
+    with stages.stage("summary"):
+        rmse = dict(zip(table["model"], table["rmse_interior"].astype(float)))
+        res = DemoResult(output=output, train_subjects=train_subjects, test_subject=test_subject, steps=steps,
+                         table=table, timings=stages.timings,
+                         beats_cubic=bool(rmse.get(label, math.inf) < rmse.get("cubic", -math.inf)))
+        res.paths = {
+            "phantom (HCP layout)": output / "hcp",
+            "prepared pairs": output / "prep" / "manifest.csv",
+            "checkpoint": run_dir / "last.pt",
+            "training log": run_dir / "log.csv",
+            "prediction (NIfTI)": prediction,
+            **outputs,
+            "this summary": output / "summary.txt",
+        }
+        res.summary = format_report(res, label)
+        with atomic_path(output / "summary.txt") as tmp:
+            tmp.write_text(res.summary + "\n")
     return res
 
 

@@ -77,6 +77,9 @@ def test_demo_with_a_relative_output_runs_again_after_success_and_failure(tmp_pa
     res = run_demo("demo_out", **kw)
     assert (tmp_path / "demo_out" / "summary.txt").is_file() and res.steps > 0
     assert (tmp_path / "demo_out" / "predictions" / f"{res.test_subject}.nii.gz").is_file()
+    assert list(res.timings) == ["phantom + prep", "train", "infer", "evaluate"]  # every timed stage, in order
+    assert all(Path(p).exists() for p in res.paths.values()), res.paths  # the summary names only real outputs
+    assert "timings: phantom + prep " in res.summary and "MD figure" in res.summary
 
     # a failure half-way (bad config) leaves a marked, unfinished folder ...
     bad = tmp_path / "bad.yaml"
