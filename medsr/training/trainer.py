@@ -288,67 +288,20 @@ class Trainer:
 
     def fit(self) -> Path:
         """Train from ``self.step`` to the last step (or ``train.max_minutes``); returns the checkpoint path."""
-        t = self.cfg.train
-        names = self.mode.loss_names
-        loader = self.make_loader()
-        seconds_before, loop_start = self.train_seconds, time.perf_counter()
-        show = t.progress and self.dist.is_main and sys.stderr.isatty()
         from tqdm import tqdm
 
+        loader = self.make_loader()
+        clock = (self.train_seconds, time.perf_counter())  # (seconds trained before this call, its start)
+        show = self.cfg.train.progress and self.dist.is_main and sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, dynamic_ncols=True, unit="step")
-        per_step = t.batch_size * self.dist.world_size
-        tick, tick_step = time.perf_counter(), self.step
-        rate = 0.0
+        speed = _Throughput(self.cfg.train.batch_size * self.dist.world_size, self.step)
         try:
             while self.step < self.total_steps and not self.out_of_time():
                 epoch = self.step // self.steps_per_epoch
                 self.data.sampler.set_epoch(epoch, self.step % self.steps_per_epoch)
                 for batch in loader:
-                    batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-                    self._apply_lr_decay()
-                    losses = self.mode.train_step(batch)
-                    self.step += 1
-                    # The elapsed time rides along with the losses' all-reduce: every rank gets the
-                    # same mean, so under torchrun all ranks stop at the same step without an extra
-                    # collective.
-                    elapsed = torch.tensor([seconds_before + time.perf_counter() - loop_start], device=self.device)
-                    vec = all_mean(torch.cat([torch.stack([losses[n].float() for n in names]), elapsed]), self.dist)
-                    *losses_mean, self.train_seconds = vec.cpu().double().tolist()
-                    values = dict(zip(names, losses_mean))
-                    if not all(math.isfinite(v) for v in values.values()):
-                        bad = ", ".join(f"{k}={v:g}" for k, v in values.items())
-                        kept = (f"last good checkpoint {self.last_good[1]} (step {self.last_good[0]}) kept"
-                                if self.last_good else "no checkpoint was written")
-                        raise TrainingDiverged(f"non-finite loss at step {self.step} ({bad}); stopped, {kept}")
-                    end_of_epoch = self.step % self.steps_per_epoch == 0
-                    last = self.step >= self.total_steps or self.out_of_time()
-                    if self.step % t.log_every == 0 or end_of_epoch or last:
-                        now = time.perf_counter()
-                        rate = per_step * (self.step - tick_step) / max(now - tick, 1e-9)
-                        tick, tick_step = now, self.step
-                        lr = self.optimizers["G"].param_groups[0]["lr"]
-                        row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch}
-                        row.update({k: f"{v:.6g}" for k, v in values.items()})
-                        row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}",
-                                    "train_s": f"{self.train_seconds:.1f}"})
-                        self.log_rows.append(row)
-                        tb = self._tensorboard()
-                        if tb:
-                            for k, v in values.items():
-                                tb.add_scalar(f"loss/{k}", v, self.step)
-                            tb.add_scalar("lr", lr, self.step)
-                            tb.add_scalar("patches_per_s", rate, self.step)
-                    bar.update(1)
-                    if show:
-                        bar.set_postfix({names[0]: f"{values[names[0]]:.4g}", "patches/s": f"{rate:.1f}",
-                                         "epoch": self.step // self.steps_per_epoch})
-                    if end_of_epoch:
-                        for s in self.schedulers.values():
-                            s.step()
-                        self.write_preview(f"epoch_{self.step // self.steps_per_epoch:03d}")
-                    if self.step % t.checkpoint_every == 0 or last:
-                        self.save()
-                    if last:
+                    values = self._train_step(batch, clock)
+                    if self._after_step(values, speed, bar if show else None):
                         break
                 if self.out_of_time():
                     break
@@ -362,6 +315,91 @@ class Trainer:
             self.write_preview("final")
         return self.ckpt_path
 
+    def _train_step(self, batch: dict[str, Any], clock: tuple[float, float]) -> dict[str, float]:
+        """One optimisation step on ``batch``; returns its losses averaged over ranks.
+
+        Also sets ``train_seconds`` from ``clock`` (seconds trained before :meth:`fit`, its start time).
+
+        Raises:
+            TrainingDiverged: a loss is not finite (the last good checkpoint is kept and named).
+        """
+        names = self.mode.loss_names
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        self._apply_lr_decay()
+        losses = self.mode.train_step(batch)
+        self.step += 1
+        # The elapsed time rides along with the losses' all-reduce: every rank gets the same mean, so
+        # under torchrun all ranks stop at the same step without an extra collective.
+        elapsed = torch.tensor([clock[0] + time.perf_counter() - clock[1]], device=self.device)
+        vec = all_mean(torch.cat([torch.stack([losses[n].float() for n in names]), elapsed]), self.dist)
+        *losses_mean, self.train_seconds = vec.cpu().double().tolist()
+        values = dict(zip(names, losses_mean))
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = ", ".join(f"{k}={v:g}" for k, v in values.items())
+            kept = (f"last good checkpoint {self.last_good[1]} (step {self.last_good[0]}) kept"
+                    if self.last_good else "no checkpoint was written")
+            raise TrainingDiverged(f"non-finite loss at step {self.step} ({bad}); stopped, {kept}")
+        return values
+
+    def _after_step(self, values: dict[str, float], speed: "_Throughput", bar: Any) -> bool:
+        """Log, show progress, close the epoch and checkpoint after a step; True when the run stops here.
+
+        Args:
+            values: the step's losses (:meth:`_train_step`).
+            speed: the throughput since the last log row.
+            bar: the tqdm bar to annotate, or None when it is not shown.
+        """
+        t = self.cfg.train
+        end_of_epoch = self.step % self.steps_per_epoch == 0
+        last = self.step >= self.total_steps or self.out_of_time()
+        if self.step % t.log_every == 0 or end_of_epoch or last:
+            self._log_step(values, speed.update(self.step))
+        if bar is not None:
+            bar.update(1)
+            name = self.mode.loss_names[0]
+            bar.set_postfix({name: f"{values[name]:.4g}", "patches/s": f"{speed.rate:.1f}",
+                             "epoch": self.step // self.steps_per_epoch})
+        if end_of_epoch:
+            self._end_of_epoch()
+        if self.step % t.checkpoint_every == 0 or last:
+            self.save()
+        return last
+
+    def _log_step(self, values: dict[str, float], rate: float) -> None:
+        """Append a ``log.csv`` row (and TensorBoard scalars) for the step just taken."""
+        lr = self.optimizers["G"].param_groups[0]["lr"]
+        row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch}
+        row.update({k: f"{v:.6g}" for k, v in values.items()})
+        row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}", "train_s": f"{self.train_seconds:.1f}"})
+        self.log_rows.append(row)
+        tb = self._tensorboard()
+        if tb:
+            for k, v in values.items():
+                tb.add_scalar(f"loss/{k}", v, self.step)
+            tb.add_scalar("lr", lr, self.step)
+            tb.add_scalar("patches_per_s", rate, self.step)
+
+    def _end_of_epoch(self) -> None:
+        """Step the epoch schedules and write the epoch's preview."""
+        for s in self.schedulers.values():
+            s.step()
+        self.write_preview(f"epoch_{self.step // self.steps_per_epoch:03d}")
+
+
+class _Throughput:
+    """Patches per second between log rows (``log.csv``'s ``patches_per_s``, the progress bar's)."""
+
+    def __init__(self, per_step: int, step: int) -> None:
+        self.per_step = per_step  # patches per step over all ranks
+        self.rate = 0.0
+        self._tick, self._tick_step = time.perf_counter(), step
+
+    def update(self, step: int) -> float:
+        """The rate since the previous update (or construction), now at ``step``."""
+        now = time.perf_counter()
+        self.rate = self.per_step * (step - self._tick_step) / max(now - self._tick, 1e-9)
+        self._tick, self._tick_step = now, step
+        return self.rate
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
