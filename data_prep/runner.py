@@ -27,7 +27,7 @@ import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -192,23 +192,10 @@ def run_subjects(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / MANIFEST_NAME
-    rows: dict[str, dict] = {}
-    if manifest.exists():
-        rows = {str(r["subject"]): dict(r) for r in read_manifest_raw(manifest).to_dict("records")}
-        for r in rows.values():  # stored relative: make them absolute again for write_manifest
-            for c in PATH_COLUMNS:
-                if r[c] and not Path(r[c]).is_absolute():
-                    r[c] = str(out_dir / r[c])
+    rows = _read_rows(manifest, out_dir)
     todo = [s for s in subjects if overwrite or not _is_done(rows.get(s), out_dir, s)]
     skipped = len(subjects) - len(todo)
-    # Un-mark subjects about to be redone, so a run interrupted half-way through rewriting a subject
-    # can never leave an "ok" row over a mix of old and new files: the next run retries them.
-    stale = [s for s in todo if s in rows]
-    for s in stale:
-        rows[s] = dict(empty_row(s), status="failed", kind=kind, factor=factor,
-                       error=f"subject {s}: not finished (the run preparing it was interrupted)")
-    if stale:
-        update_manifest(manifest, [rows[s] for s in stale])
+    _unmark(rows, [s for s in todo if s in rows], manifest, kind, factor)
     if skipped:
         print(f"{desc}: {skipped} subject(s) already done, skipped (use --overwrite to redo)", file=sys.stderr)
 
@@ -224,28 +211,60 @@ def run_subjects(
             for s in todo:
                 record(run_one(process, s, out_dir, kind, factor, progress=True), bar)
         else:
-            # spawn: a fresh interpreter per worker, safe with BLAS threads and any imported library
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-                before = {s: _snapshot(out_dir, s) for s in todo}
-                pending: dict[Future, str] = {
-                    pool.submit(run_one, process, s, out_dir, kind, factor, False, before[s]): s for s in todo
-                }
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        s = pending.pop(fut)
-                        try:
-                            row = fut.result()
-                        except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
-                            _remove_outputs(out_dir, s, before[s])
-                            row = empty_row(s)
-                            row.update(status="failed", error=f"subject {s}: worker died: {one_line(e)}",
-                                       kind=kind, factor=factor)
-                        record(row, bar)
+            for row in _run_in_workers(todo, process, out_dir, kind, factor, workers):
+                record(row, bar)
     if not manifest.exists():
         update_manifest(manifest, [])
     n_failed = sum(rows[s]["status"] != "ok" for s in subjects if s in rows)
     n_ok = len(subjects) - n_failed
     print(f"{desc}: {n_ok} ok ({skipped} skipped), {n_failed} failed; manifest: {manifest}", file=sys.stderr)
     return 1 if n_failed else 0
+
+
+def _read_rows(manifest: Path, out_dir: Path) -> dict[str, dict]:
+    """The manifest's rows by subject (none when it does not exist yet), with absolute paths."""
+    if not manifest.exists():
+        return {}
+    rows = {str(r["subject"]): dict(r) for r in read_manifest_raw(manifest).to_dict("records")}
+    for r in rows.values():  # stored relative: make them absolute again for write_manifest
+        for c in PATH_COLUMNS:
+            if r[c] and not Path(r[c]).is_absolute():
+                r[c] = str(out_dir / r[c])
+    return rows
+
+
+def _unmark(rows: dict[str, dict], stale: list[str], manifest: Path, kind: str, factor: int) -> None:
+    """Mark ``stale`` subjects (about to be redone) unfinished in ``rows`` and the manifest.
+
+    So a run interrupted half-way through rewriting a subject can never leave an "ok" row over a mix of
+    old and new files: the next run retries them.
+    """
+    for s in stale:
+        rows[s] = dict(empty_row(s), status="failed", kind=kind, factor=factor,
+                       error=f"subject {s}: not finished (the run preparing it was interrupted)")
+    if stale:
+        update_manifest(manifest, [rows[s] for s in stale])
+
+
+def _run_in_workers(todo: list[str], process: Process, out_dir: Path, kind: str, factor: int,
+                    workers: int) -> Iterator[dict]:
+    """Run ``todo`` in worker processes; yield each subject's row as it finishes (a dead worker: a failed row)."""
+    # spawn: a fresh interpreter per worker, safe with BLAS threads and any imported library
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        before = {s: _snapshot(out_dir, s) for s in todo}
+        pending: dict[Future, str] = {
+            pool.submit(run_one, process, s, out_dir, kind, factor, False, before[s]): s for s in todo
+        }
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                s = pending.pop(fut)
+                try:
+                    row = fut.result()
+                except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
+                    _remove_outputs(out_dir, s, before[s])
+                    row = empty_row(s)
+                    row.update(status="failed", error=f"subject {s}: worker died: {one_line(e)}",
+                               kind=kind, factor=factor)
+                yield row
