@@ -1,7 +1,15 @@
 """The ``medsr`` command: one verb per pipeline, each with its own ``--help``.
 
 Verbs are imported lazily so ``medsr --help`` and ``medsr prep --help`` do not pay for
-importing torch. Each verb module defines::
+importing torch. Where imports live in ``pipelines/``: at the top of each module, except where
+start-up time of ``--help`` needs them inside functions. That is, the modules a verb's ``--help``
+loads (this one, the verb modules ``*_cli.py``, and ``demo.py``, whose defaults ``demo --help``
+shows) import torch, MONAI, dipy, nibabel, pandas, matplotlib, SciPy and the ``medsr`` /
+``data_prep`` / ``pipelines`` modules that pull them in only inside ``run`` and the functions it
+calls; so do the ``bench/*.py`` modules for the libraries their own ``--help`` does not need. The
+orchestration modules that only ``run`` reaches (``train.py``, ``infer.py``, ``evaluate.py``)
+import at the top. ``tests/test_cli_flags.py`` checks that no verb's ``--help`` imports torch,
+pandas or matplotlib. Each verb module defines::
 
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...          # the exit code

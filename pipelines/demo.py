@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from medsr.config import Config, load_config
 from medsr.utils.atomic import atomic_path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -139,7 +140,6 @@ def train_for(config: Any, minutes: float) -> tuple[Path, int]:
         (run folder, steps trained).
     """
     from medsr.checkpoint import load_checkpoint
-    from medsr.config import Config
     from pipelines.train import train
 
     cfg = Config.from_dict(config.to_dict())
@@ -150,8 +150,6 @@ def train_for(config: Any, minutes: float) -> tuple[Path, int]:
 
 def load_demo_config(path: str | Path, manifest: Path, run_dir: Path, train_subjects: list[str], seed: int):
     """The shipped demo config with the demo's data, run folder, split and seed filled in."""
-    from medsr.config import load_config
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: demo config not found (pass --config, or run from a clone of medsr)")

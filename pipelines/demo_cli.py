@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipelines.demo import DEFAULT_CONFIG, DEFAULT_MINUTES, run_demo  # light: its heavy imports are lazy
+
 EPILOG = """\
 stages:
   1. data       N phantom subjects in the HCP layout (OUTPUT/hcp), b0s + a b=1000 shell, Rician noise;
@@ -25,8 +27,6 @@ class _RefusedSubjects(argparse.Action):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.demo import DEFAULT_CONFIG, DEFAULT_MINUTES
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = ("Generate a DTI brain phantom, prepare it like HCP data, train a RevSRCNN, upsample a "
                           "held-out subject and score it against interpolation baselines.")
@@ -48,8 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
-
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     res = run_demo(args.output, minutes=args.minutes, n_subjects=args.n_subjects, seed=args.seed, config=args.config,

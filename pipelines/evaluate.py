@@ -14,7 +14,13 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 from tqdm import tqdm
 
+import medsr.figures  # as a module: tests replace medsr.figures.subject_figures to count its callers
+from medsr.baselines import upsample
+from medsr.io import load_mask, load_volume
+from medsr.manifest import read_manifest
+from medsr.metrics import evaluate_volumes
 from medsr.utils.atomic import atomic_path
+from medsr.utils.paths import inside
 
 METRIC_ORDER = ("rmse_interior", "rmse_total", "psnr", "ssim", "md_rmse", "md_mae", "fa_rmse", "fa_mae")
 BASELINES = ("nn", "linear", "cubic")
@@ -94,11 +100,8 @@ class SubjectVolumes:
 
 def check_figure_paths(folder: str | Path, df: pd.DataFrame, *, overwrite: bool) -> None:
     """Before minutes of scoring or drawing: every subject's figures inside ``folder``, none replaced unasked."""
-    from medsr.figures import figure_paths
-    from medsr.utils.paths import inside
-
     for _, r in df.iterrows():
-        for p in figure_paths(folder, str(r["subject"]), str(r["kind"]) or None):
+        for p in medsr.figures.figure_paths(folder, str(r["subject"]), str(r["kind"]) or None):
             inside(folder, p, "figure")
             if p.exists() and not overwrite:
                 raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
@@ -123,9 +126,6 @@ def manifest_volumes(
         desc: the progress bar's label.
         quiet: no progress bar.
     """
-    from medsr.baselines import upsample
-    from medsr.io import load_mask, load_volume
-
     for _, r in tqdm(df.iterrows(), total=len(df), desc=desc, unit="subj", disable=quiet):
         subject = str(r["subject"])
         factor = int(r["factor"]) or 2
@@ -163,9 +163,6 @@ def evaluate_manifest(
     Returns:
         DataFrame, one row per (model, subject), columns ``model, subject`` + metrics.
     """
-    from medsr.manifest import read_manifest
-    from medsr.metrics import evaluate_volumes
-
     df = read_manifest(manifest)
     df = select_subjects(df, subjects, manifest)
     subjects = [str(s) for s in df["subject"]]
@@ -181,10 +178,8 @@ def evaluate_manifest(
             metrics = evaluate_volumes(vol, sv.hr, sv.mask, kind=sv.kind, mask_name=sv.mask_name)
             rows.append({"model": model, "subject": sv.subject, **metrics})
         if figures:
-            from medsr.figures import subject_figures
-
-            subject_figures(figures, sv.subject, hr=sv.hr, mask=sv.mask, methods=sv.methods, lr=sv.lr, kind=sv.kind,
-                            overwrite=overwrite_figures)
+            medsr.figures.subject_figures(figures, sv.subject, hr=sv.hr, mask=sv.mask, methods=sv.methods, lr=sv.lr,
+                                          kind=sv.kind, overwrite=overwrite_figures)
     out = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate([name, *baselines])}
     out["_o"] = out["model"].map(order)
@@ -240,9 +235,6 @@ def write_results(df: pd.DataFrame, csv: str | Path, *, overwrite: bool = False)
 def evaluate_single(pred: str | Path, target: str | Path, mask: str | Path, *, kind: str | None = None,
                     model_name: str = "model", subject: str | None = None) -> pd.DataFrame:
     """The single-volume form: one row scoring ``pred`` against ``target`` within ``mask``."""
-    from medsr.io import load_mask, load_volume
-    from medsr.metrics import evaluate_volumes
-
     p, t = load_volume(pred), load_volume(target)
     m = load_mask(mask, like=t, ref_name=f"target {target}")  # one read; checks channels and grid
     metrics = evaluate_volumes(p, t, m, kind=kind, mask_name=str(mask))

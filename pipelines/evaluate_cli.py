@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.cli import UserError
+
 EPILOG = """\
 Manifest form: every ok subject of prep's manifest.csv is scored; the model's prediction must be
 PREDICTIONS/<subject>.nii.gz (as 'medsr infer --input manifest.csv --output PREDICTIONS' writes).
@@ -46,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import UserError
     from pipelines.evaluate import (
         check_outputs, evaluate_manifest, evaluate_single, parse_baselines, write_results,
     )

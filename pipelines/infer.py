@@ -12,6 +12,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from medsr.inference import Predictor
+from medsr.io import load_volume, save_volume
+from medsr.manifest import read_manifest
+from medsr.precision import check_precision
+from medsr.utils.device import check_device, resolve_device
+from medsr.utils.paths import check_subject_name, inside
+
 TTA_CHOICES = ("auto", "none", "flip", "full")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -53,14 +60,10 @@ def collect_items(
         FileNotFoundError: ``src`` does not exist. ValueError: no inputs, a bad output name, or two
             inputs mapping to one subject.
     """
-    from medsr.utils.paths import check_subject_name
-
     src, out = Path(src), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"{src}: input not found")
     if src.is_file() and src.suffix.lower() == ".csv":
-        from medsr.manifest import read_manifest
-
         df = read_manifest(src)
         col = "hr" if reverse else "lr_up"
         items_m = [
@@ -126,11 +129,6 @@ def run_inference(
     Returns:
         The paths written, in input order.
     """
-    from medsr.inference import Predictor
-    from medsr.precision import check_precision
-    from medsr.utils.device import check_device, resolve_device
-    from medsr.utils.paths import inside
-
     items = collect_items(src, out, reverse=reverse, input_grid=input_grid, subjects=subjects)
     if len(items) > 1 or Path(src).is_dir() or Path(src).suffix.lower() == ".csv":
         for it in items:  # batch mode: every output inside the output folder (subject names, links)
@@ -160,8 +158,6 @@ def run_inference(
 def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Path], *, window, overlap,
                reverse: bool, overwrite: bool, quiet: bool, tta: str = "none") -> None:
     """Predict and write each item in turn, appending each written path to ``written``."""
-    from medsr.io import load_volume, save_volume
-
     shown_plan = None
     for it in tqdm(items, desc="subjects", unit="vol", disable=quiet or not batch):
         vol = load_volume(it.path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from pathlib import Path
 
 LAYOUT_HCP = """\
@@ -129,8 +130,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_bids(args: argparse.Namespace) -> int:
-    import sys
-
     from data_prep import bids
     from data_prep.runner import check_output_folder, run_subjects
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """\
 Per subject, one PNG per quantity: <subject>_md.png, <subject>_fa.png and <subject>_colour_fa.png
@@ -36,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from medsr.figures import subject_figures
     from medsr.manifest import read_manifest
     from pipelines.evaluate import (

@@ -11,10 +11,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from medsr.checkpoint import load_checkpoint
 from medsr.config import Config, load_config, save_config
+from medsr.data import build_dataset
+from medsr.precision import check_precision
 from medsr.training.distributed import (
-    DistInfo, barrier, env_dist_info, init_distributed, select_device, shutdown_distributed,
+    DistInfo, barrier, broadcast_object, env_dist_info, init_distributed, select_device, shutdown_distributed,
 )
+from medsr.training.trainer import Trainer, configure_determinism
+from medsr.utils.atomic import is_temporary
 
 RUN_FILES = ("last.pt", "log.csv", "config.yaml")
 # Sub-folders a run writes, and the names it writes there; --overwrite removes only these.
@@ -31,8 +39,6 @@ def run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
     files in ``tensorboard/`` and the temporaries of interrupted atomic writes of those. Folders are
     listed last, after their files.
     """
-    from medsr.utils.atomic import is_temporary
-
     own: list[Path] = []
     other: list[Path] = []
     for p in sorted(run_dir.iterdir()):
@@ -99,14 +105,6 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
             naming the key or file).
         medsr.training.TrainingDiverged: a loss became non-finite (the last good checkpoint is kept).
     """
-    from medsr.checkpoint import load_checkpoint
-    from medsr.data import build_dataset
-    from medsr.precision import check_precision
-    from medsr.training.distributed import broadcast_object
-    from medsr.training.trainer import Trainer, configure_determinism
-
-    import torch
-
     cfg = load_config(config, overrides)
     threads_before = torch.get_num_threads()
     info: DistInfo = env_dist_info()
@@ -173,6 +171,4 @@ def remove_run_files(run_dir: Path) -> None:
 
 
 def _dist_initialized() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized()

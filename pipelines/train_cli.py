@@ -5,6 +5,7 @@ Runs unchanged under ``torchrun --nproc_per_node N`` (DDP, one process per GPU /
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -36,8 +37,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"medsr train: error: {e}", file=sys.stderr)
         return 1
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"medsr train: done; run folder {run_dir} (last.pt, log.csv, config.yaml)")
     return 0

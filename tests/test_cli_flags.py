@@ -34,6 +34,19 @@ def test_every_help_shows_the_defaults(name, parser):
     parser.format_help()  # renders (a stray % in a help text would raise here)
 
 
+def test_help_imports_no_heavy_library():
+    """``medsr --help`` and every verb's ``--help`` start fast: no torch, MONAI, dipy, pandas or matplotlib
+    (the lazy imports pipelines/cli.py's docstring describes)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pipelines.cli import VERBS, verb_parser\n"
+            "for v in VERBS: verb_parser(v).format_help()\n"
+            "print(' '.join(m for m in ('torch', 'monai', 'dipy', 'pandas', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
 def test_demo_counts_subjects_with_n_subjects(capsys):
     args = verb_parser("demo").parse_args(["--n-subjects", "3"])
     assert args.n_subjects == 3 and args.subjects is None
