@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import math
 import platform
 import shlex
 import statistics
@@ -36,6 +37,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from medsr.checkpoint import load_checkpoint
+from medsr.networks import create_model
+from medsr.precision import autocast
+from medsr.utils.atomic import atomic_path
+from medsr.utils.device import check_device
+from pipelines.bench.memory import check_targets, format_table, run_benchmark, saved_tensor_bytes, training_step
+from pipelines.bench.precision import format_core, measure_core, measure_inference
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS: tuple[str, ...] = ("tests", "train", "memory", "step", "infer", "accuracy")
@@ -128,9 +137,6 @@ def _train_config(manifest: Path, out: Path, mode: str, precision: str, sizes: S
 
 def run_train(sizes: Sizes, device: str, work: Path) -> tuple[str, list[dict[str, Any]]]:
     """A short run per mode and precision; raises when a loss is not finite."""
-    import math
-
-    from medsr.checkpoint import load_checkpoint
     from medsr.data.synthetic import make_prepared_dataset
     from pipelines.train import train
 
@@ -166,8 +172,6 @@ def run_train(sizes: Sizes, device: str, work: Path) -> tuple[str, list[dict[str
 
 def run_memory(sizes: Sizes, device: str) -> tuple[str, list[dict[str, Any]]]:
     """``medsr bench memory`` in this process (on CUDA it measures ``max_memory_allocated`` in-process anyway)."""
-    from pipelines.bench.memory import check_targets, format_table, run_benchmark
-
     rows, _ = run_benchmark(depths=list(sizes.memory_depths), width=sizes.width, channels=6, patch=sizes.patch,
                             repeats=sizes.memory_repeats, device=device, variants=["reversible", "plain"],
                             subprocess_per_config=False, progress=False)
@@ -188,8 +192,6 @@ class _Autocast(torch.nn.Module):
         self.model, self.precision, self.device = model, precision, device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from medsr.precision import autocast
-
         with autocast(self.precision, self.device):
             return self.model(x).float()
 
@@ -201,9 +203,6 @@ def _sync(device: str) -> None:
 
 def run_step(sizes: Sizes, device: str) -> tuple[str, list[dict[str, Any]]]:
     """Training step (forward, MSE, backward) time and memory per precision at K=width, R=depth."""
-    from medsr.networks import create_model
-    from pipelines.bench.memory import saved_tensor_bytes, training_step
-
     cuda = device.startswith("cuda")
     rows = []
     for variant in ("reversible", "plain"):
@@ -246,8 +245,6 @@ def run_step(sizes: Sizes, device: str) -> tuple[str, list[dict[str, Any]]]:
 
 def run_infer(sizes: Sizes, device: str) -> tuple[str, list[dict[str, Any]]]:
     """Whole-volume inference (the CLI's automatic windows) in fp32 and bf16, with the difference."""
-    from pipelines.bench.precision import measure_inference
-
     rows = [measure_inference(m, kw, shape, device, precision="bf16", window=None)
             for m, kw, shape in sizes.infer_models]
     lines = ["| model | volume | windows | s fp32 | s bf16 | GPU MiB fp32 | GPU MiB bf16 | bf16 RMS diff (SD) | bf16 max diff (SD) |",
@@ -265,8 +262,6 @@ def run_infer(sizes: Sizes, device: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 def run_accuracy(sizes: Sizes, device: str) -> tuple[str, list[dict[str, Any]]]:
-    from pipelines.bench.precision import format_core, measure_core
-
     rows = [measure_core(d, sizes.width, sizes.patch, device) for d in sizes.accuracy_depths]
     cmd = (f"medsr bench precision --device {device} --depths {','.join(map(str, sizes.accuracy_depths))} "
            f"--width {sizes.width} --patch {sizes.patch}")
@@ -326,9 +321,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsr.utils.atomic import atomic_path
-    from medsr.utils.device import check_device
-
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in chosen if s not in SECTIONS]
     if bad or not chosen:

@@ -45,8 +45,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from medsr.utils.device import resolve_device
+from medsr.networks import create_model
+from medsr.utils.atomic import atomic_path
 
 VARIANTS: tuple[str, ...] = ("reversible", "plain", "memcnn")
 # Recomputed core forward passes per training step (the price of not storing activations).
@@ -67,7 +70,6 @@ class GeneratorCase:
             sequence; its convs are the ones recomputed) and ``forward``.
         input_shape: ``(channels, patch) -> (1, channels, *[patch] * spatial_dims)``.
     """
-
     spatial_dims: int
     build: Callable[[int, str, int, int], nn.Module]
     input_shape: Callable[[int, int], tuple[int, ...]]
@@ -87,7 +89,6 @@ class MemcnnCore(nn.Module):
     Reuses the same branch modules (same weights); memcnn frees each block's input after use and
     rebuilds it by inversion in backward (one inverse and one forward recomputation per block).
     """
-
     def __init__(self, core: nn.Module) -> None:
         super().__init__()
         import memcnn
@@ -120,7 +121,6 @@ def make_case(spatial_dims: int, factory: Callable[..., nn.Module]) -> Generator
     The factory's model must expose its reversible core as ``.core`` (with ``.blocks`` of
     coupling blocks having ``.f`` and ``.g``) so the memcnn variant can rewrap the same blocks.
     """
-
     def build(depth: int, variant: str, width: int, channels: int) -> nn.Module:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
@@ -136,8 +136,6 @@ def make_case(spatial_dims: int, factory: Callable[..., nn.Module]) -> Generator
 
 
 def _srcnn3d_factory(*, in_channels: int, width: int, depth: int, memory_efficient: bool) -> nn.Module:
-    from medsr.networks import create_model
-
     name = "srcnn3d" if depth == 0 else "rev_srcnn3d"
     return create_model(name, in_channels=in_channels, width=width, depth=depth, memory_efficient=memory_efficient)
 
@@ -393,8 +391,6 @@ def run_benchmark(
     Per depth: memory of each variant (a fresh subprocess each on CPU), then the variants' step
     times interleaved in this process.
     """
-    from tqdm import tqdm
-
     if variants is None:
         variants = [v for v in VARIANTS if v != "memcnn" or memcnn_available()]
     if subprocess_per_config is None:
@@ -486,7 +482,6 @@ def plot_vs_depth(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medsr.utils.atomic import atomic_path
 
     ncols = min(len(panels), 2)
     nrows = -(-len(panels) // ncols)
@@ -542,7 +537,6 @@ def replot(csv: Path, png: Path) -> None:
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
-    from medsr.utils.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
@@ -648,7 +642,6 @@ class _BothDirections(nn.Module):
     ``core`` is registered before ``gen`` so the core's convs are named ``core.*`` (the
     recomputation FLOP count of :func:`conv_flops` looks for that prefix).
     """
-
     def __init__(self, gen: nn.Module) -> None:
         super().__init__()
         if hasattr(gen, "core"):
@@ -662,8 +655,6 @@ class _BothDirections(nn.Module):
 
 def _build_2d(name: str) -> Callable[[int, str, int, int], nn.Module]:
     def build(depth: int, variant: str, width: int, channels: int) -> nn.Module:
-        from medsr.networks import create_model
-
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
         if name == "resnet2d":
@@ -695,8 +686,6 @@ def run_benchmark_2d(
     ``plain`` ``revgan_plain``: the same reversible blocks through plain autograd) and
     ``params_MiB`` (float32 weights) added.
     """
-    from tqdm import tqdm
-
     models = [("cyclegan", "2d_cyclegan", width_cyclegan, "plain"), ("revgan", "2d", width_revgan, "reversible")]
     if plain:
         models.append(("revgan_plain", "2d", width_revgan, "plain"))

@@ -33,7 +33,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from medsr.precision import autocast
+from medsr.checkpoint import model_entry
+from medsr.inference import Predictor
+from medsr.networks import create_model
+from medsr.networks.reversible import make_core
+from medsr.normalise import brain_stats
+from medsr.precision import autocast, check_precision
+from medsr.utils.device import resolve_device
 from pipelines.bench.shape_arg import add_shape_argument
 
 DEFAULT_DEPTHS = "8,32"
@@ -90,8 +96,6 @@ def _gradients(core: nn.Module, x: torch.Tensor, w: torch.Tensor, precision: str
 def measure_core(depth: int, width: int = 64, patch: int = 16, device: str = "cpu", seed: int = 0,
                  precision: str = "bf16") -> dict[str, Any]:
     """Inverse and gradient errors of a ``depth``-block core (K = ``width``) on one ``patch``^3 input."""
-    from medsr.networks.reversible import make_core
-
     torch.manual_seed(seed)
     core = default_init(make_core(width, depth, 3, norm="none")).to(device)
     x = torch.randn(1, width, patch, patch, patch, device=device)
@@ -134,11 +138,6 @@ def measure_inference(model_name: str = "rev_srcnn3d", kwargs: dict[str, Any] | 
     (``rms_sd``, ``max_sd``), with the seconds of each pass (``predict`` end to end: normalisation,
     windows, CPU stitching) and, on CUDA, each pass's ``max_memory_allocated`` (``peak_MiB*``).
     """
-    from medsr.checkpoint import model_entry
-    from medsr.inference import Predictor
-    from medsr.networks import create_model
-    from medsr.normalise import brain_stats
-
     vol, mask = _subject(tuple(int(s) for s in shape), seed)
     kwargs = dict(kwargs or {"width": 64, "depth": 8})
     kwargs.setdefault("in_channels", vol.channels)
@@ -229,9 +228,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsr.precision import check_precision
-    from medsr.utils.device import resolve_device
-
     device = str(resolve_device(args.device))
     check_precision(args.precision, device, "--precision")
     try:
