@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+from pipelines.flags import refuse_renamed
 from pathlib import Path
 
 EPILOG = """\
@@ -12,8 +14,8 @@ pretrained FCN-8s; --fcn takes a segnet2d trained by this toolkit
 (medsr train configs/2d/segnet_cityscapes.yaml), so FCN-scores are comparable in trend only.
 
 example:
-  medsr evaluate2d --checkpoint runs/maps/last.pt --data datasets/maps --csv maps_scores.csv
-  medsr evaluate2d --checkpoint runs/city/last.pt --data datasets/cityscapes --csv city.csv \\
+  medsr evaluate2d --checkpoint runs/maps/last.pt --data datasets/maps --output maps_scores.csv
+  medsr evaluate2d --checkpoint runs/city/last.pt --data datasets/cityscapes --output city.csv \\
       --fcn runs/segnet/last.pt
 """
 
@@ -23,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("--checkpoint", required=True, type=Path, help="generator checkpoint (last.pt)")
     parser.add_argument("--data", required=True, type=Path, help="aligned dataset root holding train/ and val/")
-    parser.add_argument("--csv", required=True, type=Path, help="summary CSV to write (one row per direction)")
+    parser.add_argument("--output", dest="csv", required=True, type=Path, metavar="OUT.csv",
+                        help="summary CSV to write (one row per direction)")
+    refuse_renamed(parser, "--csv", "--output", "as in every command that writes a file")
     parser.add_argument("--dataset", choices=["maps", "cityscapes"], default=None,
                         help="default: from the checkpoint's config, else from the data folder's name")
     parser.add_argument("--fcn", type=Path, default=None,

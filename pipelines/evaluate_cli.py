@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.flags import refuse_renamed
+
 from pipelines.cli import UserError
 
 EPILOG = """\
@@ -19,7 +21,7 @@ psnr (peak = range of the truth in the mask) and ssim (Gaussian window, per chan
 the mask) within the mask; DTI adds md_rmse/md_mae/fa_rmse/fa_mae.
 
 Examples:
-  medsr evaluate --manifest prepped/manifest.csv --predictions preds/ --csv results.csv
+  medsr evaluate --manifest prepped/manifest.csv --predictions preds/ --output results.csv
   medsr evaluate --pred sr.nii.gz --target hr.nii.gz --mask mask.nii.gz
 """
 
@@ -29,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("--manifest", help="prep's manifest.csv (manifest form)")
     parser.add_argument("--predictions", help="folder of <subject>.nii.gz predictions (manifest form)")
-    parser.add_argument("--csv", help="per-subject CSV to write; the summary goes to <stem>_summary.csv")
+    parser.add_argument("--output", dest="csv", metavar="OUT.csv",
+                        help="per-subject CSV to write; the summary goes to <stem>_summary.csv")
+    refuse_renamed(parser, "--csv", "--output", "as in every command that writes a file")
     parser.add_argument("--baselines", default="nn,linear,cubic",
                         help="comma list of nn, linear, cubic, or 'none' (default nn,linear,cubic)")
     parser.add_argument("--model-name", default=None, help="model column value (default: predictions folder name)")
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.predictions and not baselines:
             raise UserError("nothing to score: give --predictions or --baselines")
         if args.csv is None and args.figures is None:
-            raise UserError("give --csv (and/or --figures) for the results")
+            raise UserError("give --output (and/or --figures) for the results")
         df = evaluate_manifest(args.manifest, args.predictions, model_name=args.model_name,
                                baselines=baselines, figures=args.figures, subjects=args.subjects,
                                quiet=args.quiet, overwrite_figures=args.overwrite)

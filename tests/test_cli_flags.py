@@ -76,3 +76,15 @@ def test_bench_prep_takes_shape_and_volumes(capsys):
     with pytest.raises(SystemExit):
         bench_parser("prep").parse_args(["--size", "12,14,12,40"])
     assert "--size X,Y,Z,N is now --shape 12 14 12 --volumes 40" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "evaluate2d"])
+def test_outputs_are_named_output(verb, capsys):
+    """What a command writes is --output everywhere; evaluate's old --csv stops with the new spelling."""
+    argv = ["--checkpoint", "ck.pt", "--data", "d"] if verb == "evaluate2d" else []
+    assert str(verb_parser(verb).parse_args(argv + ["--output", "res.csv"]).csv) == "res.csv"
+    with pytest.raises(SystemExit) as e:
+        main([verb, *argv, "--csv", "res.csv"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"medsr {verb}: error: --csv is now --output (as in every command that writes a file)"

@@ -50,7 +50,7 @@ def test_prep_train_infer_evaluate_through_the_cli(tmp_path):
     assert np.isfinite(out.get_fdata()).all()
 
     csv = tmp_path / "eval.csv"
-    assert main(["evaluate", "--manifest", str(manifest), "--predictions", str(pred), "--csv", str(csv),
+    assert main(["evaluate", "--manifest", str(manifest), "--predictions", str(pred), "--output", str(csv),
                  "--subjects", "phantom03", "--model-name", "rev", "--quiet"]) == 0
     ev = pd.read_csv(csv)
     for col in ("model", "subject", "rmse_interior", "rmse_total", "psnr", "ssim", "md_rmse", "fa_rmse"):

@@ -63,7 +63,7 @@ def _predictions(prepped: Path, out: Path, noise: float = 1e-7) -> Path:
 def test_evaluate_manifest_model_vs_baselines(prepped, tmp_path, capsys) -> None:
     preds = _predictions(prepped, tmp_path / "mymodel")
     csv = tmp_path / "res" / "results.csv"
-    assert main(["evaluate", "--manifest", str(prepped), "--predictions", str(preds), "--csv", str(csv),
+    assert main(["evaluate", "--manifest", str(prepped), "--predictions", str(preds), "--output", str(csv),
                  "--figures", str(tmp_path / "figs"), "--quiet"]) == 0
     df = pd.read_csv(csv, dtype={"subject": str})
     assert list(df.columns[:6]) == ["model", "subject", "rmse_interior", "rmse_total", "psnr", "ssim"]
@@ -91,7 +91,7 @@ def test_evaluate_manifest_model_vs_baselines(prepped, tmp_path, capsys) -> None
             png = (tmp_path / "figs" / f"{s}_{q}.png").read_bytes()
             assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # Existing CSV refused without --overwrite.
-    assert main(["evaluate", "--manifest", str(prepped), "--predictions", str(preds), "--csv", str(csv), "--quiet"]) == 2
+    assert main(["evaluate", "--manifest", str(prepped), "--predictions", str(preds), "--output", str(csv), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
@@ -101,12 +101,12 @@ def test_single_volume_form(prepped, tmp_path, capsys) -> None:
     save_volume(upsample(lr, 2, "cubic"), tmp_path / "cubic.nii.gz")
     csv = tmp_path / "one.csv"
     assert main(["evaluate", "--pred", str(tmp_path / "cubic.nii.gz"), "--target", str(d / "hr.nii.gz"),
-                 "--mask", str(d / "mask.nii.gz"), "--csv", str(csv)]) == 0
+                 "--mask", str(d / "mask.nii.gz"), "--output", str(csv)]) == 0
     one = pd.read_csv(csv)
     assert len(one) == 1 and one["md_rmse"].iloc[0] > 0
     # It agrees with the manifest form's cubic baseline for the same subject.
     base = tmp_path / "base.csv"
-    assert main(["evaluate", "--manifest", str(prepped), "--baselines", "cubic", "--csv", str(base), "--quiet",
+    assert main(["evaluate", "--manifest", str(prepped), "--baselines", "cubic", "--output", str(base), "--quiet",
                  "--subjects", "sub02"]) == 0
     b = pd.read_csv(base, dtype={"subject": str})
     assert list(b["subject"]) == ["sub02"] and list(b["model"]) == ["cubic"]
@@ -128,7 +128,7 @@ def _err(capsys) -> str:
 
 def test_bad_inputs_give_one_line_errors_and_no_csv(prepped, tmp_path, capsys, oblique) -> None:
     csv = tmp_path / "out.csv"
-    argv = ["evaluate", "--manifest", str(prepped), "--csv", str(csv), "--quiet", "--predictions"]
+    argv = ["evaluate", "--manifest", str(prepped), "--output", str(csv), "--quiet", "--predictions"]
     # Missing prediction for a manifest subject.
     part = tmp_path / "part"
     _predictions(prepped, part)

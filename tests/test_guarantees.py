@@ -316,7 +316,7 @@ CASES = [
                                              "{w}/prep/manifest.csv", "--output", "{w}/figs", "--overwrite"),
          2, ("{w}/figs/s1_intensity.png", "outside its folder")),
     Case("evaluate-csv-is-a-folder", _then(lambda w: (w / "res.csv").mkdir(), "evaluate", "--manifest",
-                                           "{w}/prep/manifest.csv", "--csv", "{w}/res.csv", "--overwrite",
+                                           "{w}/prep/manifest.csv", "--output", "{w}/res.csv", "--overwrite",
                                            "--baselines", "nn", "--quiet"),
          2, ("{w}/res.csv", "is a directory")),
 ]

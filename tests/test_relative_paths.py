@@ -47,7 +47,7 @@ def test_pipeline_with_relative_paths_from_other_working_directories(tmp_path, m
     np.testing.assert_allclose(out.affine, hr.affine, atol=1e-5)
 
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert main(["evaluate", "--manifest", manifest, "--predictions", "../work/pred", "--csv", "eval.csv",
+    assert main(["evaluate", "--manifest", manifest, "--predictions", "../work/pred", "--output", "eval.csv",
                  "--subjects", "phantom03", "--quiet"]) == 0
     assert sorted(pd.read_csv("eval.csv")["model"]) == ["cubic", "linear", "nn", "pred"]
     assert main(["report", "--manifest", manifest, "--predictions", "../work/pred", "--output", "figs",

@@ -255,7 +255,7 @@ def test_modes_train_through_shared_trainer(tmp_path: Path, data2d: dict[str, Pa
         assert torch.allclose(tr.a_to_b(x), g) and torch.allclose(tr.b_to_a(x), f)
         csv = tmp_path / "scores.csv"
         assert main(["evaluate2d", "--checkpoint", str(run / "last.pt"), "--data", str(data2d["maps"]),
-                     "--csv", str(csv)]) == 0
+                     "--output", str(csv)]) == 0
         scores = pd.read_csv(csv)
         assert scores["direction"].tolist() == ["sat2map", "map2sat"]
         assert (scores["n_images"] == 2).all()
@@ -275,14 +275,14 @@ def test_segmentation_mode_and_cityscapes_scores(tmp_path: Path, data2d: dict[st
                         steps=2))
     csv = tmp_path / "city.csv"
     assert main(["evaluate2d", "--checkpoint", str(gen / "last.pt"), "--data", str(data2d["cityscapes"]),
-                 "--csv", str(csv), "--fcn", str(seg / "last.pt")]) == 0
+                 "--output", str(csv), "--fcn", str(seg / "last.pt")]) == 0
     scores = pd.read_csv(csv).set_index("direction")
     assert list(scores.index) == ["photo2label", "label2photo", "label2photo_real"]
     vals = scores[["pixel_acc", "class_acc", "class_iou"]].to_numpy()
     assert ((vals >= 0) & (vals <= 1)).all()
     # A checkpoint that is not a segmenter is refused as --fcn, naming the file.
     assert main(["evaluate2d", "--checkpoint", str(gen / "last.pt"), "--data", str(data2d["cityscapes"]),
-                 "--csv", str(tmp_path / "x.csv"), "--fcn", str(gen / "last.pt")]) == 2
+                 "--output", str(tmp_path / "x.csv"), "--fcn", str(gen / "last.pt")]) == 2
 
 
 # ----------------------------------------------------------------------------- memory trend
