@@ -1,6 +1,6 @@
 """Peak resident memory of a short ``medsr train`` against the number of prepared subjects.
 
-Generates ``max(--subjects)`` prepared subjects once (``medsr.data.synthetic``, ``--shape``, ``--kind``),
+Generates ``max(--n-subjects)`` prepared subjects once (``medsr.data.synthetic``, ``--shape``, ``--kind``),
 writes one manifest per count listing the first N of them, and runs ``medsr train CONFIG`` for
 ``--steps`` steps on each in a fresh subprocess. The peak RSS is the child's own ``ru_maxrss`` from
 ``os.wait4`` (what ``/usr/bin/time -v`` prints as "Maximum resident set size"): the training process
@@ -8,7 +8,7 @@ and any data-loader workers it waited for. Each count is run twice: the first ru
 subjects' memory-mappable caches (``medsr.data.cache``; any left by an earlier run are removed
 first), the second finds them.
 
-    python benchmarks/train_rss.py --subjects 4 48 --shape 96 96 96 --kind scalar --workdir /tmp/rss
+    python benchmarks/train_rss.py --n-subjects 4 48 --shape 96 96 96 --kind scalar --workdir /tmp/rss
 
 Issue 12's target: the peak grows by at most 100 MiB from 4 to 48 subjects.
 """
@@ -60,7 +60,7 @@ def run_train(config: str, manifest: Path, out: Path, steps: int, workers: int, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "quick_paired_l1.yaml"))
-    p.add_argument("--subjects", type=int, nargs="+", default=[4, 48], help="subject counts to compare")
+    p.add_argument("--n-subjects", type=int, nargs="+", default=[4, 48], help="subject counts to compare")
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96])
     p.add_argument("--kind", choices=["scalar", "dti"], default="scalar")
     p.add_argument("--steps", type=int, default=10)
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory()
     work = Path(args.workdir or tmp.name).resolve()  # type: ignore[union-attr]
-    rows = generate(work, max(args.subjects), tuple(args.shape), args.kind, 16)
+    rows = generate(work, max(args.n_subjects), tuple(args.shape), args.kind, 16)
     results = []
-    for n in args.subjects:
+    for n in args.n_subjects:
         manifest = write_manifest(work / f"n{n}" / "manifest.csv", rows[:n])
         for row in rows[:n]:  # the first run builds every cache it needs
             shutil.rmtree(cache_folder(row["hr"]), ignore_errors=True)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:4d} subjects ({run:6s} run): peak RSS {r['peak_rss_mib']:7.1f} MiB, {r['wall_s']:5.1f} s",
                   flush=True)
     by = {(r["subjects"], r["run"]): r["peak_rss_mib"] for r in results}
-    lo, hi = min(args.subjects), max(args.subjects)
+    lo, hi = min(args.n_subjects), max(args.n_subjects)
     for run in ("first", "cached"):
         print(f"growth {lo} -> {hi} subjects ({run} runs): {by[(hi, run)] - by[(lo, run)]:+.1f} MiB (target <= +100)")
     if args.json:

@@ -88,3 +88,11 @@ def test_outputs_are_named_output(verb, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"medsr {verb}: error: --csv is now --output (as in every command that writes a file)"
+
+
+def test_bench_loader_counts_subjects_with_n_subjects(capsys):
+    assert bench_parser("loader").parse_args(["--n-subjects", "5"]).n_subjects == 5
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "loader", "--subjects", "5"])
+    assert e.value.code == 2
+    assert "--subjects is now --n-subjects N" in capsys.readouterr().err.strip().splitlines()[-1]

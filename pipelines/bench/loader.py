@@ -6,7 +6,7 @@ the Trainer runs ``--steps`` optimisation steps on batches already in memory (wh
 consumes). The ratio supply / consumption should be >= 10 so the model never waits for data. CPU
 seconds per step are reported too: on a shared machine they show what an idle core would do.
 
-Without ``--manifest`` or ``data.manifest`` a prepared dataset of ``--subjects`` generated subjects
+Without ``--manifest`` or ``data.manifest`` a prepared dataset of ``--n-subjects`` generated subjects
 (``--shape``, ``--kind``; ``medsr.data.synthetic``) is written to ``--data`` (reused when it already
 holds enough subjects) or a temporary folder. Opening the dataset builds the subjects' caches on
 first use (``medsr.data.cache``); the seconds it took are reported.
@@ -25,13 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.flags import refuse_renamed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default=None, help="YAML config (default: configs/quick_paired_l1.yaml)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. data.patch_size=24 model.kwargs.width=64")
     parser.add_argument("--manifest", default=None, help="prepared data manifest (overrides data.manifest)")
-    parser.add_argument("--subjects", type=int, default=2, help="generated subjects (without --manifest; default 2)")
+    parser.add_argument("--n-subjects", type=int, default=2, metavar="N",
+                        help="generated subjects (without --manifest; default 2)")
+    refuse_renamed(parser, "--subjects", "--n-subjects N", "a count; --subjects lists subject IDs elsewhere")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder for the generated subjects, kept and reused (default: a temporary folder)")
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], help="generated volume shape")
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"data.manifest={args.manifest}")
         cfg = load_config(config, overrides)
         if not cfg.data.manifest and cfg.data.type == "patches3d":
-            m = generated_manifest(args.data or Path(tmp) / "data", args.subjects, tuple(args.shape), args.kind,
+            m = generated_manifest(args.data or Path(tmp) / "data", args.n_subjects, tuple(args.shape), args.kind,
                                    cfg.data.patch_size)
             cfg = load_config(cfg, [f"data.manifest={m}"])
         reset_peak_rss()  # generating the data is not part of the measurement
