@@ -290,11 +290,12 @@ class PatchDataset(torch.utils.data.Dataset):
         si, ox = self.position(ix, sx)
         sj = si
         try:
-            x = self._patch(si, "x", ox, self._symmetry(sx))
+            sym = self._symmetry(sx)  # drawn once: input, target and mask move together
+            x = self._patch(si, "x", ox, sym)
             if ix == iy and sx == sy:
-                y = self._patch(si, "y", ox, self._symmetry(sx))
+                y = self._patch(si, "y", ox, sym)
                 if self.with_mask:
-                    return {"x": x, "y": y, "mask": self._mask_patch(si, ox, self._symmetry(sx))}
+                    return {"x": x, "y": y, "mask": self._mask_patch(si, ox, sym)}
             else:
                 sj, oy = self.position(iy, sy)
                 y = self._patch(sj, "y", oy, self._symmetry(sy))
