@@ -156,7 +156,7 @@ def run_inference(
 
 
 def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Path], *, window, overlap,
-               reverse: bool, overwrite: bool, quiet: bool, tta: str = "none") -> None:
+               reverse: bool, overwrite: bool, quiet: bool, tta: str) -> None:
     """Predict and write each item in turn, appending each written path to ``written``."""
     shown_plan = None
     for it in tqdm(items, desc="subjects", unit="vol", disable=quiet or not batch):
