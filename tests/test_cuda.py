@@ -161,14 +161,14 @@ def _nccl_rank(rank: int, world: int, port: int, path: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from medsr.networks import create_model
-    from medsr.training.modes import Directions
+    from medsr.training.base import GeneratorPasses
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         gen = _randomise(create_model("rev_srcnn3d", in_channels=6, width=8, depth=2), 0.05).cuda()
-        ddp = DDP(Directions(gen), device_ids=[rank])
+        ddp = DDP(GeneratorPasses(gen), device_ids=[rank])
         g = torch.Generator().manual_seed(1)
         x = torch.randn(2 * world, 6, 8, 8, 8, generator=g)[2 * rank: 2 * rank + 2].cuda()
         y = torch.randn(2 * world, 6, 8, 8, 8, generator=g)[2 * rank: 2 * rank + 2].cuda()
@@ -206,7 +206,7 @@ def test_ddp_nccl_bf16_gradients_reach_every_parameter(tmp_path, world):
     out = tmp_path / "grads.pt"
     mp.spawn(_nccl_rank, args=(world, _free_port(), str(out)), nprocs=world, join=True)
     grads = torch.load(out)
-    from medsr.training.modes import Directions
+    from medsr.training.base import GeneratorPasses
 
     gen = _reference_generator()
     g = torch.Generator().manual_seed(1)
@@ -217,7 +217,7 @@ def test_ddp_nccl_bf16_gradients_reach_every_parameter(tmp_path, world):
     for r in range(world):
         xs, ys = x[2 * r: 2 * r + 2], y[2 * r: 2 * r + 2]
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            o = Directions(gen)(x=xs, y=ys)
+            o = GeneratorPasses(gen)(x=xs, y=ys)
             total = total + ((o["fake_y"].float() - ys).abs().mean() + (o["fake_x"].float() - xs).abs().mean()) / world
     total.backward()
     assert set(grads) == {k for k, _ in gen.named_parameters()}

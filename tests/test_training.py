@@ -117,7 +117,7 @@ class _NanAtThree(PairedL1):
         losses = super().train_step(batch)
         if self.calls == 3:
             with torch.no_grad():
-                for p in self.gen.parameters():
+                for p in self.generator.parameters():
                     p.fill_(float("nan"))
             losses = {k: v * float("nan") for k, v in losses.items()}
         return losses
