@@ -129,6 +129,19 @@ def test_a_misspelt_name_in_a_shipped_config_fails(key, value, error, pattern):
         _check_buildable(load_config(CONFIGS_DIR / "2d" / "quick_maps.yaml", [f"{key}={value}"]))
 
 
+@pytest.mark.parametrize("key, value", [("model.name", "rev_srcnn3"), ("discriminator.name", "patchgan"),
+                                        ("train.mode", "pairedd"), ("data.type", "patches")])
+def test_medsr_train_names_an_unknown_registry_name(key, value, tmp_path, capsys):
+    """Registry names are checked where the config is used: ``medsr train`` refuses it in one line."""
+    from pipelines.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(CONFIGS_DIR / "quick_paired.yaml"), "--set", f"{key}={value}", f"output_dir={out}"]
+    assert main(args) == 2
+    assert f"config key '{key}': unknown name '{value}'; allowed:" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_table3_has_the_twelve_paper_rows():
     rows = sorted((Path(__file__).parents[1] / "configs" / "table3").glob("*.yaml"))
     seen = set()
