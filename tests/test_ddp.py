@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port, train_config
 from medsr.checkpoint import load_checkpoint
 from medsr.config import load_config
 from medsr.data.synthetic import make_prepared_dataset
@@ -20,16 +20,10 @@ MODES = ("paired_l1", "paired")
 
 
 def _config(manifest: Path, out: Path, mode: str, batch: int) -> dict:
-    return {
-        "output_dir": str(out),
-        "data": {"manifest": str(manifest), "patch_size": 8},
-        # No instance norm here: a bias before a norm has a zero gradient up to rounding, which Adam
-        # amplifies to +-lr steps, so such biases would differ by rounding noise, not by a DDP error.
-        "model": {"name": "rev_srcnn3d", "kwargs": {"width": 4, "depth": 2, "norm": "none", "residual": False}},
-        "discriminator": {"name": "patchgan3d", "kwargs": {"width": 4, "patch_size": "auto", "norm": "none"}},
-        "train": {"mode": mode, "batch_size": batch, "max_steps": 3, "n_epochs": 1, "checkpoint_every": 100,
-                  "threads": 1, "samples": False, "device": "cpu"},
-    }
+    # No instance norm here: a bias before a norm has a zero gradient up to rounding, which Adam
+    # amplifies to +-lr steps, so such biases would differ by rounding noise, not by a DDP error.
+    return train_config(manifest, out, mode, discriminator={"norm": "none"}, batch_size=batch, max_steps=3,
+                        checkpoint_every=100, device="cpu")
 
 
 def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> None:
@@ -56,12 +50,6 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> No
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _initial_generator(cfg: dict) -> dict[str, torch.Tensor]:
     """The generator's weights before any step: the mode's builder under the run's seed, as the Trainer runs it."""
     config = load_config(cfg)
@@ -72,7 +60,7 @@ def _initial_generator(cfg: dict) -> dict[str, torch.Tensor]:
 
 def test_two_ranks_equal_one_process_at_double_batch(tmp_path):
     manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), "dti", patch_size=8)
-    mp.spawn(_rank_main, args=(2, _free_port(), str(manifest), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(manifest), str(tmp_path)), nprocs=2, join=True)
     for mode in MODES:
         cfg = _config(manifest, tmp_path / f"single_{mode}", mode, batch=4)
         single = train(cfg)

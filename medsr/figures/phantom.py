@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -31,10 +31,25 @@ def labels_figure(
     title: str = "",
     dpi: int = 100,
 ) -> Path:
-    """Write the phantom overview: axial slices (through the labelled tissue's centre) of four maps.
+    """Write the phantom overview of :func:`draw_labels` into the PNG ``path`` (atomically)."""
+    fig = draw_labels(b0=b0, tensor=tensor, labels=labels, label_names=label_names, affine=affine,
+                      voxel_size=voxel_size, title=title)
+    return panels.save(fig, path, dpi=dpi)
+
+
+def draw_labels(
+    *,
+    b0: np.ndarray,
+    tensor: np.ndarray,
+    labels: np.ndarray,
+    label_names: Mapping[str, int],
+    affine: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    title: str = "",
+) -> Any:
+    """The phantom overview Figure: axial slices (through the labelled tissue's centre) of four maps.
 
     Args:
-        path: the PNG (written atomically).
         b0: (X, Y, Z) a b = 0 image (scanner units).
         tensor: (6, X, Y, Z) true tensors, FSL order, mm^2/s.
         labels: (X, Y, Z) integer tissue codes, 0 = background.
@@ -87,4 +102,4 @@ def labels_figure(
                        for i, (code, name) in enumerate(present)],
               loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.suptitle(title or f"axial slice {k} (RAS display)", fontsize=11)
-    return panels.save(fig, path, dpi=dpi)
+    return fig
