@@ -19,22 +19,9 @@ LABEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
                  "#17becf", "#aec7e8")
 
 
-def labels_figure(
-    path: str | os.PathLike,
-    *,
-    b0: np.ndarray,
-    tensor: np.ndarray,
-    labels: np.ndarray,
-    label_names: Mapping[str, int],
-    affine: np.ndarray,
-    voxel_size: tuple[float, float, float],
-    title: str = "",
-    dpi: int = 100,
-) -> Path:
-    """Write the phantom overview of :func:`draw_labels` into the PNG ``path`` (atomically)."""
-    fig = draw_labels(b0=b0, tensor=tensor, labels=labels, label_names=label_names, affine=affine,
-                      voxel_size=voxel_size, title=title)
-    return panels.save(fig, path, dpi=dpi)
+def labels_figure(path: str | os.PathLike, *, dpi: int = 100, **drawing: Any) -> Path:
+    """Write the phantom overview of :func:`draw_labels` (called with ``drawing``) into the PNG ``path``, atomically."""
+    return panels.save(draw_labels(**drawing), path, dpi=dpi)
 
 
 def draw_labels(

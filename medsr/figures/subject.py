@@ -118,25 +118,17 @@ def _masked(m: np.ndarray, mask2d: np.ndarray) -> np.ndarray:
     return np.where(mask2d, m, np.nan)
 
 
-def subject_figures(
-    folder: str | os.PathLike,
-    subject: str,
-    *,
-    hr: Volume,
-    mask: np.ndarray,
-    methods: Sequence[tuple[str, Volume]],
-    lr: Volume | None = None,
-    kind: str | None = None,
-    overwrite: bool = True,
-    dpi: int = 100,
-) -> list[Path]:
+def subject_figures(folder: str | os.PathLike, subject: str, *, overwrite: bool = True, dpi: int = 100,
+                    **drawing: Any) -> list[Path]:
     """Write the subject's figures (see the module docstring); nothing is written unless all drew.
 
     Args:
         folder: receives ``<subject>_<quantity>.png``.
-        subject, hr, mask, methods, lr, kind: as :func:`draw_subject`.
+        subject: the subject id (file names and titles).
         overwrite: replace existing PNGs (else FileExistsError naming the first).
         dpi: the PNGs' resolution.
+        drawing: what is drawn: ``hr``, ``mask``, ``methods`` and optionally ``lr`` and ``kind``, as
+            :func:`draw_subject` takes them.
 
     Returns:
         The written paths, in :func:`figure_paths` order.
@@ -144,12 +136,12 @@ def subject_figures(
     Raises:
         ValueError: a method's grid differs from the truth's.
     """
-    paths = figure_paths(folder, subject, figure_kind(hr.channels, kind))
+    paths = figure_paths(folder, subject, figure_kind(drawing["hr"].channels, drawing.get("kind")))
     if not overwrite:
         for p in paths:
             if p.exists():
                 raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
-    figures = draw_subject(subject, hr=hr, mask=mask, methods=methods, lr=lr, kind=kind)
+    figures = draw_subject(subject, **drawing)
     pngs = [panels.png_bytes(fig, dpi) for fig in figures.values()]
     return [panels.write_png(data, p, overwrite=overwrite) for p, data in zip(paths, pngs)]
 
