@@ -98,7 +98,9 @@ class Paired(TrainMode):
     """Paired RevGAN (eq. 12): lambda * (L1(F) + L1(G)) + cGAN(F, D_Y) + cGAN(G, D_X).
 
     The discriminators are conditional (pix2pix): ``D_Y`` sees (x, y) against (x, F(x)) and
-    ``D_X`` sees (y, x) against (y, G(y)), input and output concatenated on channels.
+    ``D_X`` sees (y, x) against (y, G(y)), input and output concatenated on channels. With
+    ``train.loss_region: brain`` the L1 terms are averaged over brain voxels, as in ``paired_l1``
+    (the discriminators judge whole patches).
     """
 
     discriminator_names = ("D_Y", "D_X")
@@ -107,6 +109,7 @@ class Paired(TrainMode):
         super().__init__(cfg, rank)
         self.gan = GANLoss(cfg.train.gan_loss)
         self.lam = cfg.train.lambda_l1
+        self.brain_only = cfg.train.loss_region == "brain"
 
     @property
     def loss_names(self) -> list[str]:
@@ -117,6 +120,7 @@ class Paired(TrainMode):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
+        mask = batch.get("mask") if self.brain_only else None
         d_y, d_x = self.discriminators_ddp["D_Y"], self.discriminators_ddp["D_X"]
         # Generator step: discriminators frozen and called unwrapped (no DDP reduction for them).
         raw = [self.discriminators["D_Y"], self.discriminators["D_X"]]
@@ -127,8 +131,8 @@ class Paired(TrainMode):
             fy, fx = out["fake_y"].float(), out["fake_x"].float()
             gan_f = self.gan(raw[0](torch.cat([x, fy], 1)), True)
             gan_g = self.gan(raw[1](torch.cat([y, fx], 1)), True)
-            l1_f = nn.functional.l1_loss(fy, y)
-            l1_g = nn.functional.l1_loss(fx, x)
+            l1_f = region_loss(nn.functional.l1_loss, fy, y, mask)
+            l1_g = region_loss(nn.functional.l1_loss, fx, x, mask)
             loss_g_total = gan_f + gan_g + self.lam * (l1_f + l1_g)
         self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
