@@ -25,7 +25,7 @@ from typing import Any, Literal, Union
 import yaml
 
 # Closed value sets: a field annotated with one accepts only its listed strings.
-from medsr.choices import Direction, GanLoss, LossRegion, LrDecay, NormStats, Precision, Sampling
+from medsr.choices import Direction, Domains, GanLoss, LossRegion, LrDecay, NormStats, Precision, Sampling
 
 
 @dataclass
@@ -53,6 +53,9 @@ class DataConfig:
         permute: random axis permutations as augmentation (isotropic voxels only; DTI components
             are reordered accordingly). With ``flip``: the 48 symmetries of the cube.
         num_workers: DataLoader worker processes (0 = in the training process).
+        domains: unpaired mode: ``shared`` (X and Y patches both from every training subject, the
+            paper) or ``disjoint`` (the training subjects dealt in turn to X and Y: X patches from one
+            half's ``lr_up``, Y patches from the other half's ``hr``; no subject feeds both).
     """
 
     type: str = "patches3d"
@@ -72,6 +75,7 @@ class DataConfig:
     flip: bool = False
     permute: bool = False
     num_workers: int = 0
+    domains: Domains = "shared"
 
 
 @dataclass
@@ -109,6 +113,9 @@ class TrainConfig:
         lr, beta1, beta2: Adam settings (paper: 2e-4, 0.5, 0.999).
         lambda_l1: weight of the paired L1 terms in ``paired`` mode (paper: 100).
         lambda_cycle: weight of the cycle terms in ``unpaired`` mode (paper: 10).
+        lambda_degrade: weight of the degradation consistency ``|D(F(x)) - x_lr|`` in ``unpaired`` mode:
+            F's output degraded as prep degraded the data (``D``: block mean, or the slice profile) against
+            the LR voxels of the input. 0 = the paper's eq. 13. Needs ``data.norm_stats: shared``.
         lambda_reverse: weight of the reverse direction's pixel loss L(G(y), x) in ``paired_l1`` /
             ``paired_l2`` (paper: 1, both directions); 0 trains F alone and skips computing G.
         lr_decay: ``epochs`` (the paper: constant for ``n_epochs``, then linear to zero over
@@ -144,6 +151,7 @@ class TrainConfig:
     beta2: float = 0.999
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
+    lambda_degrade: float = 0.0
     lambda_reverse: float = 1.0
     loss_region: LossRegion = "patch"
     lr_decay: LrDecay = "epochs"
@@ -211,6 +219,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.beta2": (0, 1, True, False),
     "train.lambda_l1": (0, None, True, True),
     "train.lambda_cycle": (0, None, True, True),
+    "train.lambda_degrade": (0, None, True, True),
     "train.pool_size": (0, None, True, True),
     "train.checkpoint_every": (1, None, True, True),
     "train.log_every": (1, None, True, True),

@@ -1,16 +1,21 @@
-"""The GAN modes' pixel terms over brain voxels (``train.loss_region: brain``)."""
+"""The GAN modes: pixel terms over brain voxels (``train.loss_region: brain``), the unpaired degradation
+term and disjoint X / Y subjects (``data.domains``)."""
 from __future__ import annotations
 
+import csv
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import train_config
+from medsr.checkpoint import load_checkpoint
 from medsr.config import load_config
 from medsr.data import build_dataset
 from medsr.data.synthetic import make_prepared_dataset
 from medsr.training.trainer import Trainer
+from pipelines.train import train
 
 SINGLE = SimpleNamespace(rank=0, world_size=1, is_main=True, enabled=False)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,3 +53,93 @@ def test_paired_gan_l1_terms_ignore_voxels_outside_the_brain(manifest, tmp_path)
         pytest.approx(ref["l1_G"], rel=1e-6)
     whole = _first_step(manifest, tmp_path / "d", "paired", loss_region="patch")
     assert whole["l1_F"] != pytest.approx(ref["l1_F"], rel=1e-3)  # the mean over every voxel of the patch
+
+
+def test_degradation_is_preps_block_mean_and_commutes_with_shared_normalisation():
+    """D on a patch is prep's block mean (numpy, float64 sums); in normalised units it is the normalised LR."""
+    from medsr.degrade import block_mean_array
+    from medsr.networks.degrade import Degradation
+
+    rng = np.random.default_rng(0)
+    hr = rng.normal(2.0, 1.0, (2, 3, 8, 12, 16)).astype(np.float32)
+    d = Degradation(2)
+    got = d(torch.from_numpy(hr)).numpy()
+    np.testing.assert_allclose(got, block_mean_array(hr, 2), rtol=1e-6, atol=1e-6)
+    mean, std = np.float32([0.5, -1.0, 3.0]).reshape(3, 1, 1, 1), np.float32([2.0, 0.5, 4.0]).reshape(3, 1, 1, 1)
+    normed = d(torch.from_numpy((hr - mean) / std)).numpy()
+    np.testing.assert_allclose(normed, (block_mean_array(hr, 2) - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_unpaired_sampler_with_a_separate_y_set():
+    """X items cover their set once per epoch, Y items come from their own set; resumable as a pure function."""
+    from medsr.data.sampler import EpochBatchSampler
+
+    s = EpochBatchSampler(10, 2, seed=3, unpaired=True, n_items_y=4)
+    items = s.epoch_items(0)
+    assert sorted(i[0] for i in items) == list(range(10))
+    assert {i[1] for i in items} == set(range(4))
+    assert items == EpochBatchSampler(10, 2, seed=3, unpaired=True, n_items_y=4).epoch_items(0)
+    with pytest.raises(ValueError, match="unpaired"):
+        EpochBatchSampler(10, 2, n_items_y=4)
+
+
+def test_disjoint_domains_never_read_x_subjects_hr(tmp_path):
+    """data.domains disjoint: X patches come from the X subjects' lr_up, Y patches from the others' hr; the
+    statistics too. The X subjects' HR maps are never opened."""
+    manifest = make_prepared_dataset(tmp_path / "prep", 4, (24, 24, 24), "scalar", patch_size=8)
+    cfg = load_config(train_config(manifest, tmp_path / "run", "unpaired", batch_size=2, loss_region="brain",
+                                   data={"domains": "disjoint", "norm_stats": "shared"}))
+    data = build_dataset(cfg, SINGLE)
+    xs, ys = data.info["x_subjects"], data.info["y_subjects"]
+    assert xs == ["sub00", "sub02"] and ys == ["sub01", "sub03"] and data.info["subjects"] == sorted(xs + ys)
+    seen: dict[str, set[str]] = {}
+    for ds, key in ((data.dataset.x, "x"), (data.dataset.y, "y")):
+        for subject in ds.subjects:
+            orig = subject.region
+
+            def spy(k, sl, subject=subject, orig=orig):
+                seen.setdefault(subject.name, set()).add(k)
+                return orig(k, sl)
+            subject.region = spy
+    data.sampler.set_epoch(0)
+    for batch in data.sampler:
+        for item in batch:
+            out = data.dataset[item]
+            assert set(out) == {"x", "y", "mask_x", "mask_y"}
+    assert all(seen.get(s, set()) <= {"x"} for s in xs) and all(seen.get(s, set()) <= {"y"} for s in ys)
+    assert seen[xs[0]] == {"x"} and seen[ys[0]] == {"y"}
+    with pytest.raises(ValueError, match="data.domains"):
+        build_dataset(load_config(train_config(manifest, tmp_path / "r2", "paired", data={"domains": "disjoint"})),
+                      SINGLE)
+
+
+def test_unpaired_degradation_term_brain_region_and_bit_exact_resume(manifest, tmp_path):
+    """lambda_degrade adds |D(F(x)) - x_lr| (logged as 'degrade'); a model that is its cubic base gives it ~0
+    only where the cubic base is consistent; separate statistics are refused; resume is bit-exact."""
+    model = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 2, "factor": "auto", "base": "cubic"}}
+
+    def cfg(out, steps, **train):
+        c = train_config(manifest, tmp_path / out, "unpaired", batch_size=2, max_steps=steps, checkpoint_every=2,
+                         lambda_degrade=5.0, loss_region="brain", deterministic=True,
+                         data={"norm_stats": "shared", "domains": "disjoint"}, **train)
+        c["model"] = model
+        return c
+
+    with pytest.raises(ValueError, match="train.lambda_degrade"):
+        c = cfg("bad", 2)
+        c["data"]["norm_stats"] = "separate"
+        train(c)
+    try:
+        whole = load_checkpoint(train(cfg("whole", 4)) / "last.pt")
+        rows = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
+        assert "degrade" in rows[0] and all(float(r["degrade"]) >= 0 for r in rows)
+        half = train(cfg("half", 2))
+        train(cfg("half", 4), resume=True)
+        again = load_checkpoint(half / "last.pt")
+        for k, v in whole["model"]["state_dict"].items():
+            assert torch.equal(again["model"]["state_dict"][k], v), k
+        for d in ("D_Y", "D_X"):
+            for k, v in whole["discriminators"][d]["state_dict"].items():
+                assert torch.equal(again["discriminators"][d]["state_dict"][k], v), (d, k)
+    finally:
+        torch.use_deterministic_algorithms(False)

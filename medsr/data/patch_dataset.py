@@ -22,6 +22,7 @@ import torch
 
 from medsr.data.augment import PERMUTATIONS, flip_axes_from_bits, symmetry_mask, symmetry_normalised
 from medsr.data.cache import ARRAYS as CACHE_ARRAYS, CacheEntry, cached_origins, ensure as ensure_cache
+from medsr.data.domains import DomainPairs, split_domains
 from medsr.data.mapped import MappedGroup
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
@@ -196,7 +197,8 @@ class PatchDataset(torch.utils.data.Dataset):
         with_mask: also return the brain mask of paired patches (for ``train.loss_region: brain``).
 
     ``dataset[item]`` returns ``{"x": (C, s, s, s), "y": (C, s, s, s)}`` float32 tensors, and with
-    ``with_mask`` a paired item adds ``"mask"``: (1, s, s, s) float32 in {0, 1}.
+    ``with_mask`` a paired item adds ``"mask"``: (1, s, s, s) float32 in {0, 1}, an unpaired one
+    ``"mask_x"`` and ``"mask_y"`` (each patch's own).
     """
 
     def __init__(self, subjects: list[Subject], patch_size: int = 24, stride: int | None = None,
@@ -287,23 +289,32 @@ class PatchDataset(torch.utils.data.Dataset):
         if isinstance(item, (int, np.integer)):
             item = (int(item), int(item), 0, 0)
         ix, iy, sx, sy = item
+        if ix != iy or sx != sy:  # unpaired: X and Y from independent draws
+            return {**self.side("x", ix, sx), **self.side("y", iy, sy)}
         si, ox = self.position(ix, sx)
-        sj = si
         try:
             sym = self._symmetry(sx)  # drawn once: input, target and mask move together
             x = self._patch(si, "x", ox, sym)
-            if ix == iy and sx == sy:
-                y = self._patch(si, "y", ox, sym)
-                if self.with_mask:
-                    return {"x": x, "y": y, "mask": self._mask_patch(si, ox, sym)}
-            else:
-                sj, oy = self.position(iy, sy)
-                y = self._patch(sj, "y", oy, self._symmetry(sy))
+            y = self._patch(si, "y", ox, sym)
+            if self.with_mask:
+                return {"x": x, "y": y, "mask": self._mask_patch(si, ox, sym)}
             return {"x": x, "y": y}
         finally:  # the patches are copies: keep no page of the maps resident in this process
             self.subjects[si].release()
-            if sj != si:
-                self.subjects[sj].release()
+
+    def side(self, key: str, index: int, seed: int) -> dict[str, torch.Tensor]:
+        """One domain's patch of an unpaired item: ``{key: (C, s, s, s)}`` for ``key`` ``x`` (lr_up) or ``y``
+        (hr) at item ``index`` drawn from ``seed``, and with ``with_mask`` its brain mask as ``mask_<key>``
+        (1, s, s, s)."""
+        si, origin = self.position(index, seed)
+        try:
+            sym = self._symmetry(seed)
+            out = {key: self._patch(si, key, origin, sym)}
+            if self.with_mask:
+                out[f"mask_{key}"] = self._mask_patch(si, origin, sym)
+            return out
+        finally:
+            self.subjects[si].release()
 
     def _mask_patch(self, si: int, origin: np.ndarray, sym: Symmetry) -> torch.Tensor:
         s, o = self.size, origin
@@ -362,21 +373,34 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
             if vox.max() > 1.05 * vox.min():
                 raise ValueError(f"config key 'data.permute': subject {s.name} has anisotropic voxels "
                                  f"({' x '.join(f'{v:.3g}' for v in vox)} mm); permute only isotropic data")
+    # X and Y subjects: the same ones, or (unpaired, data.domains disjoint) two halves that never meet.
+    x_subjects, y_subjects = split_domains(subjects, d.domains, cfg.train.mode)
     if d.normalise:  # from the brain sums cached with each subject: no voxel is read again
-        norm_y = stats_from_sums(s.entry.sums["hr"] for s in subjects)
-        norm_x = norm_y if d.norm_stats == "shared" else stats_from_sums(s.entry.sums["lr_up"] for s in subjects)
+        norm_y = stats_from_sums(s.entry.sums["hr"] for s in y_subjects)
+        norm_x = norm_y if d.norm_stats == "shared" else stats_from_sums(s.entry.sums["lr_up"] for s in x_subjects)
     else:
         norm_x, norm_y = ChannelStats.identity(c), ChannelStats.identity(c)
-    dataset = PatchDataset(
-        subjects, d.patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
-        d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=int(info["factor"]),
-        with_mask=cfg.train.loss_region == "brain", permute=d.permute,
-    )
+
+    def patches(of: list[Subject]) -> PatchDataset:
+        return PatchDataset(
+            of, d.patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
+            d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=int(info["factor"]),
+            with_mask=cfg.train.loss_region == "brain", permute=d.permute,
+        )
+
+    unpaired = cfg.train.mode == "unpaired"
+    if d.domains == "disjoint":
+        dataset: Any = DomainPairs(patches(x_subjects), patches(y_subjects))
+        n_y: int | None = len(dataset.y)
+    else:
+        dataset, n_y = patches(subjects), None
     sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
-                                unpaired=cfg.train.mode == "unpaired")
+                                unpaired=unpaired, n_items_y=n_y)
     entry = {"factor": int(info["factor"]), "patch_size": int(d.patch_size), "channels": int(c), "kind": info["kind"],
              "subjects": [s.name for s in subjects], "n_patches": int(dataset.n_grid),
              "flip": bool(d.flip), "permute": bool(d.permute)}  # inference's --tta auto follows them
+    if d.domains == "disjoint":
+        entry.update(x_subjects=[s.name for s in x_subjects], y_subjects=[s.name for s in y_subjects])
     # The training HR voxel size lets inference tell an LR-grid input from an HR-grid one by its
     # geometry instead of its file name; stored only when the training subjects agree on it.
     sizes = np.array([np.linalg.norm(s.affine[:3, :3], axis=0) for s in subjects])

@@ -9,7 +9,9 @@ the same batch on every rank. A run resumed at step s starts its epoch at batch
 Items are tuples ``(ix, iy, seed_x, seed_y)``: the X and Y items and a per-item seed for
 anything random the dataset does (random positions, flips), so data workers hold no RNG state.
 Paired sampling yields ``ix == iy`` and ``seed_x == seed_y``; unpaired sampling draws Y from an
-independent permutation (never the same item as X when there is more than one).
+independent permutation (never the same item as X when there is more than one), of the same items
+or, with ``n_items_y``, of a second, separate set of Y items (disjoint domains: X patches from some
+subjects, Y patches from others).
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         seed: run seed.
         rank, world_size: this process's shard.
         unpaired: draw Y independently of X.
+        n_items_y: unpaired only: Y items are 0..n_items_y-1 of another set (None: the X items). An epoch
+            is one pass over the X items; Y follows its own permutation, repeated or cut to that length.
     """
 
     def __init__(self, n_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 unpaired: bool = False) -> None:
+                 unpaired: bool = False, n_items_y: int | None = None) -> None:
         if n_items <= 0:
             raise ValueError("no training items to sample from")
         self.n_items = int(n_items)
@@ -42,6 +46,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.unpaired = bool(unpaired)
+        if n_items_y is not None and (not self.unpaired or n_items_y <= 0):
+            raise ValueError("a separate Y item set needs unpaired sampling and at least one Y item")
+        self.n_items_y = None if n_items_y is None else int(n_items_y)
         self.per_rank = -(-self.n_items // self.world_size)  # ceil, as DistributedSampler pads
         self.steps_per_epoch = self.per_rank // self.batch_size
         if self.steps_per_epoch == 0:
@@ -63,7 +70,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         n = self.n_items
         px = rng.permutation(n)
         sx = rng.integers(0, 2**31 - 1, n)
-        if self.unpaired:
+        if self.unpaired and self.n_items_y is not None:  # another set: no item can meet itself
+            py = np.resize(rng.permutation(self.n_items_y), n)
+            sy = rng.integers(0, 2**31 - 1, n)
+        elif self.unpaired:
             py = rng.permutation(n)
             if n > 1:
                 # Never pair an item with itself: swap clashes with the next entry.

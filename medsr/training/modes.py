@@ -13,10 +13,13 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from medsr.config import Config
 from medsr.losses import GANLoss, pixel_loss
-from medsr.training.base import GeneratorPasses, TrainMode, create_mode, list_modes, register_mode
+from medsr.networks.degrade import Degradation
+from medsr.training.base import GeneratorPasses, TrainMode, Wrap, create_mode, list_modes, no_wrap, register_mode
+from medsr.training.networks import DataFacts
 from medsr.training.image_pool import ImagePool
 
 __all__ = ["GeneratorPasses", "Paired", "PairedL1", "PairedL2", "TrainMode", "Unpaired", "create_mode",
@@ -147,10 +150,18 @@ class Paired(TrainMode):
 
 @register_mode("unpaired")
 class Unpaired(TrainMode):
-    """Unpaired RevGAN (eq. 13): GAN(F, D_Y) + GAN(G, D_X) + lambda * (|G(F(x)) - x| + |F(G(y)) - y|).
+    """Unpaired RevGAN (eq. 13): GAN(F, D_Y) + GAN(G, D_X) + lambda * (|G(F(x)) - x| + |F(G(y)) - y|),
+    plus ``lambda_degrade * |D(F(x)) - x_lr|``.
 
     Discriminators see pooled fakes (a 50-sample history by default); x and y come from
-    independent draws (see the unpaired sampler).
+    independent draws (see the unpaired sampler, and ``data.domains`` for disjoint subjects).
+
+    The degradation term uses what unpaired data still know: F's output, degraded as prep degraded
+    the data (``D``, :class:`medsr.networks.degrade.Degradation`: the block mean or the slice profile),
+    must give back the LR voxels of its own input (``x_lr``, the block mean of ``lr_up``). It anchors
+    F to the measured signal where the GAN alone lets it drift; 0 (the default) is the paper's loss.
+    With ``train.loss_region: brain`` the cycle terms average over each patch's brain voxels and the
+    degradation term weights each LR voxel by the brain fraction of its block.
     """
 
     discriminator_names = ("D_Y", "D_X")
@@ -159,16 +170,35 @@ class Unpaired(TrainMode):
         super().__init__(cfg, rank)
         self.gan = GANLoss(cfg.train.gan_loss)
         self.lam = cfg.train.lambda_cycle
+        self.lam_degrade = float(cfg.train.lambda_degrade)
+        self.brain_only = cfg.train.loss_region == "brain"
+        if self.lam_degrade > 0 and cfg.data.normalise and cfg.data.norm_stats != "shared":
+            # D(F(x)) is in y's normalised units and x_lr in x's: they compare only under one normalisation.
+            raise ValueError("config key 'train.lambda_degrade': the degradation term compares F's output with its "
+                             "input, so both need one normalisation; set data.norm_stats: shared")
         seed = cfg.train.seed * 1000 + rank  # each rank keeps its own pool
         self.pool_y = ImagePool(cfg.train.pool_size, seed=seed)
         self.pool_x = ImagePool(cfg.train.pool_size, seed=seed + 500)
 
     @property
     def loss_names(self) -> list[str]:
-        return ["gan_F", "gan_G", "cycle_x", "cycle_y", "D_Y", "D_X"]
+        names = ["gan_F", "gan_G", "cycle_x", "cycle_y", "D_Y", "D_X"]
+        return names + ["degrade"] if self.lam_degrade > 0 else names
+
+    def setup(self, facts: DataFacts, device: torch.device, wrap: Wrap = no_wrap) -> None:
+        super().setup(facts, device, wrap)
+        self.degrade = Degradation(facts.factor, facts.slice_profile).to(self.device)
+
+    def _degrade_loss(self, fy: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """|D(F(x)) - x_lr| over the LR voxels of the patch (weighted by their blocks' brain fraction)."""
+        x_lr = self.degrade.crop_lr(F.avg_pool3d(x, self.degrade.factor))  # lr_up's blocks hold one value each
+        weight = self.degrade.block_fraction(mask) if mask is not None else None
+        return region_loss(nn.functional.l1_loss, self.degrade(fy), x_lr, weight)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
+        mask_x = batch.get("mask_x") if self.brain_only else None
+        mask_y = batch.get("mask_y") if self.brain_only else None
         raw = [self.discriminators["D_Y"], self.discriminators["D_X"]]
         _set_requires_grad(raw, False)
         with self.autocast():
@@ -177,17 +207,23 @@ class Unpaired(TrainMode):
             fy, fx = out["fake_y"].float(), out["fake_x"].float()
             gan_f = self.gan(raw[0](fy), True)
             gan_g = self.gan(raw[1](fx), True)
-            cyc_x = nn.functional.l1_loss(out["rec_x"].float(), x)
-            cyc_y = nn.functional.l1_loss(out["rec_y"].float(), y)
+            cyc_x = region_loss(nn.functional.l1_loss, out["rec_x"].float(), x, mask_x)
+            cyc_y = region_loss(nn.functional.l1_loss, out["rec_y"].float(), y, mask_y)
             loss_g_total = gan_f + gan_g + self.lam * (cyc_x + cyc_y)
+            if self.lam_degrade > 0:
+                deg = self._degrade_loss(fy, x, mask_x)
+                loss_g_total = loss_g_total + self.lam_degrade * deg
         self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
         with self.autocast():
             loss_dy = _d_loss(self.gan, self.discriminators_ddp["D_Y"], y, self.pool_y.query(fy))
             loss_dx = _d_loss(self.gan, self.discriminators_ddp["D_X"], x, self.pool_x.query(fx))
         self.optimise("D", loss_dy + loss_dx)
-        return {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "cycle_x": cyc_x.detach(),
-                "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
+        losses = {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "cycle_x": cyc_x.detach(),
+                  "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
+        if self.lam_degrade > 0:
+            losses["degrade"] = deg.detach()
+        return losses
 
     def rank_state_dict(self) -> dict[str, Any]:
         return {"pool_y": self.pool_y.state_dict(), "pool_x": self.pool_x.state_dict()}

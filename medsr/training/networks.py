@@ -31,12 +31,14 @@ class DataFacts:
         factor: the data's upsampling factor (``factor: auto`` of LR-grid generators).
         patch_size: edge of the training patches (``patch_size: auto`` of the PatchGAN).
         where: the data as named in error messages (``the data (path/to/manifest.csv)``).
+        slice_profile: how prep degraded the data (``box`` or ``gaussian``: a mode's degradation term).
     """
 
     channels: int
     factor: int = 2
     patch_size: int = 24
     where: str = "the data"
+    slice_profile: str = "box"
 
     @classmethod
     def of(cls, data: Any, cfg: Config) -> "DataFacts":
@@ -44,7 +46,8 @@ class DataFacts:
         info = data.info
         return cls(channels=int(data.channels), factor=data_factor(info),
                    patch_size=int(info.get("patch_size", cfg.data.patch_size)),
-                   where=f"the data ({info.get('manifest') or cfg.data.root or cfg.data.type})")
+                   where=f"the data ({info.get('manifest') or cfg.data.root or cfg.data.type})",
+                   slice_profile=str(info.get("slice_profile", "box")))
 
 
 def data_factor(info: dict[str, Any]) -> int:
