@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from medsr.manifest import PATH_COLUMNS, empty_row, read_manifest_raw, update_manifest
+from medsr.manifest import LR_ONLY_EMPTY, PATH_COLUMNS, empty_row, is_lr_only, read_manifest_raw, update_manifest
 from medsr.utils.paths import check_subject_name, inside
 
 OUTPUT_FILES: dict[str, str] = {"hr": "hr.nii.gz", "lr": "lr.nii.gz", "lr_up": "lr_up.nii.gz", "mask": "mask.nii.gz"}
@@ -160,6 +160,8 @@ def _is_done(row: dict | None, out_dir: Path, subject: str) -> bool:
     if not row or row.get("status") != "ok":
         return False
     outputs = subject_outputs(out_dir, subject)
+    if is_lr_only(row):  # `prep volumes --lr-only` writes the scan and its mask only
+        outputs = {k: p for k, p in outputs.items() if k not in LR_ONLY_EMPTY}
     return all(p.exists() and row.get(k) and Path(row[k]).resolve() == p.resolve() for k, p in outputs.items())
 
 

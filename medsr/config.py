@@ -33,7 +33,8 @@ class DataConfig:
     """Where the training data comes from and how patches are drawn.
 
     Attributes:
-        type: dataset builder name (``patches3d``; the 2D module registers ``aligned2d``).
+        type: dataset builder name (``patches3d``; ``self``: self-supervised pairs from thick-slice scans;
+            the 2D module registers ``aligned2d``).
         manifest: ``manifest.csv`` written by ``medsr prep`` (3D).
         root: dataset folder (2D datasets).
         image_size: image side length in pixels (2D datasets).
@@ -53,6 +54,9 @@ class DataConfig:
         permute: random axis permutations as augmentation (isotropic voxels only; DTI components
             are reordered accordingly). With ``flip``: the 48 symmetries of the cube.
         num_workers: DataLoader worker processes (0 = in the training process).
+        slab: ``data.type: self``: the pairs' extent along the scan's slice axis, in native slices
+            (``null`` = ``patch_size``, capped by the scans' slice count; 1 = one slice per pair, SMORE's
+            2D setting). See :mod:`medsr.data.self_supervised`.
         domains: unpaired mode: ``shared`` (X and Y patches both from every training subject, the
             paper) or ``disjoint`` (the training subjects dealt in turn to X and Y: X patches from one
             half's ``lr_up``, Y patches from the other half's ``hr``; no subject feeds both).
@@ -75,6 +79,7 @@ class DataConfig:
     flip: bool = False
     permute: bool = False
     num_workers: int = 0
+    slab: int | None = None
     domains: Domains = "shared"
 
 
@@ -113,9 +118,10 @@ class TrainConfig:
         lr, beta1, beta2: Adam settings (paper: 2e-4, 0.5, 0.999).
         lambda_l1: weight of the paired L1 terms in ``paired`` mode (paper: 100).
         lambda_cycle: weight of the cycle terms in ``unpaired`` mode (paper: 10).
-        lambda_degrade: weight of the degradation consistency ``|D(F(x)) - x_lr|`` in ``unpaired`` mode:
-            F's output degraded as prep degraded the data (``D``: block mean, or the slice profile) against
-            the LR voxels of the input. 0 = the paper's eq. 13. Needs ``data.norm_stats: shared``.
+        lambda_degrade: weight of the degradation terms in ``unpaired`` mode, ``|D(F(x)) - x_lr|`` (F's
+            output degraded as prep degraded the data, ``D``: block mean or slice profile, against the LR
+            voxels of its input) and ``|G(y)_lr - D(y)|`` (G is held to that degradation). 0 = the paper's
+            eq. 13. Needs ``data.norm_stats: shared``.
         lambda_reverse: weight of the reverse direction's pixel loss L(G(y), x) in ``paired_l1`` /
             ``paired_l2`` (paper: 1, both directions); 0 trains F alone and skips computing G.
         lr_decay: ``epochs`` (the paper: constant for ``n_epochs``, then linear to zero over
@@ -208,6 +214,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.random_per_subject": (0, None, True, True),
     "data.min_brain_fraction": (0, 1, True, True),
     "data.num_workers": (0, None, True, True),
+    "data.slab": (1, None, True, True),
     "train.batch_size": (1, None, True, True),
     "train.n_epochs": (0, None, True, True),
     "train.n_epochs_decay": (0, None, True, True),

@@ -2,14 +2,22 @@
 
 Columns (fixed; others code against them)::
 
-    subject, hr, lr, lr_up, mask, shape, voxel_size, brain_voxels, n_patches, status, error, factor, kind
+    subject, hr, lr, lr_up, mask, shape, voxel_size, brain_voxels, n_patches, status, error, factor, kind,
+    slice_profile
 
 * paths (hr, lr, lr_up, mask) are stored relative to the manifest's folder, so a prepared folder can be
   moved as a whole; :func:`read_manifest` returns them absolute;
 * ``shape`` is the HR spatial shape as ``"XxYxZ"``, ``voxel_size`` the HR voxel size in mm as
   ``"1.25x1.25x1.25"`` (see :func:`parse_triple`);
 * ``status`` is ``ok`` or ``failed`` (then ``error`` holds the one-line reason and paths may be empty);
-* ``kind`` is ``dti`` (6 channels, FSL order) or ``scalar`` (1 channel).
+* ``kind`` is ``dti`` (6 channels, FSL order) or ``scalar`` (1 channel);
+* ``slice_profile`` is how the LR voxels weight the HR signal (``box`` or ``gaussian``; empty or absent in
+  manifests written before the column existed: ``box``, the only degradation they knew).
+
+A row of ``medsr prep volumes --lr-only`` (:func:`is_lr_only`) describes a scan that has no HR
+counterpart: ``hr`` and ``lr_up`` are empty, ``lr`` is the scan on its native grid, ``mask`` its brain
+mask on that grid, and ``shape`` / ``voxel_size`` / ``factor`` describe the HR grid the factor implies
+(what ``medsr infer`` writes); only self-supervised training (``data.type: self``) reads such rows.
 
 Several writers (prep jobs of a SLURM array sharing one output folder) go through
 :func:`update_manifest`: it merges their rows into the manifest on disk under a lock, so no job
@@ -29,11 +37,15 @@ from medsr.utils.paths import check_subject_name
 
 COLUMNS: tuple[str, ...] = (
     "subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size",
-    "brain_voxels", "n_patches", "status", "error", "factor", "kind",
+    "brain_voxels", "n_patches", "status", "error", "factor", "kind", "slice_profile",
 )
 PATH_COLUMNS: tuple[str, ...] = ("hr", "lr", "lr_up", "mask")
 LOCK_NAME = "manifest.lock"  # beside the manifest; held while a writer merges its rows
-_STR_COLUMNS = ("subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size", "status", "error", "kind")
+_STR_COLUMNS = ("subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size", "status", "error", "kind",
+                "slice_profile")
+# Columns added after the first manifests were written, and what an older manifest means by their absence.
+_OPTIONAL_COLUMNS = {"slice_profile": "box"}
+LR_ONLY_EMPTY = ("hr", "lr_up")  # the paths an LR-only row leaves empty
 _INT_COLUMNS = ("brain_voxels", "n_patches", "factor")
 
 
@@ -114,6 +126,10 @@ def read_manifest_raw(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={c: str for c in _STR_COLUMNS}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable manifest CSV ({e})") from None
+    for c, default in _OPTIONAL_COLUMNS.items():
+        if c not in df.columns:
+            df[c] = default
+        df[c] = [v or default for v in df[c]]
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
@@ -122,6 +138,11 @@ def read_manifest_raw(path: str | os.PathLike) -> pd.DataFrame:
     for s in df["subject"]:  # subject names become file names downstream (infer, evaluate, report)
         check_subject_name(s, path)
     return df[list(COLUMNS)]
+
+
+def is_lr_only(row) -> bool:
+    """A row of ``medsr prep volumes --lr-only``: an LR scan with no HR volume (``hr`` and ``lr_up`` empty)."""
+    return bool(row["lr"]) and not any(row[c] for c in LR_ONLY_EMPTY)
 
 
 def read_manifest(path: str | os.PathLike, ok_only: bool = True) -> pd.DataFrame:
@@ -148,6 +169,8 @@ def read_manifest(path: str | os.PathLike, ok_only: bool = True) -> pd.DataFrame
         df[c] = [str(p if Path(p).is_absolute() else (base / p)) if p else "" for p in df[c]]
     for _, row in df[df["status"] == "ok"].iterrows():
         for c in PATH_COLUMNS:
+            if c in LR_ONLY_EMPTY and is_lr_only(row):
+                continue
             if not row[c] or not Path(row[c]).exists():
                 raise FileNotFoundError(
                     f"{path}: subject {row['subject']}: {c} file {row[c] or '(empty)'} is missing"

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 TINY = replace(PhantomConfig(), shape=(30, 32, 26), n_dirs=12, n_b0=2)
 MANIFEST_COLUMNS = ["subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size", "brain_voxels", "n_patches",
-                    "status", "error", "factor", "kind"]
+                    "status", "error", "factor", "kind", "slice_profile"]
 
 
 def test_prep_train_infer_evaluate_through_the_cli(tmp_path):

@@ -2,7 +2,8 @@
 
 A builder turns a :class:`medsr.config.Config` into a :class:`TrainData`: the dataset, its
 resumable sampler and what the checkpoint must remember about the data. ``patches3d`` (brain
-patches from a prep manifest) registers itself here; the 2D module registers ``aligned2d``.
+patches from a prep manifest) and ``self`` (self-supervised pairs from thick-slice scans) register
+themselves here; the 2D module registers ``aligned2d``.
 (Training modes have their own registry, :mod:`medsr.training.modes`, which loads the 2D
 ``segmentation`` mode itself.)
 """
@@ -18,7 +19,7 @@ import torch
 from medsr.normalise import ChannelStats
 
 # Modules imported on first use so their @register_dataset decorators run.
-_BUILTIN_MODULES = ("medsr.data.patch_dataset",)
+_BUILTIN_MODULES = ("medsr.data.patch_dataset", "medsr.data.self_supervised")
 _OPTIONAL_MODULES = ("medsr.twod.datasets",)
 _BUILDERS: dict[str, Callable[..., "TrainData"]] = {}
 

@@ -151,17 +151,20 @@ class Paired(TrainMode):
 @register_mode("unpaired")
 class Unpaired(TrainMode):
     """Unpaired RevGAN (eq. 13): GAN(F, D_Y) + GAN(G, D_X) + lambda * (|G(F(x)) - x| + |F(G(y)) - y|),
-    plus ``lambda_degrade * |D(F(x)) - x_lr|``.
+    plus ``lambda_degrade * (|D(F(x)) - x_lr| + |G(y)_lr - D(y)|)``.
 
     Discriminators see pooled fakes (a 50-sample history by default); x and y come from
     independent draws (see the unpaired sampler, and ``data.domains`` for disjoint subjects).
 
-    The degradation term uses what unpaired data still know: F's output, degraded as prep degraded
-    the data (``D``, :class:`medsr.networks.degrade.Degradation`: the block mean or the slice profile),
-    must give back the LR voxels of its own input (``x_lr``, the block mean of ``lr_up``). It anchors
-    F to the measured signal where the GAN alone lets it drift; 0 (the default) is the paper's loss.
-    With ``train.loss_region: brain`` the cycle terms average over each patch's brain voxels and the
-    degradation term weights each LR voxel by the brain fraction of its block.
+    The degradation terms use what unpaired data still know, the degradation ``D`` prep applied
+    (:class:`medsr.networks.degrade.Degradation`: the block mean, or the slice profile): F's output,
+    degraded, must give back the LR voxels of its own input (``x_lr``, the block mean of ``lr_up``), and
+    G, which maps an HR volume to its LR estimate, must be that degradation (``G(y)_lr``, the block
+    mean of G's NN-upsampled output, against ``D(y)``). The first anchors F to the measured signal where
+    the GAN alone lets it drift; the second keeps G from hiding detail in its output for F to decode,
+    so the cycle ``F(G(y)) ~ y`` teaches F to undo the real degradation. 0 (the default) is the
+    paper's loss. With ``train.loss_region: brain`` the cycle terms average over each patch's brain
+    voxels and the degradation terms weight each LR voxel by the brain fraction of its block.
     """
 
     discriminator_names = ("D_Y", "D_X")
@@ -183,17 +186,20 @@ class Unpaired(TrainMode):
     @property
     def loss_names(self) -> list[str]:
         names = ["gan_F", "gan_G", "cycle_x", "cycle_y", "D_Y", "D_X"]
-        return names + ["degrade"] if self.lam_degrade > 0 else names
+        return names + ["degrade_F", "degrade_G"] if self.lam_degrade > 0 else names
 
     def setup(self, facts: DataFacts, device: torch.device, wrap: Wrap = no_wrap) -> None:
         super().setup(facts, device, wrap)
         self.degrade = Degradation(facts.factor, facts.slice_profile).to(self.device)
 
-    def _degrade_loss(self, fy: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """|D(F(x)) - x_lr| over the LR voxels of the patch (weighted by their blocks' brain fraction)."""
-        x_lr = self.degrade.crop_lr(F.avg_pool3d(x, self.degrade.factor))  # lr_up's blocks hold one value each
+    def _lr(self, up: torch.Tensor) -> torch.Tensor:
+        """The LR voxels of an NN-upsampled patch (each block holds one value), cut as ``D``'s output."""
+        return self.degrade.crop_lr(F.avg_pool3d(up, self.degrade.factor))
+
+    def _degrade_loss(self, hr: torch.Tensor, lr: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """|D(hr) - lr| over the LR voxels of a patch (weighted by their blocks' brain fraction when masked)."""
         weight = self.degrade.block_fraction(mask) if mask is not None else None
-        return region_loss(nn.functional.l1_loss, self.degrade(fy), x_lr, weight)
+        return region_loss(nn.functional.l1_loss, self.degrade(hr), lr, weight)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
@@ -211,8 +217,9 @@ class Unpaired(TrainMode):
             cyc_y = region_loss(nn.functional.l1_loss, out["rec_y"].float(), y, mask_y)
             loss_g_total = gan_f + gan_g + self.lam * (cyc_x + cyc_y)
             if self.lam_degrade > 0:
-                deg = self._degrade_loss(fy, x, mask_x)
-                loss_g_total = loss_g_total + self.lam_degrade * deg
+                deg_f = self._degrade_loss(fy, self._lr(x), mask_x)  # D(F(x)) ~ x_lr
+                deg_g = self._degrade_loss(y, self._lr(fx), mask_y)  # G(y)_lr ~ D(y)
+                loss_g_total = loss_g_total + self.lam_degrade * (deg_f + deg_g)
         self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
         with self.autocast():
@@ -222,7 +229,7 @@ class Unpaired(TrainMode):
         losses = {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "cycle_x": cyc_x.detach(),
                   "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
         if self.lam_degrade > 0:
-            losses["degrade"] = deg.detach()
+            losses.update(degrade_F=deg_f.detach(), degrade_G=deg_g.detach())
         return losses
 
     def rank_state_dict(self) -> dict[str, Any]:

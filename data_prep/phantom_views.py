@@ -1,0 +1,93 @@
+"""Other views of the phantom for benchmarks: scalar scans, and thick-slice scans without their HR volumes.
+
+* :func:`scalar_phantoms`: each phantom's mean b0 image (a T2-weighted contrast: CSF bright, noise of
+  the DWIs) and brain mask in the ``medsr prep volumes`` layout, prepared by ``prep volumes`` at a
+  factor and slice profile: scalar HR / LR pairs of the same anatomy as the DTI phantom.
+* :func:`lr_only_view`: the LR scans of a prepared scalar manifest with their masks on the LR grid
+  (an LR voxel is brain when at least half its block is), prepared by ``prep volumes --lr-only``: what
+  a thick-slice study holds, for self-supervised training. Its subjects' HR volumes stay in the other
+  manifest, for scoring only.
+
+Layout under ``folder``: ``scalar/<subject>/{image,mask}.nii.gz`` and ``scalar_prep/`` (the pairs);
+``lr_scans/<subject>/{image,mask}.nii.gz`` and ``lr_only/`` (the LR-only manifest).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+
+def scalar_phantoms(hcp_dir: str | Path, folder: str | Path, names: list[str], *, factor, profile: str = "box",
+                    workers: int = 1, reuse: bool = True) -> Path:
+    """Mean-b0 scalar scans of the HCP-layout phantoms ``names`` in ``hcp_dir``, prepared at ``factor``.
+
+    Returns:
+        The ``prep volumes`` manifest (``folder/scalar_prep/manifest.csv``).
+
+    Raises:
+        ValueError: prep failed for a subject.
+    """
+    import nibabel as nib
+
+    from data_prep import volumes
+    from data_prep.runner import run_subjects
+    from medsr.io import save_mask, save_volume
+    from medsr.volume import Volume
+
+    folder = Path(folder)
+    src, prep = folder / "scalar", folder / "scalar_prep"
+    for name in names:
+        image = src / name / "image.nii.gz"
+        if reuse and image.is_file() and (src / name / "mask.nii.gz").is_file():
+            continue
+        diff = Path(hcp_dir) / name / "T1w" / "Diffusion"
+        dwi = nib.load(diff / "data.nii.gz")
+        bvals = np.loadtxt(diff / "bvals", ndmin=1)
+        b0 = np.asarray(dwi.dataobj, dtype=np.float32)[..., bvals < 50].mean(-1)
+        mask = np.asarray(nib.load(diff / "nodif_brain_mask.nii.gz").dataobj) > 0
+        save_volume(Volume(b0[None], dwi.affine, name=name), image)
+        save_mask(mask, dwi.affine, src / name / "mask.nii.gz")
+    process = functools.partial(volumes.prep_subject, input_dir=str(src), factor=factor, pad=False, profile=profile)
+    if run_subjects(names, process, prep, kind="scalar", factor=factor, workers=workers, desc="prep volumes") != 0:
+        raise ValueError(f"{prep / 'manifest.csv'}: prep failed for some phantom subject (see the error column)")
+    return prep / "manifest.csv"
+
+
+def lr_only_view(manifest: str | Path, folder: str | Path, *, workers: int = 1) -> Path:
+    """The LR scans of prepared scalar ``manifest`` as an LR-only dataset (``prep volumes --lr-only``).
+
+    Returns:
+        The LR-only manifest (``folder/lr_only/manifest.csv``), subjects as in ``manifest``.
+    """
+    import nibabel as nib
+
+    from data_prep import lr_only
+    from data_prep.runner import run_subjects
+    from medsr.degrade import downsample_mask
+    from medsr.factor import factor_triple
+    from medsr.io import load_volume, save_mask, save_volume
+    from medsr.manifest import read_manifest
+
+    folder = Path(folder)
+    src, out = folder / "lr_scans", folder / "lr_only"
+    df = read_manifest(manifest)
+    factors = {factor_triple(f) for f in df["factor"]}
+    profiles = set(df["slice_profile"])
+    if len(factors) != 1 or len(profiles) != 1:
+        raise ValueError(f"{manifest}: subjects mix factors or slice profiles")
+    factor, profile = factors.pop(), profiles.pop()
+    for row in df.itertuples():
+        image = src / row.subject / "image.nii.gz"
+        if image.is_file() and (src / row.subject / "mask.nii.gz").is_file():
+            continue
+        lr = load_volume(row.lr)
+        mask = np.asarray(nib.load(row.mask).dataobj) > 0  # the HR-grid brain mask, made an LR scan's mask
+        save_mask(downsample_mask(mask, factor), lr.affine, src / row.subject / "mask.nii.gz")
+        save_volume(lr, image)
+    process = functools.partial(lr_only.prep_subject, input_dir=str(src), factor=factor, profile=profile)
+    names = list(df["subject"])
+    if run_subjects(names, process, out, kind="scalar", factor=factor, workers=workers, desc="prep --lr-only") != 0:
+        raise ValueError(f"{out / 'manifest.csv'}: LR-only prep failed for some subject (see the error column)")
+    return out / "manifest.csv"
