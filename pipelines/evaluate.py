@@ -17,7 +17,7 @@ from tqdm import tqdm
 from medsr.baselines import upsample
 from medsr.figures import figure_paths, subject_figures
 from medsr.io import load_mask, load_volume
-from medsr.manifest import read_manifest
+from medsr.manifest import is_lr_only, read_manifest
 from medsr.metrics import evaluate_volumes
 from medsr.utils.atomic import atomic_path
 from medsr.utils.paths import inside
@@ -128,6 +128,9 @@ def manifest_volumes(
     """
     for _, r in tqdm(df.iterrows(), total=len(df), desc=desc, unit="subj", disable=quiet):
         subject = str(r["subject"])
+        if is_lr_only(r):
+            raise ValueError(f"subject {subject} has no HR volume to score against (prepared with --lr-only); "
+                             "evaluate against a manifest that holds its HR volume")
         factor = int(r["factor"]) or 2
         hr = load_volume(r["hr"])
         mask = load_mask(r["mask"], like=hr)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from medsr.inference import Predictor
 from medsr.io import load_volume, save_volume
-from medsr.manifest import read_manifest
+from medsr.manifest import is_lr_only, read_manifest
 from medsr.precision import check_precision
 from medsr.utils.device import check_device, resolve_device
 from medsr.utils.paths import check_subject_name, inside
@@ -50,7 +50,7 @@ def collect_items(
     Args:
         src: a NIfTI file (single mode), a folder of NIfTIs, or a prep ``manifest.csv`` (batch mode).
             From a manifest the forward direction reads ``lr_up`` (HR grid, exactly the training
-            input) and ``--reverse`` reads ``hr``.
+            input), or ``lr`` for scans prepared with ``--lr-only``, and ``--reverse`` reads ``hr``.
         out: the output file (single mode, ``.nii``/``.nii.gz``) or folder (batch mode).
         reverse: run G (HR -> LR-up).
         input_grid: grid of the inputs for single/folder mode.
@@ -66,9 +66,15 @@ def collect_items(
     if src.is_file() and src.suffix.lower() == ".csv":
         df = read_manifest(src)
         col = "hr" if reverse else "lr_up"
-        items_m = [
-            InferItem(str(r["subject"]), Path(r[col]), "hr", out / f"{r['subject']}.nii.gz") for _, r in df.iterrows()
-        ]
+        items_m = []
+        for _, r in df.iterrows():
+            if is_lr_only(r):  # a scan prepared with --lr-only: its native grid is the model's LR grid
+                if reverse:
+                    raise ValueError(f"{src}: subject {r['subject']} has no HR volume (prepared with --lr-only) "
+                                     "for --reverse")
+                items_m.append(InferItem(str(r["subject"]), Path(r["lr"]), "lr", out / f"{r['subject']}.nii.gz"))
+            else:
+                items_m.append(InferItem(str(r["subject"]), Path(r[col]), "hr", out / f"{r['subject']}.nii.gz"))
         return _only(items_m, subjects, src)
     if src.is_dir():
         items: dict[str, InferItem] = {}

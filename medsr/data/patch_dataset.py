@@ -150,6 +150,10 @@ def load_subjects(manifest: str | Path, subjects: list[str] | None = None, rank:
         df = df[df["subject"].isin(subjects)]
     if len(df) == 0:
         raise ValueError(f"{manifest}: no subject with status ok to train on")
+    lr_only = [str(s) for s, hr in zip(df["subject"], df["hr"]) if not hr]
+    if lr_only:
+        raise ValueError(f"{manifest}: subject {lr_only[0]} has no HR volume (prepared with --lr-only); train such "
+                         "scans with data.type self (configs/self.yaml)")
     factors = sorted(set(int(f) for f in df["factor"]))
     kinds = sorted(set(str(k) for k in df["kind"]))
     if len(factors) > 1 or len(kinds) > 1:
