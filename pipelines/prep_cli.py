@@ -34,11 +34,13 @@ input layout:
 OUTPUT = """\
 output:
   OUTPUT/<subject>/hr.nii.gz     HR target (DTI: X,Y,Z,6 in FSL order Dxx,Dxy,Dxz,Dyy,Dyz,Dzz; scalar: 3D)
-  OUTPUT/<subject>/lr.nii.gz     LR (block mean of r^3 voxels; DTI fitted on block-averaged DWIs)
+  OUTPUT/<subject>/lr.nii.gz     LR (block mean of rx x ry x rz voxels, or --slice-profile gaussian;
+                                 DTI fitted on the degraded DWIs)
   OUTPUT/<subject>/lr_up.nii.gz  LR nearest-neighbour upsampled to the HR grid (network input)
   OUTPUT/<subject>/mask.nii.gz   brain mask on the HR grid (uint8)
   OUTPUT/manifest.csv            one row per subject (status ok/failed, error, shape, n_patches, ...)
-Sizes that are not a multiple of the factor are cropped at the far end (or edge-padded with --pad).
+Sizes that are not a multiple of the factor are cropped at the far end (or edge-padded with --pad), per axis.
+Thick-slice data: --factor 1 1 4 keeps x and y and makes 4x thicker slices along z (README, "Thick-slice data").
 A rerun skips subjects already done and retries failed ones. Exit code 1 if any subject failed.
 """
 
@@ -46,7 +48,14 @@ A rerun skips subjects already done and retries failed ones. Exit code 1 if any 
 def _common(p: argparse.ArgumentParser, input_help: str = "folder of subject folders", subjects: bool = True) -> None:
     p.add_argument("--input", required=True, type=Path, help=input_help)
     p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--factor", type=int, default=2, help="downsampling factor r (r^3 blocks; default 2)")
+    p.add_argument("--factor", type=int, nargs="+", default=[2], metavar="R",
+                   help="downsampling factor: one integer for every axis (2 = 2 2 2) or three, x y z "
+                        "(1 1 4: 4x thicker slices along z); default 2")
+    p.add_argument("--slice-profile", choices=["box", "gaussian"], default="box",
+                   help="how LR voxels weight the HR signal: box = block mean on every axis (3D acquisitions; "
+                        "the IQT protocol), gaussian = block mean in plane and a Gaussian slice profile "
+                        "(FWHM = slice thickness) along the axis of the largest factor (2D multi-slice "
+                        "acquisitions); default box")
     p.add_argument("--pad", action="store_true", help="edge-pad sizes that are not a multiple of r (default: crop)")
     p.add_argument("--workers", type=int, default=1,
                    help="subjects prepared in parallel (one HCP subject peaks at about 2.1 GB of memory, "
@@ -92,8 +101,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from data_prep.runner import check_output_folder, run_subjects
 
-    if args.factor < 1:
-        raise ValueError(f"--factor must be a positive integer, got {args.factor}")
+    from medsr.factor import factor_value
+    from medsr.slice_profile import slice_axis
+
+    if len(args.factor) not in (1, 3) or any(f < 1 for f in args.factor):
+        raise ValueError(f"--factor {' '.join(map(str, args.factor))}: give one positive integer or three (x y z)")
+    args.factor = factor_value(args.factor)  # 2 for "2" and "2 2 2"; [1, 1, 4] per axis
+    if args.slice_profile == "gaussian":
+        try:
+            slice_axis(args.factor)
+        except ValueError as e:
+            raise ValueError(f"--slice-profile gaussian: {e}") from None
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.source in ("hcp", "bids") and not args.shell > 0:
@@ -106,12 +124,14 @@ def run(args: argparse.Namespace) -> int:
         from data_prep import hcp as mod
 
         process = functools.partial(mod.prep_subject, input_dir=str(args.input), shell=args.shell,
-                                    tolerance=args.shell_tolerance, factor=args.factor, pad=args.pad)
+                                    tolerance=args.shell_tolerance, factor=args.factor, pad=args.pad,
+                                    profile=args.slice_profile)
         kind = "dti"
     else:
         from data_prep import volumes as mod
 
-        process = functools.partial(mod.prep_subject, input_dir=str(args.input), factor=args.factor, pad=args.pad)
+        process = functools.partial(mod.prep_subject, input_dir=str(args.input), factor=args.factor, pad=args.pad,
+                                    profile=args.slice_profile)
         kind = "scalar"
     subjects = mod.find_subjects(args.input)
     # An output folder placed inside the input folder (written by an earlier prep: it holds the
@@ -153,6 +173,6 @@ def _run_bids(args: argparse.Namespace) -> int:
     series = {s.name: s for s in found.series}
     process = functools.partial(bids.prep_series, series=series, input_dir=str(args.input),
                                 mask_pattern=args.mask_pattern, shell=args.shell, tolerance=args.shell_tolerance,
-                                factor=args.factor, pad=args.pad)
+                                factor=args.factor, pad=args.pad, profile=args.slice_profile)
     return run_subjects(list(series), process, args.output, kind="dti", factor=args.factor, workers=args.workers,
                         overwrite=args.overwrite, desc="prep bids")
