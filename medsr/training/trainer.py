@@ -25,6 +25,7 @@ from medsr import __version__
 from medsr.checkpoint import model_entry, save_checkpoint
 from medsr.config import Config
 from medsr.data.registry import TrainData
+from medsr.factor import factor_value
 from medsr.networks import create_model
 from medsr.precision import MixedPrecision
 from medsr.training.distributed import DistInfo, all_mean, gather_objects, wrap_ddp
@@ -120,7 +121,7 @@ class Trainer:
         where = f"the data ({data.info.get('manifest') or cfg.data.root or cfg.data.type})"
         self.gen_kwargs = resolve_kwargs(cfg.model.kwargs, data.channels, "model.kwargs", where)
         if self.gen_kwargs.get("factor") == "auto":  # LR-grid models take the data's upsampling factor
-            self.gen_kwargs["factor"] = int(data.info.get("factor", 2))
+            self.gen_kwargs["factor"] = factor_value(data.info.get("factor", 2))  # int, or [rx, ry, rz]
         self.generator = _build_net(cfg.model.name, self.gen_kwargs, "model").to(device)
         self.disc_kwargs: dict[str, Any] = {}
         self.discs: dict[str, torch.nn.Module] = {}
