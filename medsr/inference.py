@@ -333,7 +333,8 @@ class Predictor:
             if window is not None:
                 window = tuple(max(-(-int(w) // f), 1) if int(w) > 0 else 0 for w, f in zip(_as_roi(window), r))
             plan = choose_window(shape, self.ck, window, overlap)
-            return replace(plan, reason=f"{plan.reason}; LR grid, x{format_factor(r)} output")
+            scale = f"x{r[0]}" if len(set(r)) == 1 else f"factor {format_factor(r, ' ')}"
+            return replace(plan, reason=f"{plan.reason}; LR grid, {scale} output")
         return choose_window(shape, self.ck, window, overlap)
 
     @torch.inference_mode()

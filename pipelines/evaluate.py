@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 import medsr.figures  # as a module: tests replace medsr.figures.subject_figures to count its callers
 from medsr.baselines import upsample
+from medsr.factor import factor_triple
 from medsr.io import load_mask, load_volume
 from medsr.manifest import read_manifest
 from medsr.metrics import evaluate_volumes
@@ -128,7 +129,7 @@ def manifest_volumes(
     """
     for _, r in tqdm(df.iterrows(), total=len(df), desc=desc, unit="subj", disable=quiet):
         subject = str(r["subject"])
-        factor = int(r["factor"]) or 2
+        factor = factor_triple(r["factor"] or 2)  # an int or "1x1x4" (per axis)
         hr = load_volume(r["hr"])
         mask = load_mask(r["mask"], like=hr)
         methods = [(name, load_volume(paths[subject])) for name, paths in predictions if subject in paths]

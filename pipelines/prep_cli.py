@@ -6,6 +6,8 @@ import functools
 import sys
 from pathlib import Path
 
+from pipelines.factor_flag import add_factor_flags, factor_from_args
+
 LAYOUT_HCP = """\
 input layout (HCP):
   INPUT/<subject>/T1w/Diffusion/data.nii.gz              4D DWI
@@ -48,14 +50,7 @@ A rerun skips subjects already done and retries failed ones. Exit code 1 if any 
 def _common(p: argparse.ArgumentParser, input_help: str = "folder of subject folders", subjects: bool = True) -> None:
     p.add_argument("--input", required=True, type=Path, help=input_help)
     p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--factor", type=int, nargs="+", default=[2], metavar="R",
-                   help="downsampling factor: one integer for every axis (2 = 2 2 2) or three, x y z "
-                        "(1 1 4: 4x thicker slices along z); default 2")
-    p.add_argument("--slice-profile", choices=["box", "gaussian"], default="box",
-                   help="how LR voxels weight the HR signal: box = block mean on every axis (3D acquisitions; "
-                        "the IQT protocol), gaussian = block mean in plane and a Gaussian slice profile "
-                        "(FWHM = slice thickness) along the axis of the largest factor (2D multi-slice "
-                        "acquisitions); default box")
+    add_factor_flags(p)
     p.add_argument("--pad", action="store_true", help="edge-pad sizes that are not a multiple of r (default: crop)")
     p.add_argument("--workers", type=int, default=1,
                    help="subjects prepared in parallel (one HCP subject peaks at about 2.1 GB of memory, "
@@ -101,17 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from data_prep.runner import check_output_folder, run_subjects
 
-    from medsr.factor import factor_value
-    from medsr.slice_profile import slice_axis
-
-    if len(args.factor) not in (1, 3) or any(f < 1 for f in args.factor):
-        raise ValueError(f"--factor {' '.join(map(str, args.factor))}: give one positive integer or three (x y z)")
-    args.factor = factor_value(args.factor)  # 2 for "2" and "2 2 2"; [1, 1, 4] per axis
-    if args.slice_profile == "gaussian":
-        try:
-            slice_axis(args.factor)
-        except ValueError as e:
-            raise ValueError(f"--slice-profile gaussian: {e}") from None
+    args.factor = factor_from_args(args.factor, args.slice_profile)  # 2 for "2" and "2 2 2"; [1, 1, 4] per axis
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.source in ("hcp", "bids") and not args.shell > 0:

@@ -322,13 +322,19 @@ class PatchDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None])
 
 
-def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind: str, crop: int = 64):
-    """A preview function: axial slice through a central crop (input, output, HR), original units."""
+def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind: str, crop: int = 64,
+             factor: tuple[int, int, int] = (1, 1, 1)):
+    """A preview function: axial slice through a central crop (input, output, HR), original units.
+
+    The crop starts and ends on LR block boundaries (``factor`` per axis), as every patch does.
+    """
     idx = np.asarray(subject.brain)  # the mask's voxel coordinates
     shape = np.asarray(subject.entry.shape)
+    r = np.asarray(factor)
     centre = ((idx.min(0) + idx.max(0)) // 2) if len(idx) else shape // 2
     size = np.minimum(np.array([crop, crop, 16]), shape)
-    o = np.clip(centre - size // 2, 0, shape - size)
+    size = np.maximum(size // r, 1) * r
+    o = np.clip(centre - size // 2, 0, shape - size) // r * r
     sl = tuple(slice(int(a), int(a + b)) for a, b in zip(o, size))
     dti = kind == "dti" and subject.entry.channels == 6
 
@@ -400,4 +406,4 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     if np.allclose(vox, vox[0], rtol=0.05):
         entry["voxel_size"] = [float(v) for v in vox.mean(0)]
     return TrainData(dataset, sampler, c, entry, {"x": norm_x, "y": norm_y},
-                     _preview(subjects[0], norm_x, norm_y, info["kind"]))
+                     _preview(subjects[0], norm_x, norm_y, info["kind"], factor=factor))
