@@ -90,3 +90,20 @@ def test_scalar_volumes_at_per_axis_and_larger_factors(tmp_path, scalar_input, f
 def test_dti_phantom_at_per_axis_and_larger_factors(tmp_path, phantom_input, factor, infer_from, tta):
     _prep_train_infer_evaluate(tmp_path, "hcp", phantom_input, factor, "phantom01", "phantom02", infer_from, tta,
                                figures=tta == "auto")
+
+
+def test_demo_at_factor_1_1_4(tmp_path):
+    from pipelines.cli import verb_parser
+    from pipelines.demo import run_demo
+
+    assert verb_parser("demo").parse_args(["--factor", "1", "1", "4"]).factor == [1, 1, 4]
+    assert main(["demo", "--factor", "1", "4", "--output", str(tmp_path / "no")]) == 2  # two numbers: refused
+    res = run_demo(tmp_path / "demo", minutes=0.05, n_subjects=2, seed=0, workers=1, quiet=True,
+                   phantom_config=TINY, factor=[1, 1, 4])
+    assert res.steps > 0 and (tmp_path / "demo" / "summary.txt").is_file()
+    row = read_manifest(tmp_path / "demo" / "prep" / "manifest.csv").iloc[-1]
+    assert factor_triple(row["factor"]) == (1, 1, 4)
+    out, hr = nib.load(res.paths["prediction (NIfTI)"]), nib.load(row["hr"])
+    assert out.shape == hr.shape
+    np.testing.assert_allclose(out.affine, hr.affine, atol=1e-5)
+    assert set(res.table["model"]) == {"rev_espcn3d", "nn", "linear", "cubic"}
