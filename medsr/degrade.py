@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsr.factor import Factor, FactorLike, factor_triple, factor_value
+from medsr.slice_profile import PROFILES, apply_weights, profile_weights, slice_axis
 from medsr.volume import Volume
 
 
@@ -113,13 +114,15 @@ def degrade_array(data: np.ndarray, factor: FactorLike = 2, *, profile: str = "b
     through-plane axis (:func:`medsr.slice_profile.slice_axis`) with a Gaussian of FWHM = one slice,
     centred on each LR slice's centre (:func:`medsr.slice_profile.profile_weights`).
     """
-    from medsr.slice_profile import PROFILES, apply_profile
-
     if profile not in PROFILES:
         raise ValueError(f"slice profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if profile == "box":
         return block_mean_array(data, factor, pad=pad)
-    return apply_profile(fit_array(data, factor, pad=pad), factor, profile)
+    r = _check_factor(factor)
+    axis = slice_axis(r)
+    data = fit_array(data, r, pad=pad)  # every axis, the slice axis included
+    in_plane = block_mean_array(data, tuple(1 if a == axis else f for a, f in enumerate(r)))
+    return apply_weights(in_plane, profile_weights(in_plane.shape[-3 + axis], r[axis], profile), axis)
 
 
 def degrade(vol: Volume, factor: FactorLike = 2, *, profile: str = "box", pad: bool = False) -> Volume:

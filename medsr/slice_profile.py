@@ -78,25 +78,17 @@ def profile_weights(n_hr: int, factor: int, profile: str = "gaussian") -> np.nda
     return w
 
 
-def apply_profile(data: np.ndarray, factor: FactorLike, profile: str = "gaussian") -> np.ndarray:
-    """Degrade (..., X, Y, Z), sizes multiples of ``factor``: block means in plane, ``profile`` through plane.
+def apply_weights(data: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """Weight spatial ``axis`` (0, 1, 2) of (..., X, Y, Z) with ``weights`` (n_lr, n_hr): (..., n_lr along axis) float32.
 
-    Returns:
-        (..., X/rx, Y/ry, Z/rz) float32. Works one leading index at a time (a DWI series never
-        exists in float64 as a whole).
+    One leading index at a time, so a DWI series never exists in float64 as a whole.
     """
-    from medsr.degrade import block_mean_array
-
-    r = factor_triple(factor)
-    axis = slice_axis(r) if profile != "box" else 2
-    in_plane = tuple(1 if a == axis else f for a, f in enumerate(r))
-    w = profile_weights(data.shape[-3 + axis], r[axis], profile)
     lead = data.shape[:-3]
     flat = data.reshape((-1,) + data.shape[-3:])
-    out_shape = tuple(s // f for s, f in zip(data.shape[-3:], r))
-    out = np.empty((flat.shape[0],) + out_shape, dtype=np.float32)
+    shape = list(data.shape[-3:])
+    shape[axis] = weights.shape[0]
+    out = np.empty((flat.shape[0], *shape), dtype=np.float32)
     for c in range(flat.shape[0]):
-        plane = block_mean_array(flat[c], in_plane)  # (x, y, z) with the slice axis still at HR
-        thick = np.tensordot(w, plane.astype(np.float64), axes=([1], [axis]))  # slice axis first
+        thick = np.tensordot(weights, flat[c].astype(np.float64), axes=([1], [axis]))  # the slice axis first
         out[c] = np.moveaxis(thick, 0, axis)
-    return out.reshape(lead + out_shape)
+    return out.reshape(lead + tuple(shape))

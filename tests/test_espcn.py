@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import randomise, random_twins
 from medsr.baselines import upsample_array
 from medsr.networks import create_model
 from medsr.networks.interpolate import block_mean, upsample
@@ -54,19 +55,8 @@ def test_shapes_and_start_as_the_base_interpolation(base):
     torch.testing.assert_close(upsample(block_mean(g, 2), 2, "nn"), g)
 
 
-def _randomise(net: torch.nn.Module) -> None:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.1)
-
-
 def test_core_is_exactly_invertible_and_gradients_match_plain_autograd():
-    kw = dict(in_channels=1, width=8, depth=3, factor=2)
-    eff = create_model("rev_espcn3d", memory_efficient=True, **kw).double()
-    plain = create_model("rev_espcn3d", memory_efficient=False, **kw).double()
-    _randomise(eff)
-    plain.load_state_dict(eff.state_dict())
+    eff, plain = random_twins("rev_espcn3d", in_channels=1, width=8, depth=3, factor=2)
     h = torch.randn(2, 8, 4, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(eff.core.inverse(eff.core(h)), h, atol=1e-12, rtol=0)
@@ -189,7 +179,7 @@ def test_per_axis_model_starts_as_its_base_and_reverse_is_blockwise_constant(fac
     assert y.shape == x.shape == (2, 6, 3 * r[0], 4 * r[1], 2 * r[2])
     torch.testing.assert_close(y, upsample(lr, factor, "cubic"))
     torch.testing.assert_close(net.forward_lr(lr), y)
-    _randomise(net)
+    randomise(net)
     g = net.reverse(torch.randn_like(x))
     torch.testing.assert_close(upsample(block_mean(g, factor), factor, "nn"), g)
 
@@ -202,7 +192,7 @@ def test_factor_two_checkpoint_written_before_per_axis_factors_gives_the_same_ou
 
     kwargs = {"in_channels": 2, "factor": 2, "width": 8, "depth": 2, "base": "cubic"}
     net = create_model("rev_espcn3d", **kwargs)
-    _randomise(net)
+    randomise(net)
     save_checkpoint({"model": model_entry("rev_espcn3d", kwargs, net),
                      "data": {"factor": 2, "patch_size": 16, "channels": 2, "kind": "scalar"}}, tmp_path / "old.pt")
     loaded, *_ = load_generator(tmp_path / "old.pt")
