@@ -41,7 +41,8 @@ class DataConfig:
         direction: ``AtoB`` or ``BtoA`` (2D datasets: which side is the input).
         dataset: ``maps`` or ``cityscapes`` (2D datasets; ``null`` = told by the root folder's name).
         subjects: training subjects (manifest ``subject`` column); ``null`` = every ``ok`` subject.
-        patch_size: edge of the cubic patches (the paper: 24).
+        patch_size: edge of the cubic patches (the paper: 24); rounded up to a multiple of every axis's
+            downsampling factor (16 -> 18 at factor 3), so patches tile whole LR blocks.
         stride: grid stride; ``null`` = ``patch_size`` (non-overlapping, about 112 per HCP volume).
         sampling: ``grid`` (fixed grid positions), ``random`` (random positions) or ``both``.
         random_per_subject: random positions drawn per subject and epoch (``random``/``both``).
@@ -51,8 +52,9 @@ class DataConfig:
             ``shared`` (both by the target's: an interpolation of the input is then already in the
             target's units, which residual models over an interpolation base rely on).
         flip: random axis flips as augmentation (DTI off-diagonal signs are flipped accordingly).
-        permute: random axis permutations as augmentation (isotropic voxels only; DTI components
-            are reordered accordingly). With ``flip``: the 48 symmetries of the cube.
+        permute: random axis permutations as augmentation, among axes of equal voxel size and factor
+            (x <-> y at factor 1 1 4; DTI components are reordered accordingly). With ``flip`` on isotropic
+            data: the 48 symmetries of the cube.
         num_workers: DataLoader worker processes (0 = in the training process).
         slab: ``data.type: self``: the pairs' extent along the scan's slice axis, in native slices
             (``null`` = ``patch_size``, capped by the scans' slice count; 1 = one slice per pair, SMORE's

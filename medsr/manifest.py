@@ -11,6 +11,9 @@ Columns (fixed; others code against them)::
   ``"1.25x1.25x1.25"`` (see :func:`parse_triple`);
 * ``status`` is ``ok`` or ``failed`` (then ``error`` holds the one-line reason and paths may be empty);
 * ``kind`` is ``dti`` (6 channels, FSL order) or ``scalar`` (1 channel);
+* ``factor`` is the downsampling factor: ``2`` when it is the same on every axis (the only form older
+  manifests hold), ``1x1x4`` per axis otherwise; read back as an int or that text
+  (:func:`medsr.factor.factor_triple` takes either);
 * ``slice_profile`` is how the LR voxels weight the HR signal (``box`` or ``gaussian``; empty or absent in
   manifests written before the column existed: ``box``, the only degradation they knew).
 
@@ -31,6 +34,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from medsr.factor import factor_value, format_factor
 from medsr.utils.atomic import atomic_path
 from medsr.utils.lock import file_lock
 from medsr.utils.paths import check_subject_name
@@ -46,7 +50,7 @@ _STR_COLUMNS = ("subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size", "
 # Columns added after the first manifests were written, and what an older manifest means by their absence.
 _OPTIONAL_COLUMNS = {"slice_profile": "box"}
 LR_ONLY_EMPTY = ("hr", "lr_up")  # the paths an LR-only row leaves empty
-_INT_COLUMNS = ("brain_voxels", "n_patches", "factor")
+_INT_COLUMNS = ("brain_voxels", "n_patches")
 
 
 def format_triple(values: Iterable[float], fmt: str = "g") -> str:
@@ -57,6 +61,15 @@ def format_triple(values: Iterable[float], fmt: str = "g") -> str:
 def parse_triple(text: str, cast: type = float) -> tuple:
     """``"145x174x145"`` -> (145, 174, 145) with ``cast`` applied to each entry."""
     return tuple(cast(float(p)) if cast is int else cast(p) for p in str(text).split("x"))
+
+
+def _stored_factor(value) -> int | str:
+    """A factor as the manifest holds it: an int when isotropic, ``"1x1x4"`` per axis, 0 when unknown."""
+    try:
+        v = factor_value(value)
+    except ValueError:
+        return 0  # a failed row written before its factor was known
+    return v if isinstance(v, int) else format_factor(v)
 
 
 def empty_row(subject: str) -> dict:
@@ -79,6 +92,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     for r in rows:
         row = empty_row(r.get("subject", ""))
         row.update({k: r[k] for k in COLUMNS if k in r and r[k] is not None})
+        row["factor"] = _stored_factor(row["factor"])
         for c in PATH_COLUMNS:
             if row[c]:
                 p = Path(row[c]).resolve()  # relative = relative to the working directory
@@ -135,6 +149,7 @@ def read_manifest_raw(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype(int)
+    df["factor"] = [_stored_factor(f) for f in df["factor"].astype(str)]
     for s in df["subject"]:  # subject names become file names downstream (infer, evaluate, report)
         check_subject_name(s, path)
     return df[list(COLUMNS)]

@@ -15,6 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medsr.baselines import upsample
+from medsr.factor import factor_triple
 from medsr.figures import figure_paths, subject_figures
 from medsr.io import load_mask, load_volume
 from medsr.manifest import is_lr_only, read_manifest
@@ -131,7 +132,7 @@ def manifest_volumes(
         if is_lr_only(r):
             raise ValueError(f"subject {subject} has no HR volume to score against (prepared with --lr-only); "
                              "evaluate against a manifest that holds its HR volume")
-        factor = int(r["factor"]) or 2
+        factor = factor_triple(r["factor"] or 2)  # an int or "1x1x4" (per axis)
         hr = load_volume(r["hr"])
         mask = load_mask(r["mask"], like=hr)
         methods = [(name, load_volume(paths[subject])) for name, paths in predictions if subject in paths]

@@ -5,7 +5,8 @@ import argparse
 
 EPILOG = """\
 Input grid (--input-grid auto): with the training HR voxel size stored in the checkpoint
-(data.voxel_size), an input whose voxels are --factor times larger is on the LR grid; without it,
+(data.voxel_size), an input whose voxels are the training factor times larger, axis by axis, is on
+the LR grid (a 1x1x4 mm input of a 1 mm model trained at factor 1 1 4); without it,
 files named lr*.nii[.gz] (not lr_up*) are LR and all others HR. LR inputs are NN-upsampled
 (as prep's lr_up) so the output lies on the HR grid prep would have written.
 
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "NIfTI either way (default fp32)")
     parser.add_argument("--tta", choices=["auto", "none", "flip", "full"], default="auto",
                         help="test-time augmentation: average the predictions of the 8 axis flips (flip) or of "
-                             "all 48 flips and axis permutations (full; isotropic voxels), DTI tensors moved "
+                             "all flips and axis permutations (full: 48 on isotropic grids; only axes of equal voxel size and "
+                             "factor swap, e.g. x and y at factor 1 1 4), DTI tensors moved "
                              "with the axes, 8x / 48x the time; auto = flip for a model trained with data.flip "
                              "or data.permute, else none (default auto)")
     parser.add_argument("--window", type=int, nargs="+", default=None, metavar="N",

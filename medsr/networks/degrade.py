@@ -25,18 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medsr.factor import factor_triple
+
 PROFILES: tuple[str, ...] = ("box", "gaussian")
-
-
-def _triple(factor: int | Sequence[int]) -> tuple[int, int, int]:
-    if isinstance(factor, int):
-        return (factor, factor, factor)
-    r = tuple(int(f) for f in factor)
-    if len(r) == 1:
-        r = r * 3
-    if len(r) != 3 or min(r) < 1:
-        raise ValueError(f"factor must be one positive integer or three, got {factor!r}")
-    return r  # type: ignore[return-value]
 
 
 class Degradation(nn.Module):
@@ -56,7 +47,7 @@ class Degradation(nn.Module):
         super().__init__()
         if profile not in PROFILES:
             raise ValueError(f"slice profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-        self.factor = _triple(factor)
+        self.factor = factor_triple(factor)
         self.profile = profile
         self.axis: int | None = None
         self.margin = 0
