@@ -19,16 +19,28 @@ from pathlib import Path
 import numpy as np
 
 
-def scalar_phantoms(hcp_dir: str | Path, folder: str | Path, names: list[str], *, factor, profile: str = "box",
-                    workers: int = 1, reuse: bool = True) -> Path:
-    """Mean-b0 scalar scans of the HCP-layout phantoms ``names`` in ``hcp_dir``, prepared at ``factor``.
+def scalar_phantoms(folder: str | Path, subjects: int, *, seed: int = 0, factor, profile: str = "box",
+                    workers: int = 1, progress: bool = True) -> tuple[Path, list[str]]:
+    """Generate ``subjects`` phantoms under ``folder/hcp`` (kept when there) and prepare their mean-b0 scans.
 
     Returns:
-        The ``prep volumes`` manifest (``folder/scalar_prep/manifest.csv``).
+        (the ``prep volumes`` manifest ``folder/scalar_prep/manifest.csv``, subject names in order).
 
     Raises:
         ValueError: prep failed for a subject.
     """
+    from data_prep.phantom import PhantomConfig, generate, subject_names
+
+    folder = Path(folder).resolve()
+    names = subject_names(subjects)
+    hcp_dir = folder / "hcp"
+    if not all((hcp_dir / n / "T1w" / "Diffusion" / "data.nii.gz").is_file() for n in names):
+        generate(hcp_dir, subjects, seed=seed, config=PhantomConfig(), progress=progress, overwrite=True)
+    return _scalar_prep(hcp_dir, folder, names, factor=factor, profile=profile, workers=workers), names
+
+
+def _scalar_prep(hcp_dir: Path, folder: Path, names: list[str], *, factor, profile: str, workers: int) -> Path:
+    """Mean-b0 scans of the HCP-layout phantoms ``names``, prepared by ``prep volumes`` at ``factor``."""
     import nibabel as nib
 
     from data_prep import volumes
@@ -40,7 +52,7 @@ def scalar_phantoms(hcp_dir: str | Path, folder: str | Path, names: list[str], *
     src, prep = folder / "scalar", folder / "scalar_prep"
     for name in names:
         image = src / name / "image.nii.gz"
-        if reuse and image.is_file() and (src / name / "mask.nii.gz").is_file():
+        if image.is_file() and (src / name / "mask.nii.gz").is_file():
             continue
         diff = Path(hcp_dir) / name / "T1w" / "Diffusion"
         dwi = nib.load(diff / "data.nii.gz")

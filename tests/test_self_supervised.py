@@ -211,3 +211,23 @@ class _Audit:
 
 
 _AUDIT = _Audit()
+
+
+@pytest.mark.parametrize("train_on", ["train", "held-out"])
+def test_bench_quality_scores_a_self_supervised_config(data, tmp_path, train_on):
+    """bench quality trains self configs on the LR-only view of a paired manifest (the training scans, or the
+    held-out scan itself) and scores them against the held-out HR volume."""
+    import pandas as pd
+
+    out = tmp_path / "bq"
+    spec = f"{SELF_CONFIG} " + " ".join(FAST)
+    assert main(["bench", "quality", "--steps", "2", "--manifest", str(data.paired), "--train", "s0", "--test", "s1",
+                 "--output", str(out), "--tta", "none", "--self-train-on", train_on, "--configs", spec]) == 0
+    table = pd.read_csv(out / "quality.csv")
+    assert list(table["subject"]) == ["s1"] and (table["steps"] == 2).all()
+    lr_only = read_manifest(next(out.glob("lr-only-*/lr_only/manifest.csv")))
+    assert (lr_only["hr"] == "").all()
+    run = next((out / "runs").iterdir())
+    ck = load_checkpoint(run / "last.pt")
+    assert ck["data"]["subjects"] == (["s0"] if train_on == "train" else ["s1"])
+    assert run.name.endswith("__s1") == (train_on == "held-out")

@@ -253,7 +253,7 @@ class SelfPairs(torch.utils.data.Dataset):
 
     @staticmethod
     def _tensor(a: np.ndarray, axes: tuple[int, ...]) -> torch.Tensor:
-        a = np.flip(a, axis=axes) if axes else a
+        a = np.flip(a, axis=axes).copy() if axes else a  # a copy: a flipped length-1 axis keeps its negative stride
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 

@@ -6,7 +6,14 @@ on whole held-out volumes, and :func:`pipelines.evaluate.evaluate_manifest`. The
 generated DTI phantom (``--train-subjects N --test-subjects M``; cached under ``OUTPUT/data-<key>``
 so reruns skip generation and prep) or any prepared manifest (``--manifest M --train S1 S2 --test S3``).
 The phantom is prepared at ``--factor`` (default 2; ``1 1 4`` for thick slices, see docs/anisotropic.md)
-with ``--slice-profile`` (default box).
+with ``--slice-profile`` (default box), as DTI (``--kind dti``, the default) or as scalar scans (``--kind
+scalar``: each phantom's mean b0 image through ``prep volumes``).
+
+Self-supervised configs (``data.type: self``) never see an HR volume: they train on the LR scans of the
+data made an LR-only dataset (``prep volumes --lr-only`` of each subject's ``lr`` with its mask brought to
+the LR grid, under ``OUTPUT/lr-only-<key>``), either the training subjects' scans (``--self-train-on train``:
+one cohort model) or each held-out scan alone (``held-out``: a model fitted to the scan it then upsamples,
+one run per held-out subject); the held-out HR volumes only score the result.
 
 A config is a YAML path optionally followed by ``key=value`` overrides in the same (quoted) argument,
 so one file gives several variants::
@@ -58,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-subjects", type=int, default=1, help="phantom held-out subjects (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="phantom and training seed (default 0)")
     add_factor_flags(parser)  # the phantom's prep; a --manifest keeps its own
+    parser.add_argument("--kind", choices=["dti", "scalar"], default="dti",
+                        help="the phantom as DTI (default) or as scalar scans (its mean b0 images, prep volumes)")
+    parser.add_argument("--self-train-on", choices=["train", "held-out"], default="train",
+                        help="what self-supervised configs (data.type self) train on: the training subjects' LR "
+                             "scans (default: a cohort model) or each held-out LR scan alone (per-subject fit)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="overrides applied to every config (e.g. train.threads=2)")
     parser.add_argument("--workers", type=int, default=2, help="processes for phantom prep (default 2)")
@@ -87,7 +99,7 @@ def spec_name(path: Path, overrides: list[str]) -> str:
 
 
 def phantom_data(output: Path, n_train: int, n_test: int, seed: int, workers: int, factor: FactorLike = 2,
-                 profile: str = "box") -> tuple[Path, list[str], list[str]]:
+                 profile: str = "box", kind: str = "dti") -> tuple[Path, list[str], list[str]]:
     """Generate (or reuse) the phantom dataset; the folder is keyed on the settings and the phantom code."""
     import data_prep.phantom as phantom
     from data_prep.phantom import PhantomConfig
@@ -97,24 +109,73 @@ def phantom_data(output: Path, n_train: int, n_test: int, seed: int, workers: in
     settings: tuple = (PhantomConfig(), n_train, n_test, seed)
     if (factor_triple(factor), profile) != ((2, 2, 2), "box"):  # factor 2 keeps the folder it always had
         settings += (factor_triple(factor), profile)
+    if kind == "scalar":
+        from data_prep.phantom_views import scalar_phantoms
+
+        key = hashlib.sha1(code + repr(settings + ("scalar",)).encode()).hexdigest()[:10]
+        manifest, names = scalar_phantoms(output / f"data-{key}", n_train + n_test, seed=seed, factor=factor,
+                                          profile=profile, workers=workers)
+        return manifest, names[:n_train], names[n_train:]
     key = hashlib.sha1(code + repr(settings).encode()).hexdigest()[:10]
     manifest, names = prepare_phantoms(output / f"data-{key}", n_train + n_test, seed=seed, workers=workers,
                                        reuse=True, factor=factor, profile=profile)
     return manifest, names[:n_train], names[n_train:]
 
 
+def lr_only_data(output: Path, manifest: Path) -> Path:
+    """The LR-only view of ``manifest`` (its LR scans and LR-grid masks), cached under ``OUTPUT/lr-only-<key>``."""
+    from data_prep.phantom_views import lr_only_view
+
+    key = hashlib.sha1(str(Path(manifest).resolve()).encode() + Path(manifest).read_bytes()).hexdigest()[:10]
+    return lr_only_view(manifest, output / f"lr-only-{key}")
+
+
 def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], test_subjects: list[str],
                     output: Path, minutes: float | None, steps: int | None, seed: int, overrides: list[str],
-                    overwrite: bool, tta: str = "auto") -> pd.DataFrame:
-    """Train one config to the budget, infer the held-out volumes, return evaluate's rows for it."""
-    from medsr.checkpoint import load_checkpoint
+                    overwrite: bool, tta: str = "auto", self_train_on: str = "train") -> pd.DataFrame:
+    """Train one config to the budget, infer the held-out volumes, return evaluate's rows for it.
+
+    A self-supervised config trains and infers on the LR-only view of ``manifest`` (:func:`lr_only_data`):
+    on the training subjects' scans, or with ``self_train_on="held-out"`` once per held-out scan, on it alone.
+    """
     from medsr.config import load_config
     from pipelines.evaluate import evaluate_manifest
-    from pipelines.infer import run_inference
-    from pipelines.train import train
 
     path, own = parse_spec(spec)
     name = spec_name(path, own)
+    cfg = load_config(path, own + list(overrides))
+    pred_dir = output / "predictions" / name
+    if cfg.data.type == "self":
+        lr_manifest = lr_only_data(output, manifest)
+        groups = [(train_subjects, test_subjects, name)] if self_train_on == "train" else \
+            [([s], [s], f"{name}__{s}") for s in test_subjects]
+        runs = [_train_and_infer(path, own, overrides, lr_manifest, fit, test, run_name, pred_dir, output=output,
+                                 minutes=minutes, steps=steps, seed=seed, overwrite=overwrite, tta=tta)
+                for fit, test, run_name in groups]
+    else:
+        runs = [_train_and_infer(path, own, overrides, manifest, train_subjects, test_subjects, name, pred_dir,
+                                 output=output, minutes=minutes, steps=steps, seed=seed, overwrite=overwrite,
+                                 tta=tta)]
+    rows = evaluate_manifest(manifest, pred_dir, model_name=name, baselines=(), subjects=test_subjects, quiet=True)
+    rows.insert(1, "config", str(path))
+    rows.insert(2, "overrides", " ".join(own))
+    for key in ("steps", "train_minutes", "infer_seconds"):
+        rows[key] = sum(r[key] for r in runs) / len(runs)
+    rows["steps"] = rows["steps"].round().astype(int)
+    return rows
+
+
+def _train_and_infer(path: Path, own: list[str], overrides: list[str], manifest: Path, train_subjects: list[str],
+                     test_subjects: list[str], name: str, pred_dir: Path, *, output: Path, minutes: float | None,
+                     steps: int | None, seed: int, overwrite: bool, tta: str) -> dict[str, float]:
+    """Train config ``path`` (with overrides) on ``train_subjects`` of ``manifest`` into ``OUTPUT/runs/name``, then
+    write the ``test_subjects``' predictions into ``pred_dir``; returns steps, training minutes and seconds per
+    inferred volume."""
+    from medsr.checkpoint import load_checkpoint
+    from medsr.config import load_config
+    from pipelines.infer import run_inference
+    from pipelines.train import train
+
     cfg = load_config(path, own + list(overrides))
     cfg.data.manifest = str(manifest)
     cfg.data.subjects = list(train_subjects)
@@ -132,18 +193,12 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     run_dir = train(cfg, overwrite=overwrite)
     wall = time.perf_counter() - t0
     ck = load_checkpoint(run_dir / "last.pt")
-    pred_dir = output / "predictions" / name
     t1 = time.perf_counter()
     run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=test_subjects, overwrite=True, quiet=True,
                   tta=tta)
     infer_s = time.perf_counter() - t1
-    rows = evaluate_manifest(manifest, pred_dir, model_name=name, baselines=(), subjects=test_subjects, quiet=True)
-    rows.insert(1, "config", str(path))
-    rows.insert(2, "overrides", " ".join(own))
-    rows["steps"] = int(ck["step"])
-    rows["train_minutes"] = float(ck.get("train_seconds", wall)) / 60.0
-    rows["infer_seconds"] = infer_s / max(len(test_subjects), 1)
-    return rows
+    return {"steps": int(ck["step"]), "train_minutes": float(ck.get("train_seconds", wall)) / 60.0,
+            "infer_seconds": infer_s / max(len(test_subjects), 1)}
 
 
 def compare(models: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
@@ -196,10 +251,13 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
                 train: list[str] | None = None, test: list[str] | None = None, train_subjects: int = 6,
                 test_subjects: int = 1, seed: int = 0, overrides: list[str] | None = None, workers: int = 2,
                 overwrite: bool = False, tta: str = "auto", factor: FactorLike = 2,
-                profile: str = "box") -> tuple[pd.DataFrame, pd.DataFrame, str]:
+                profile: str = "box", kind: str = "dti",
+                self_train_on: str = "train") -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The benchmark as a function (see the module docstring). Returns (per-subject table, summary, text).
 
-    ``factor`` and ``profile`` prepare the phantom (an int or one factor per axis; ``box`` or ``gaussian``).
+    ``factor``, ``profile`` and ``kind`` prepare the phantom (an int or one factor per axis; ``box`` or
+    ``gaussian``; ``dti`` or ``scalar``); ``self_train_on`` (``train`` or ``held-out``) is what self-supervised
+    configs train on.
     """
     from medsr.utils.atomic import atomic_path
     from pipelines.evaluate import evaluate_manifest
@@ -213,7 +271,9 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
 
     for spec in configs:  # check every config and run folder before hours of training
         path, own = parse_spec(spec)
-        load_config(path, own + list(overrides or []))
+        cfg = load_config(path, own + list(overrides or []))
+        if cfg.data.type == "self" and (kind != "scalar" and manifest is None):
+            raise ValueError(f"--configs {spec}: self-supervised training takes scalar scans; add --kind scalar")
         run_dir = output / "runs" / spec_name(path, own)
         if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir}: holds an earlier run of this config; pass --overwrite to retrain it "
@@ -230,11 +290,11 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
         if train_subjects < 1 or test_subjects < 1:
             raise ValueError("--train-subjects and --test-subjects must be at least 1")
         manifest, train_s, test_s = phantom_data(output, train_subjects, test_subjects, seed, workers, factor,
-                                                 profile)
+                                                 profile, kind)
     baselines = evaluate_manifest(manifest, None, baselines=("nn", "linear", "cubic"), subjects=test_s, quiet=True)
     rows = [train_and_score(spec, manifest=manifest, train_subjects=train_s, test_subjects=test_s, output=output,
                             minutes=minutes, steps=steps, seed=seed, overrides=list(overrides or []),
-                            overwrite=overwrite, tta=tta) for spec in configs]
+                            overwrite=overwrite, tta=tta, self_train_on=self_train_on) for spec in configs]
     table = compare(pd.concat(rows, ignore_index=True), baselines)
     summary = summarise(table)
     text = format_table(summary, baselines)
@@ -252,6 +312,7 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
     with atomic_path(output / "quality.json") as tmp:
         tmp.write_text(json.dumps({"configs": configs, "minutes": minutes, "steps": steps, "seed": seed,
                                    "factor": data_factor, "slice_profile": profile if from_phantom else None,
+                                   "kind": kind if from_phantom else None, "self_train_on": self_train_on,
                                    "overrides": overrides or [], "tta": tta, "train": train_s, "test": test_s,
                                    "manifest": str(manifest)}, indent=2) + "\n")
     return table, summary, text
@@ -267,14 +328,15 @@ def _manifest_factor(manifest: Path, subjects: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.manifest is not None and (args.factor != [2] or args.slice_profile != "box"):
-        raise ValueError("--factor and --slice-profile prepare the phantom; a --manifest keeps the factor it was "
-                         "prepared at")
+    if args.manifest is not None and (args.factor != [2] or args.slice_profile != "box" or args.kind != "dti"):
+        raise ValueError("--factor, --slice-profile and --kind prepare the phantom; a --manifest keeps the factor it "
+                         "was prepared at (and its kind)")
     factor = factor_from_args(args.factor, args.slice_profile)
     _, _, text = run_quality(args.configs, minutes=args.minutes, steps=args.steps, output=args.output,
                              manifest=args.manifest, train=args.train, test=args.test,
                              train_subjects=args.train_subjects, test_subjects=args.test_subjects, seed=args.seed,
                              overrides=args.overrides, workers=args.workers, overwrite=args.overwrite, tta=args.tta,
-                             factor=factor, profile=args.slice_profile)
+                             factor=factor, profile=args.slice_profile, kind=args.kind,
+                             self_train_on=args.self_train_on)
     print(text)
     return 0
