@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from medsr.config import Config
 from medsr.losses import GANLoss, pixel_loss
-from medsr.networks.degrade import Degradation
+from medsr.networks.degrade import Degradation, TensorDegradation
 from medsr.training.base import GeneratorPasses, TrainMode, Wrap, create_mode, list_modes, no_wrap, register_mode
 from medsr.training.networks import DataFacts
 from medsr.training.image_pool import ImagePool
@@ -157,7 +157,9 @@ class Unpaired(TrainMode):
     independent draws (see the unpaired sampler, and ``data.domains`` for disjoint subjects).
 
     The degradation terms use what unpaired data still know, the degradation ``D`` prep applied
-    (:class:`medsr.networks.degrade.Degradation`: the block mean, or the slice profile): F's output,
+    (:class:`medsr.networks.degrade.Degradation`: the block mean, or the slice profile; for DTI through
+    the signal, :class:`medsr.networks.degrade.TensorDegradation`, as prep fits LR tensors to degraded
+    DWIs): F's output,
     degraded, must give back the LR voxels of its own input (``x_lr``, the block mean of ``lr_up``), and
     G, which maps an HR volume to its LR estimate, must be that degradation (``G(y)_lr``, the block
     mean of G's NN-upsampled output, against ``D(y)``). The first anchors F to the measured signal where
@@ -191,15 +193,31 @@ class Unpaired(TrainMode):
     def setup(self, facts: DataFacts, device: torch.device, wrap: Wrap = no_wrap) -> None:
         super().setup(facts, device, wrap)
         self.degrade = Degradation(facts.factor, facts.slice_profile).to(self.device)
+        # DTI: prep fits LR tensors to degraded DWIs, so D runs through the signal (TensorDegradation).
+        self.tensors = None
+        if facts.kind == "dti" and facts.channels == 6:
+            self.tensors = TensorDegradation(facts.factor, facts.slice_profile).to(self.device)
+            stats = (facts.norm or {}).get("y")
+            mean = torch.as_tensor(stats.mean if stats else [0.0] * 6, dtype=torch.float32)
+            std = torch.as_tensor(stats.std if stats else [1.0] * 6, dtype=torch.float32)
+            self.y_mean, self.y_std = (v.reshape(1, 6, 1, 1, 1).to(self.device) for v in (mean, std))
 
     def _lr(self, up: torch.Tensor) -> torch.Tensor:
         """The LR voxels of an NN-upsampled patch (each block holds one value), cut as ``D``'s output."""
         return self.degrade.crop_lr(F.avg_pool3d(up, self.degrade.factor))
 
     def _degrade_loss(self, hr: torch.Tensor, lr: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """|D(hr) - lr| over the LR voxels of a patch (weighted by their blocks' brain fraction when masked)."""
-        weight = self.degrade.block_fraction(mask) if mask is not None else None
-        return region_loss(nn.functional.l1_loss, self.degrade(hr), lr, weight)
+        """|D(hr) - lr| over the LR voxels of a patch, normalised units.
+
+        Scalar data: each LR voxel weighted by its block's brain fraction when masked. DTI: the tensors
+        prep would fit, compared where prep fits (LR voxels at least half brain) when masked.
+        """
+        if self.tensors is None:
+            weight = self.degrade.block_fraction(mask) if mask is not None else None
+            return region_loss(nn.functional.l1_loss, self.degrade(hr), lr, weight)
+        fitted, brain = self.tensors(hr * self.y_std + self.y_mean, mask)
+        weight = (brain >= 0.5).float() if mask is not None else None
+        return region_loss(nn.functional.l1_loss, (fitted - self.y_mean) / self.y_std, lr, weight)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]

@@ -34,6 +34,9 @@ class DataFacts:
         patch_size: edge of the training patches (``patch_size: auto`` of the PatchGAN).
         where: the data as named in error messages (``the data (path/to/manifest.csv)``).
         slice_profile: how prep degraded the data (``box`` or ``gaussian``: a mode's degradation term).
+        kind: ``dti`` (6 tensor channels, FSL order) or ``scalar``.
+        norm: the data's normalisation ``{"x": ChannelStats, "y": ChannelStats}`` (a mode that computes in
+            original units, e.g. a tensor fit, reads it); None when the data have none.
     """
 
     channels: int
@@ -41,6 +44,8 @@ class DataFacts:
     patch_size: int = 24
     where: str = "the data"
     slice_profile: str = "box"
+    kind: str = "scalar"
+    norm: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, data: Any, cfg: Config) -> "DataFacts":
@@ -49,7 +54,8 @@ class DataFacts:
         return cls(channels=int(data.channels), factor=data_factor(info),
                    patch_size=int(info.get("patch_size", cfg.data.patch_size)),
                    where=f"the data ({info.get('manifest') or cfg.data.root or cfg.data.type})",
-                   slice_profile=str(info.get("slice_profile", "box")))
+                   slice_profile=str(info.get("slice_profile", "box")), kind=str(info.get("kind", "scalar")),
+                   norm=dict(data.norm) if getattr(data, "norm", None) else None)
 
 
 def data_factor(info: dict[str, Any]) -> int | list[int]:
