@@ -40,6 +40,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "prep": ("pipelines.prep_cli", "prepare HCP or BIDS diffusion data, or generic volumes, into HR/LR training pairs"),
     "train": ("pipelines.train_cli", "train a model from a YAML config (works under torchrun)"),
     "infer": ("pipelines.infer_cli", "upsample volumes with a trained checkpoint, writing NIfTI"),
+    "maps": ("pipelines.maps_cli", "FA, MD, colour FA and V1 maps of a diffusion tensor file, as NIfTI"),
     "evaluate": ("pipelines.evaluate_cli", "RMSE interior/total, PSNR, SSIM (+MD/FA) against baselines, to CSV"),
     "report": ("pipelines.report_cli", "PNG figures of slices, predictions, error and MD maps"),
     "evaluate2d": ("pipelines.evaluate2d_cli", "evaluate a 2D Maps / Cityscapes checkpoint, to CSV"),
