@@ -1,0 +1,59 @@
+"""Per-voxel predictive uncertainty of a super-resolved volume: the spread of the test-time views.
+
+The model is run on each mirrored (``flip``: 8) or mirrored and axis-permuted (``full``: 48) copy of the
+input (:mod:`medsr.data.augment`; DTI tensors moved with the axes), each prediction is moved back, and
+the views' mean is the output (as ``--tta``) while their standard deviation per voxel and channel is the
+uncertainty. A model trained with flips and permutations should give the same answer for every view;
+where the views disagree, the model extrapolates, and that is where its error is large
+(``docs/uncertainty.md`` measures how well this ranks the error on a held-out subject, against the
+alternatives considered there).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_volume
+from medsr.volume import Volume
+
+
+@torch.inference_mode()
+def predict_with_std(predictor, vol: Volume, *, reverse: bool = False, plan=None, tta: str = "auto",
+                     progress: bool = False) -> tuple[Volume, Volume]:
+    """The TTA mean and the per-voxel standard deviation over the views.
+
+    Args:
+        predictor: a :class:`medsr.inference.Predictor`.
+        vol: (C, X, Y, Z) HR-grid input (as :meth:`Predictor.predict` takes it).
+        plan: windows (:meth:`Predictor.plan`); planned here when None.
+        tta: ``flip`` or ``full``; ``auto`` and ``none`` use ``flip`` (one view has no spread).
+
+    Returns:
+        (mean, std): float32 volumes on ``vol``'s grid, original units; std >= 0.
+    """
+    tta = predictor.resolve_tta(tta)
+    if tta == "none":
+        tta = "flip"
+    vox = vol.voxel_size
+    if tta == "full" and max(vox) > 1.05 * min(vox):
+        raise ValueError(f"{vol.name}: --tta full permutes axes, which needs isotropic voxels; use --tta flip")
+    if plan is None:
+        plan = predictor.plan(vol.spatial_shape, None, None, reverse)
+    dti = predictor.kind == "dti" and predictor.channels == 6
+    mean = np.zeros(vol.data.shape, np.float64)
+    m2 = np.zeros(vol.data.shape, np.float64)
+    views = symmetries(tta)
+    for n, (perm, axes) in enumerate(views, start=1):
+        view = Volume(symmetry_volume(vol.data, perm, axes, dti), vol.affine, name=vol.name)
+        view_plan = replace(plan, roi=tuple(plan.roi[p] for p in perm))
+        out = predictor._predict_view(view, reverse, view_plan, 1, progress)
+        y = inverse_symmetry_volume(out.data, perm, axes, dti).astype(np.float64)
+        delta = y - mean  # Welford: no cancellation between two large sums of squares
+        mean += delta / n
+        m2 += delta * (y - mean)
+    std = np.sqrt(np.maximum(m2 / len(views), 0.0))
+    meta = dict(vol.meta)
+    return (Volume(mean.astype(np.float32), vol.affine.copy(), name=vol.name, meta=meta),
+            Volume(std.astype(np.float32), vol.affine.copy(), name=vol.name, meta=dict(meta)))
