@@ -3,7 +3,8 @@
 The model is run on each mirrored (``flip``: 8) or mirrored and axis-permuted (``full``: 48) copy of the
 input (:mod:`medsr.data.augment`; DTI tensors moved with the axes), each prediction is moved back, and
 the views' mean is the output (as ``--tta``) while their standard deviation per voxel and channel is the
-uncertainty. A model trained with flips and permutations should give the same answer for every view;
+uncertainty. Unless asked for ``flip`` or ``full``, the 48 views are used for isotropic voxels (their
+spread ranked the error best, ``docs/uncertainty.md``) and the 8 flips otherwise. A model trained with flips and permutations should give the same answer for every view;
 where the views disagree, the model extrapolates, and that is where its error is large
 (``docs/uncertainty.md`` measures how well this ranks the error on a held-out subject, against the
 alternatives considered there).
@@ -19,6 +20,15 @@ from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_vol
 from medsr.volume import Volume
 
 
+def uncertainty_views(tta: str, voxel_size) -> str:
+    """The views ``--uncertainty`` runs for ``--tta tta``: ``flip``/``full`` as asked, else ``full`` for
+    isotropic voxels (within 5%) and ``flip`` otherwise."""
+    if tta in ("auto", "none"):
+        return "full" if max(voxel_size) <= 1.05 * min(voxel_size) else "flip"
+    symmetries(tta)  # raises on an unknown name
+    return tta
+
+
 @torch.inference_mode()
 def predict_with_std(predictor, vol: Volume, *, reverse: bool = False, plan=None, tta: str = "auto",
                      progress: bool = False) -> tuple[Volume, Volume]:
@@ -28,14 +38,13 @@ def predict_with_std(predictor, vol: Volume, *, reverse: bool = False, plan=None
         predictor: a :class:`medsr.inference.Predictor`.
         vol: (C, X, Y, Z) HR-grid input (as :meth:`Predictor.predict` takes it).
         plan: windows (:meth:`Predictor.plan`); planned here when None.
-        tta: ``flip`` or ``full``; ``auto`` and ``none`` use ``flip`` (one view has no spread).
+        tta: ``flip`` or ``full``; ``auto`` and ``none`` (one view has no spread) use ``full`` for
+            isotropic voxels (within 5%), else ``flip``.
 
     Returns:
         (mean, std): float32 volumes on ``vol``'s grid, original units; std >= 0.
     """
-    tta = predictor.resolve_tta(tta)
-    if tta == "none":
-        tta = "flip"
+    tta = uncertainty_views(tta, vol.voxel_size)
     vox = vol.voxel_size
     if tta == "full" and max(vox) > 1.05 * min(vox):
         raise ValueError(f"{vol.name}: --tta full permutes axes, which needs isotropic voxels; use --tta flip")

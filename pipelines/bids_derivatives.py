@@ -7,6 +7,7 @@ folder becomes a derivatives dataset::
     OUT/dataset_description.json        DatasetType "derivative", GeneratedBy medsr (version, checkpoint
                                         SHA-256), SourceDatasets -> ROOT
     OUT/.bidsignore                     *_dwimap.* (see below)
+    OUT/README.md                       what the folder holds
     OUT/sub-02/ses-1/dwi/sub-02_ses-1_acq-b1000_desc-superres_model-tensor_param-tensor_dwimap.nii.gz
                                         the super-resolved tensor (6 volumes, FSL order, mm^2/s)
     ..._desc-superres_model-tensor_param-tensorstd_dwimap.nii.gz    --uncertainty: per-voxel std
@@ -149,9 +150,21 @@ def description(out: Path, root: Path, source: dict[str, Any], checkpoint: Path,
     }
 
 
+README = """# medsr super-resolution derivatives
+
+Super-resolved diffusion tensors written by `medsr infer --bids` (see dataset_description.json for the
+version and the checkpoint's SHA-256), with their maps and uncertainty when asked for. Each image has a
+JSON sidecar (model, factor, input and output voxel sizes, test-time augmentation, precision, sources).
+Tensor, MD, AD, RD, V1 and standard-deviation images use the names of the BIDS diffusion-derivatives
+proposal (BEP016, `_model-tensor_param-<name>_dwimap`), listed in .bidsignore until the specification has them.
+"""
+
+
 def write_dataset_files(out: Path, desc: dict[str, Any], overwrite: bool) -> None:
-    """``dataset_description.json`` and ``.bidsignore`` (atomic; an existing different one needs ``overwrite``)."""
-    for name, text in (("dataset_description.json", json.dumps(desc, indent=2) + "\n"), (".bidsignore", BIDSIGNORE)):
+    """``dataset_description.json``, ``README.md`` and ``.bidsignore`` (atomic; an existing different
+    description needs ``overwrite``)."""
+    for name, text in (("dataset_description.json", json.dumps(desc, indent=2) + "\n"), (".bidsignore", BIDSIGNORE),
+                       ("README.md", README)):
         path = out / name
         if path.is_file() and path.read_text() == text:
             continue
@@ -159,23 +172,21 @@ def write_dataset_files(out: Path, desc: dict[str, Any], overwrite: bool) -> Non
             Path(tmp).write_text(text)
 
 
-def model_facts(predictor, checkpoint: Path, digest: str, tta: str, precision: str, masked: bool,
-                uncertainty: bool = False) -> dict[str, Any]:
+def model_facts(predictor, checkpoint: Path, digest: str, precision: str, masked: bool) -> dict[str, Any]:
     """The sidecar fields every output of one run shares."""
     from medsr.model_card import factor_triple
 
-    views = predictor.resolve_tta(tta)
     return {
         "Model": predictor.card.get("model"), "Checkpoint": checkpoint.name, "CheckpointSHA256": digest,
-        "UpsamplingFactor": list(factor_triple(predictor.factor)),
-        "TTA": "flip" if uncertainty and views == "none" else views, "Precision": precision,
+        "UpsamplingFactor": list(factor_triple(predictor.factor)), "Precision": precision,
         "SkullStripped": bool(masked), "MedsrVersion": __version__,
     }
 
 
-def voxel_facts(pred, factor: Any) -> dict[str, Any]:
-    """Input (LR) and output voxel sizes in mm for one prediction on the HR grid."""
+def item_facts(pred, factor: Any, tta: str) -> dict[str, Any]:
+    """Input (LR) and output voxel sizes in mm of one prediction on the HR grid, and the TTA views it averaged."""
     from medsr.model_card import factor_triple
 
     out = [round(float(v), 6) for v in pred.voxel_size]
-    return {"InputVoxelSize": [round(v * f, 6) for v, f in zip(out, factor_triple(factor))], "OutputVoxelSize": out}
+    return {"InputVoxelSize": [round(v * f, 6) for v, f in zip(out, factor_triple(factor))], "OutputVoxelSize": out,
+            "TTA": tta}

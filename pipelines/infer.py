@@ -20,7 +20,7 @@ from medsr.inference import Predictor
 from medsr.io import load_volume
 from medsr.manifest import read_manifest
 from medsr.precision import check_precision
-from medsr.uncertainty import predict_with_std
+from medsr.uncertainty import predict_with_std, uncertainty_views
 from medsr.utils.device import check_device, resolve_device
 from medsr.utils.paths import check_subject_name, inside
 from pipelines import bids_derivatives as bids_out
@@ -184,8 +184,7 @@ def run_inference(
         digest = bids_out.sha256(checkpoint)
         bids_out.write_dataset_files(Path(out), bids_out.description(Path(out), Path(bids), source or {},
                                                                      Path(checkpoint), digest), overwrite)
-        facts = bids_out.model_facts(predictor, Path(checkpoint), digest, tta, precision, mask is not None,
-                                       uncertainty)
+        facts = bids_out.model_facts(predictor, Path(checkpoint), digest, precision, mask is not None)
         for o in plans:
             for content in o.sidecars.values():
                 content.update(facts)
@@ -219,6 +218,7 @@ def _run_items(predictor, items: list[InferItem], plans: list[ItemOutputs], batc
                 file=sys.stderr,
             )
         std = None
+        views = uncertainty_views(tta, hr_in.voxel_size) if uncertainty else predictor.resolve_tta(tta)
         if uncertainty:
             pred, std = predict_with_std(predictor, hr_in, reverse=reverse, plan=plan, tta=tta,
                                          progress=not quiet and not batch)
@@ -227,7 +227,7 @@ def _run_items(predictor, items: list[InferItem], plans: list[ItemOutputs], batc
         pred.meta["kind"] = predictor.kind
         m = item_mask(mask, it.mask, pred, vol, predictor.factor, str(it.path))
         for content in outputs.sidecars.values():
-            content.update(bids_out.voxel_facts(pred, predictor.factor))
+            content.update(bids_out.item_facts(pred, predictor.factor, views))
         write_item(outputs, pred, std, m, overwrite=overwrite)
         written.append(outputs.main)
 

@@ -15,7 +15,8 @@ in one pass when it fits, else slabs chosen to compute the fewest voxels) at ove
 --window 0 forces a single pass. Windows run on --device; the volume is stitched on the CPU.
 
 Beside each output (OUT.nii.gz): --uncertainty writes OUT_std.nii.gz (per-voxel standard deviation
-of the 8 flipped views, whose mean is OUT), --maps writes OUT_FA.nii.gz, _MD, _RGB, _V1 ... (DTI
+over the TTA views, whose mean is then OUT: the 48 of --tta full for isotropic voxels, else the 8
+flips, or those --tta flip/full asks for; docs/uncertainty.md), --maps writes OUT_FA.nii.gz, _MD, _RGB, _V1 ... (DTI
 models; see 'medsr maps --help'). By default OUT holds the model's prediction everywhere, also
 outside the brain, where the model was not trained and the values mean nothing: --mask zeroes it.
 With --bids ROOT (a 'medsr prep bids' manifest as --input) OUT is a BIDS derivatives dataset.
@@ -68,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DTI models: also write these maps of each output, comma-separated from fa, md, ad, "
                              "rd, rgb, evec (e.g. md,fa,rgb,evec)")
     parser.add_argument("--uncertainty", action="store_true",
-                        help="also write OUT_std.nii.gz, the per-voxel standard deviation over the TTA views (runs "
-                             "the 8 flipped views when --tta resolves to none; OUT is then their mean)")
+                        help="also write OUT_std.nii.gz, the per-voxel standard deviation over the TTA views (with "
+                             "--tta auto/none: the 48 views for isotropic voxels, else the 8 flips; OUT is then "
+                             "their mean)")
     parser.add_argument("--mask", nargs="?", const="manifest", default=None, metavar="FILE",
                         help="zero every output outside this mask (on the output grid, or the LR input's grid); "
                              "without FILE, each manifest subject's own mask")

@@ -11,7 +11,8 @@ neighbourhood is brain, as ``medsr evaluate``'s ``rmse_interior``) the benchmark
 * scale = RMS error / RMS std (1 = the std's size matches the error's).
 
 Candidates: ``tta-flip`` and ``tta-full``, the spread of the 8 (48) mirrored (and axis-permuted) views
-(:mod:`medsr.uncertainty`, what ``medsr infer --uncertainty`` ships); ``mc-dropout``, dropout (p = 0.1)
+(:mod:`medsr.uncertainty`; ``medsr infer --uncertainty`` ships the 48 views for isotropic voxels, the 8
+flips otherwise); ``mc-dropout``, dropout (p = 0.1)
 on the reversible core's output at test time, 8 samples; and, as a model-free reference that is not a
 predictive std, ``interp``, the disagreement |cubic - nn| of two interpolations of the LR volume.
 A heteroscedastic head needs a training mode with a variance output and a Gaussian likelihood loss; it is
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 CANDIDATES = ("tta-flip", "tta-full", "mc-dropout", "interp")
-SHIPPED = "tta-flip"
+SHIPPED = "tta-full"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,9 +194,11 @@ def write_outputs(out: Path, results: dict, *, checkpoint: str, subject: str, co
 PAGE = """# Uncertainty maps: which per-voxel std ranks the error
 
 `medsr infer --uncertainty` writes `OUT_std.nii.gz` next to each output: per voxel and channel, the
-standard deviation of the model's predictions over the 8 mirrored views of the input (the views `--tta flip`
-averages; DTI tensors moved with the axes), in the output's units. This page measures how well candidate
-uncertainties rank the real error on a held-out subject, and why that one is shipped.
+standard deviation of the model's predictions over the 48 mirrored and axis-permuted views of the input
+(`--tta full`'s views; the 8 mirrored ones of `--tta flip` for anisotropic voxels or when `--tta flip` is
+given; DTI tensors moved with the axes), in the output's units; the output is then the views' mean. This page
+measures how well candidate uncertainties rank the real error on a held-out subject, and why that one is
+shipped.
 
 Regenerate this page and its figure (held-out subject {subject}, checkpoint `{checkpoint}` at {steps} steps):
 
