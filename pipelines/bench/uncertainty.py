@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="bench_uncertainty",
                         help="folder for uncertainty.csv, .png and .md (docs/ regenerates docs/uncertainty.md)")
     parser.add_argument("--device", default="cpu", help="where the model runs")
+    parser.add_argument("--made-with", default="", metavar="TEXT",
+                        help="the commands that made the checkpoint and the data, quoted on the page")
 
 
 def mc_dropout(predictor, vol, samples: int, p: float, seed: int = 0):
@@ -104,7 +106,8 @@ def calibration(pred: np.ndarray, std: np.ndarray, truth: np.ndarray, interior: 
 
 
 def run_uncertainty(checkpoint: str, manifest: str, subject: str, candidates, output: str | Path,
-                    mc_samples: int = 8, dropout: float = 0.1, device: str = "cpu", command: str = "") -> dict:
+                    mc_samples: int = 8, dropout: float = 0.1, device: str = "cpu", command: str = "",
+                    made_with: str = "") -> dict:
     """The benchmark as a function; returns candidate -> :func:`calibration` (+ seconds)."""
     from medsr.inference import Predictor
     from medsr.io import load_mask, load_volume
@@ -138,13 +141,18 @@ def run_uncertainty(checkpoint: str, manifest: str, subject: str, candidates, ou
             raise ValueError(f"--candidates: unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
         results[name] = calibration(mean.data.astype(np.float64), std.data, truth, interior)
         results[name]["seconds"] = time.perf_counter() - t0
+    card = predictor.card
+    minutes = (card.get("train_seconds") or 0) / 60
+    trained_on = f"{', '.join(trained)}" if trained else "unknown subjects"
     write_outputs(Path(output), results, checkpoint=checkpoint, subject=str(subject), command=command,
-                  kind=predictor.kind, steps=predictor.ck.get("step"))
+                  kind=predictor.kind, steps=predictor.ck.get("step"),
+                  trained=f"{card.get('model')} {card.get('model_kwargs')}, {minutes:.1f} min of training on "
+                          f"{trained_on}", made_with=made_with)
     return results
 
 
 def write_outputs(out: Path, results: dict, *, checkpoint: str, subject: str, command: str, kind: str,
-                  steps) -> None:
+                  steps, trained: str = "", made_with: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,9 +192,12 @@ def write_outputs(out: Path, results: dict, *, checkpoint: str, subject: str, co
     for d in range(10):
         deciles.append(f"| {d + 1} | " + " | ".join(f"{scale * r['decile_error'][d]:.4f}" for r in results.values())
                        + " |")
-    text = PAGE.format(command=command or "medsr bench uncertainty ...", subject=subject, steps=steps,
+    text = PAGE.format(command=command or "medsr bench uncertainty ...", subject=subject, steps=steps, trained=trained,
                        n=next(iter(results.values()))["n_voxels"], table="\n".join(table), unit=unit,
-                       deciles="\n".join(deciles), checkpoint=Path(checkpoint).name)
+                       deciles="\n".join(deciles), checkpoint=Path(checkpoint).name,
+                       made_with=("The checkpoint and the data were made with:\n\n" + "\n".join(
+                           f"    {line.strip()}" for line in made_with.split(";") if line.strip()) + "\n")
+                       if made_with else "")
     with atomic_path(out / "uncertainty.md") as tmp:
         tmp.write_text(text)
 
@@ -200,9 +211,15 @@ given; DTI tensors moved with the axes), in the output's units; the output is th
 measures how well candidate uncertainties rank the real error on a held-out subject, and why that one is
 shipped.
 
-Regenerate this page and its figure (held-out subject {subject}, checkpoint `{checkpoint}` at {steps} steps):
+Regenerate this page and its figure (held-out subject {subject}, checkpoint `{checkpoint}` at {steps} steps:
+{trained}):
 
     {command}
+
+{made_with}
+The numbers below come from that checkpoint; for another model (e.g. the demo's, `medsr demo --output demo7`)
+run `medsr bench uncertainty --checkpoint demo7/run/last.pt --manifest demo7/prep/manifest.csv
+--subject phantom07 --output docs`.
 
 Over the {n} interior brain voxels (mask voxels whose 5x5x5 neighbourhood is brain), per voxel the RMS over
 channels of the error (prediction minus HR truth) and of the std:
@@ -235,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
     command = "medsr bench uncertainty " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("uncertainty") + 1:]) \
         if "uncertainty" in sys.argv else ""
     results = run_uncertainty(args.checkpoint, args.manifest, args.subject, names, args.output,
-                              mc_samples=args.mc_samples, dropout=args.dropout, device=args.device, command=command)
+                              mc_samples=args.mc_samples, dropout=args.dropout, device=args.device, command=command,
+                              made_with=args.made_with)
     for n, r in results.items():
         print(f"{n:<11} Spearman {r['spearman']:.3f} (voxels x channels {r['spearman_channels']:.3f}), "
               f"scale {r['scale']:.2f}, {r['seconds']:.0f} s")
