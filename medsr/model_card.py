@@ -88,6 +88,7 @@ def model_card(ck: dict[str, Any]) -> dict[str, Any]:
         "steps": ck.get("step"), "train_seconds": ck.get("train_seconds"), "precision": ck.get("precision"),
         "augmentation": {"flip": data.get("flip"), "permute": data.get("permute")} if "flip" in data else None,
         "heldout_metrics": ck.get("heldout_metrics"),
+        "uncertainty": ck.get("uncertainty"),
     }
     card["unknown"] = [k for k, v in card.items() if v is None]
     return card
@@ -128,6 +129,9 @@ def format_card(card: dict[str, Any], path: str = "") -> str:
     rows.append(("held-out metrics", "not measured ('medsr bench quality' records them)" if metrics is None else
                  ", ".join(f"{k} {v:.4g}" for k, v in metrics.get("mean", {}).items())
                  + f" (subjects {', '.join(metrics.get('subjects', []))})"))
+    unc = card.get("uncertainty")
+    rows.append(("uncertainty std scale", "not calibrated ('medsr bench uncertainty --record' fits it)" if unc is None
+                 else ", ".join(f"{k} x{v:.3g}" for k, v in unc["scale"].items()) + f" (fitted on {unc['subject']})"))
     width = max(len(k) for k, _ in rows)
     lines += [f"{k:<{width}}  {fmt(v)}" for k, v in rows]
     return "\n".join(lines)
@@ -135,11 +139,32 @@ def format_card(card: dict[str, Any], path: str = "") -> str:
 
 def record_metrics(path: str | os.PathLike, means: dict[str, float], subjects: Iterable[str], source: str) -> None:
     """Add held-out metrics (means over ``subjects``) to the checkpoint at ``path`` (rewritten atomically)."""
+    _record(path, "heldout_metrics", {"mean": {k: float(v) for k, v in means.items()},
+                                      "subjects": [str(s) for s in subjects], "source": source})
+
+
+def record_uncertainty(path: str | os.PathLike, scales: dict[str, float], subject: str,
+                       spearman: dict[str, float]) -> None:
+    """Add the uncertainty calibration (``medsr bench uncertainty --record``) to the checkpoint at ``path``.
+
+    Args:
+        scales: TTA views (``flip``, ``full``) -> RMS error / RMS std on the held-out ``subject``:
+            ``medsr infer --uncertainty`` multiplies its std by it, so the std has the error's size.
+    """
+    _record(path, "uncertainty", {"scale": {k: float(v) for k, v in scales.items()}, "subject": str(subject),
+                                  "spearman": {k: float(v) for k, v in spearman.items()}})
+
+
+def uncertainty_scale(card: dict[str, Any], views: str) -> float:
+    """The recorded std scale for ``views`` (1.0 when the checkpoint has no calibration for them)."""
+    return float(((card.get("uncertainty") or {}).get("scale") or {}).get(views, 1.0))
+
+
+def _record(path: str | os.PathLike, key: str, value: dict[str, Any]) -> None:
     from medsr.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(path)
-    ck["heldout_metrics"] = {"mean": {k: float(v) for k, v in means.items()}, "subjects": [str(s) for s in subjects],
-                             "source": source}
+    ck[key] = value
     save_checkpoint(ck, path)
 
 
@@ -187,8 +212,9 @@ def domain_warnings(card: dict[str, Any], vol: Volume, grid: str, *, reverse: bo
                        f"{_mm(expect)} mm there ({_mm(ratio)} x its HR voxels; model factor {_mm(factor)})")
     if grid == "hr" and not reverse and not is_nn_upsampled(vol.data, factor_triple(card["factor"]) if card.get("factor") else (1, 1, 1)):
         out.append(f"an HR-grid input that is not an NN-upsampled LR volume (not constant over "
-                   f"{'x'.join(str(int(f)) for f in factor)} blocks): the model expects LR data and would average this "
-                   "volume down to the LR grid and upsample it again; give the LR volume (or prep's lr_up)")
+                   f"{'x'.join(str(int(f)) for f in factor)} blocks): the model was trained on LR volumes (prep's "
+                   "lr_up), so this one's detail is averaged down to the LR grid (LR-grid models) or read as LR "
+                   "data; give the LR volume")
     inten = (card.get("intensity") or {}).get("y" if reverse else "x")
     if inten and inten.get("abs_p99"):
         values = vol.data[:, np.any(vol.data != 0, axis=0)]

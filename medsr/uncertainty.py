@@ -3,7 +3,8 @@
 The model is run on each mirrored (``flip``: 8) or mirrored and axis-permuted (``full``: 48) copy of the
 input (:mod:`medsr.data.augment`; DTI tensors moved with the axes), each prediction is moved back, and
 the views' mean is the output (as ``--tta``) while their standard deviation per voxel and channel is the
-uncertainty. Unless asked for ``flip`` or ``full``, the 48 views are used for isotropic voxels (their
+uncertainty, multiplied by the scale fitted on a held-out subject when the checkpoint records one (the raw
+spread is several times smaller than the error). Unless asked for ``flip`` or ``full``, the 48 views are used for isotropic voxels (their
 spread ranked the error best, ``docs/uncertainty.md``) and the 8 flips otherwise. A model trained with flips and permutations should give the same answer for every view;
 where the views disagree, the model extrapolates, and that is where its error is large
 (``docs/uncertainty.md`` measures how well this ranks the error on a held-out subject, against the
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_volume
+from medsr.model_card import uncertainty_scale
 from medsr.volume import Volume
 
 
@@ -31,7 +33,7 @@ def uncertainty_views(tta: str, voxel_size) -> str:
 
 @torch.inference_mode()
 def predict_with_std(predictor, vol: Volume, *, reverse: bool = False, plan=None, tta: str = "auto",
-                     progress: bool = False) -> tuple[Volume, Volume]:
+                     progress: bool = False, calibrated: bool = True) -> tuple[Volume, Volume]:
     """The TTA mean and the per-voxel standard deviation over the views.
 
     Args:
@@ -40,6 +42,8 @@ def predict_with_std(predictor, vol: Volume, *, reverse: bool = False, plan=None
         plan: windows (:meth:`Predictor.plan`); planned here when None.
         tta: ``flip`` or ``full``; ``auto`` and ``none`` (one view has no spread) use ``full`` for
             isotropic voxels (within 5%), else ``flip``.
+        calibrated: multiply the std by the scale ``medsr bench uncertainty --record`` stored in the
+            checkpoint for these views (:func:`medsr.model_card.uncertainty_scale`; 1 when none).
 
     Returns:
         (mean, std): float32 volumes on ``vol``'s grid, original units; std >= 0.
@@ -63,6 +67,8 @@ def predict_with_std(predictor, vol: Volume, *, reverse: bool = False, plan=None
         mean += delta / n
         m2 += delta * (y - mean)
     std = np.sqrt(np.maximum(m2 / len(views), 0.0))
+    if calibrated:
+        std *= uncertainty_scale(predictor.card, tta)
     meta = dict(vol.meta)
     return (Volume(mean.astype(np.float32), vol.affine.copy(), name=vol.name, meta=meta),
             Volume(std.astype(np.float32), vol.affine.copy(), name=vol.name, meta=dict(meta)))

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from medsr.dti_maps import parse_maps
 from medsr.inference import Predictor
+from medsr.model_card import uncertainty_scale
 from medsr.io import load_volume
 from medsr.manifest import read_manifest
 from medsr.precision import check_precision
@@ -228,6 +229,8 @@ def _run_items(predictor, items: list[InferItem], plans: list[ItemOutputs], batc
         m = item_mask(mask, it.mask, pred, vol, predictor.factor, str(it.path))
         for content in outputs.sidecars.values():
             content.update(bids_out.item_facts(pred, predictor.factor, views))
+        if outputs.std in outputs.sidecars:
+            outputs.sidecars[outputs.std]["StdScale"] = uncertainty_scale(predictor.card, views)
         write_item(outputs, pred, std, m, overwrite=overwrite)
         written.append(outputs.main)
 

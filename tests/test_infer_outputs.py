@@ -106,6 +106,14 @@ def test_mask_uncertainty_and_maps(tmp_path, oblique):
     ref = tensor_maps(sr, ["fa", "md", "rgb", "evec"])
     for name, suffix in (("fa", "FA"), ("md", "MD"), ("rgb", "RGB"), ("evec", "V1")):
         np.testing.assert_allclose(load_volume(tmp_path / f"sr_{suffix}.nii.gz").data, ref[name], atol=1e-7)
+    # A mask on the LR input's grid is NN-upsampled onto the output's.
+    lr_mask = np.zeros(lr.spatial_shape, bool)
+    lr_mask[1:5, 1:4, 1:3] = True
+    save_mask(lr_mask, lr.affine, tmp_path / "lr_mask.nii.gz")
+    assert _infer(ck, tmp_path / "lr.nii.gz", tmp_path / "lrm.nii.gz", "--mask", str(tmp_path / "lr_mask.nii.gz")) == 0
+    up = np.repeat(np.repeat(np.repeat(lr_mask, 2, 0), 2, 1), 2, 2)
+    lrm = load_volume(tmp_path / "lrm.nii.gz").data
+    assert not lrm[:, ~up].any() and np.array_equal(lrm[:, up], plain[:, up])
     # --mask without a file takes each manifest subject's mask; a file-less --mask elsewhere is refused.
     save_volume(nn_upsample(lr, 2), tmp_path / "lr_up.nii.gz")
     write_manifest(tmp_path / "manifest.csv", [dict(subject="s1", hr=str(tmp_path / "lr_up.nii.gz"),
@@ -114,6 +122,22 @@ def test_mask_uncertainty_and_maps(tmp_path, oblique):
     assert _infer(ck, tmp_path / "manifest.csv", tmp_path / "preds", "--mask") == 0
     np.testing.assert_allclose(load_volume(tmp_path / "preds" / "s1.nii.gz").data, sr, atol=1e-7)
     assert _infer(ck, tmp_path / "lr.nii.gz", tmp_path / "x.nii.gz", "--mask") == 2
+
+
+
+def test_recorded_scale_calibrates_the_std(tmp_path, oblique, capsys):
+    from medsr.model_card import record_uncertainty
+
+    ck = _checkpoint(tmp_path / "ck.pt")
+    save_volume(Volume(_lr(oblique).data, oblique @ np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "lr.nii.gz")
+    assert _infer(ck, tmp_path / "lr.nii.gz", tmp_path / "a.nii.gz", "--uncertainty") == 0
+    record_uncertainty(ck, {"flip": 3.0, "full": 5.0}, "s9", {"flip": 0.5, "full": 0.6})
+    assert _infer(ck, tmp_path / "lr.nii.gz", tmp_path / "b.nii.gz", "--uncertainty") == 0  # anisotropic: flip
+    raw, scaled = (load_volume(tmp_path / f"{n}_std.nii.gz").data for n in "ab")
+    np.testing.assert_allclose(scaled, 3.0 * raw, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(load_volume(tmp_path / "b.nii.gz").data, load_volume(tmp_path / "a.nii.gz").data)
+    assert main(["info", ck]) == 0
+    assert "flip x3, full x5 (fitted on s9)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flag", [["--maps", "fa,adc"], ["--maps", "fa", "--reverse"]])

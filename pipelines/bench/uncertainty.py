@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="bench_uncertainty",
                         help="folder for uncertainty.csv, .png and .md (docs/ regenerates docs/uncertainty.md)")
     parser.add_argument("--device", default="cpu", help="where the model runs")
+    parser.add_argument("--record", action="store_true",
+                        help="store the tta-flip / tta-full scales (RMS error / RMS std) in the checkpoint: "
+                             "'medsr infer --uncertainty' then writes stds of the error's size")
     parser.add_argument("--made-with", default="", metavar="TEXT",
                         help="the commands that made the checkpoint and the data, quoted on the page")
 
@@ -107,7 +110,7 @@ def calibration(pred: np.ndarray, std: np.ndarray, truth: np.ndarray, interior: 
 
 def run_uncertainty(checkpoint: str, manifest: str, subject: str, candidates, output: str | Path,
                     mc_samples: int = 8, dropout: float = 0.1, device: str = "cpu", command: str = "",
-                    made_with: str = "") -> dict:
+                    made_with: str = "", record: bool = False) -> dict:
     """The benchmark as a function; returns candidate -> :func:`calibration` (+ seconds)."""
     from medsr.inference import Predictor
     from medsr.io import load_mask, load_volume
@@ -132,7 +135,7 @@ def run_uncertainty(checkpoint: str, manifest: str, subject: str, candidates, ou
         t0 = time.perf_counter()
         print(f"bench uncertainty: {name}", file=sys.stderr, flush=True)
         if name in ("tta-flip", "tta-full"):
-            mean, std = predict_with_std(predictor, x, tta=name.split("-")[1])
+            mean, std = predict_with_std(predictor, x, tta=name.split("-")[1], calibrated=False)
         elif name == "mc-dropout":
             mean, std = mc_dropout(predictor, x, mc_samples, dropout)
         elif name == "interp":
@@ -141,6 +144,14 @@ def run_uncertainty(checkpoint: str, manifest: str, subject: str, candidates, ou
             raise ValueError(f"--candidates: unknown candidate {name!r}; choose from {', '.join(CANDIDATES)}")
         results[name] = calibration(mean.data.astype(np.float64), std.data, truth, interior)
         results[name]["seconds"] = time.perf_counter() - t0
+    if record:
+        from medsr.model_card import record_uncertainty
+
+        tta = {n.split("-")[1]: r for n, r in results.items() if n.startswith("tta-")}
+        if not tta:
+            raise ValueError("--record needs tta-flip or tta-full among --candidates")
+        record_uncertainty(checkpoint, {k: r["scale"] for k, r in tta.items()}, str(subject),
+                           {k: r["spearman"] for k, r in tta.items()})
     card = predictor.card
     minutes = (card.get("train_seconds") or 0) / 60
     trained_on = f"{', '.join(trained)}" if trained else "unknown subjects"
@@ -227,7 +238,10 @@ channels of the error (prediction minus HR truth) and of the std:
 {table}
 
 *Spearman* is the rank correlation of std with |error| (1: the std orders the voxels as the error does).
-*scale* is RMS error / RMS std: a std of the right size has 1; multiply the std by it for the error's size.
+*scale* is RMS error / RMS std of the raw spread: a std of the right size has 1. With `--record` the bench
+stores the tta scales in the checkpoint (`medsr info` shows them) and `medsr infer --uncertainty` multiplies its
+std by the one of the views it runs, so the std has the error's size on this subject (the rank correlation does
+not change).
 Candidates: *tta-flip* / *tta-full*, the spread of the 8 / 48 views (`medsr.uncertainty`); *mc-dropout*,
 dropout p = 0.1 on the reversible core's output at test time, 8 samples (the model was not trained with
 dropout); *interp*, |cubic - nn| of the LR volume, a model-free reference, not a predictive std. A
@@ -253,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         if "uncertainty" in sys.argv else ""
     results = run_uncertainty(args.checkpoint, args.manifest, args.subject, names, args.output,
                               mc_samples=args.mc_samples, dropout=args.dropout, device=args.device, command=command,
-                              made_with=args.made_with)
+                              made_with=args.made_with, record=args.record)
     for n, r in results.items():
         print(f"{n:<11} Spearman {r['spearman']:.3f} (voxels x channels {r['spearman_channels']:.3f}), "
               f"scale {r['scale']:.2f}, {r['seconds']:.0f} s")
