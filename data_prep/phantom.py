@@ -73,6 +73,7 @@ Use it from Python with :func:`make_subject` / :func:`generate`, or from the she
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -834,6 +835,9 @@ def generate(output: str | Path, subjects: int = 4, *, seed: int = 0, config: Ph
     """
     if subjects < 1:
         raise ValueError(f"--subjects must be >= 1, got {subjects}")
+    for name, value in (("--voxel-size", config.voxel_size), ("--snr", config.snr)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number, got {value:g}")
     if min(config.shape) < 16:
         raise ValueError(f"phantom shape {config.shape} is too small (each side must be >= 16 voxels)")
     if config.n_dirs < 6 or config.n_b0 < 1:

@@ -540,16 +540,6 @@ def apply_override(d: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def check_override_keys(overrides: list[str], flag: str = "--set") -> None:
-    """Refuse a key set twice on one command line (the YAML rule for a key given twice in a file)."""
-    seen: dict[str, str] = {}
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key in seen:
-            raise ValueError(f"{flag}: key {key!r} is set twice ({seen[key]!r} and {item!r}); keep one")
-        seen[key] = item
-
-
 def _yaml_floats(obj: Any) -> Any:
     """Convert strings that YAML 1.1 leaves unparsed (``2e-4``) into floats (dict configs from Python)."""
     if isinstance(obj, dict):

@@ -17,7 +17,7 @@ from medsr.io import load_volume, save_volume
 from medsr.manifest import read_manifest
 from medsr.precision import check_precision
 from medsr.utils.device import check_device, resolve_device
-from medsr.utils.paths import check_subject_name, inside
+from medsr.utils.paths import check_not_input, check_subject_name, inside
 
 TTA_CHOICES = ("auto", "none", "flip", "full")
 
@@ -130,6 +130,8 @@ def run_inference(
         The paths written, in input order.
     """
     items = collect_items(src, out, reverse=reverse, input_grid=input_grid, subjects=subjects)
+    check_not_input([it.out for it in items], {"the --input": [src, *(it.path for it in items)],
+                                               "the --checkpoint": checkpoint})
     if len(items) > 1 or Path(src).is_dir() or Path(src).suffix.lower() == ".csv":
         for it in items:  # batch mode: every output inside the output folder (subject names, links)
             inside(out, it.out)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from medsr.checkpoint import load_checkpoint
+from medsr.checkpoint import check_finite_weights, load_checkpoint
 from medsr.config import Config, load_config, save_config
 from medsr.data import build_dataset
 from medsr.precision import check_precision
@@ -148,7 +148,7 @@ def hold_run_dir(run_dir: Path, info: DistInfo) -> Iterator[None]:
             raise ValueError(refused)
         yield
         return
-    created = not run_dir.exists()
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # the folders this run makes
     lock = run_dir / LOCK_NAME
     with contextlib.ExitStack() as stack:
         try:
@@ -163,9 +163,11 @@ def hold_run_dir(run_dir: Path, info: DistInfo) -> Iterator[None]:
             yield
         finally:
             lock.unlink(missing_ok=True)  # still held: a process waiting on it locks again (see file_lock)
-            if created:
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()  # only when empty: a refused run leaves no folder behind
+            for d in created:  # innermost first, each only when empty: a refused run leaves no folder behind
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
 
 def _train_in(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, resume: bool, overwrite: bool,
@@ -190,7 +192,9 @@ def _train_in(cfg: Config, run_dir: Path, info: DistInfo, device: torch.device, 
             print(f"medsr train: no {ckpt} to resume from; starting a new run")
     if state is not None:
         # Before anything is written: a refused resume (another model, mode, a foreign or
-        # incomplete checkpoint) leaves the run folder exactly as it was.
+        # incomplete checkpoint, NaN weights) leaves the run folder exactly as it was.
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            check_finite_weights(state["model"], ckpt)
         try:
             trainer.load_state_dict(state)
         except (KeyError, IndexError, TypeError, RuntimeError) as e:
