@@ -169,3 +169,14 @@ def test_plan_only_with_instance_norm_needs_no_checkpoint(capsys):
     assert main(["bench", "infer", "--plan-only", "--norm", "instance"]) == 0
     out = capsys.readouterr().out
     assert "24x24x24" in out and "refused" in out and "checkpoint" not in out
+
+
+def test_ci_runs_the_readme_test_command_in_a_venv():
+    """``.ci/run`` runs exactly the README's test command, inside a fresh virtual environment."""
+    text = README.read_text()
+    command = re.search(r"Run the tests:\n\n```bash\n(.+)\n```", text).group(1)
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    marker = lines.index("# --- README test command (keep identical to README.md) ---")
+    assert lines[marker + 1:] == [command]
+    assert "python3 -m venv" in "\n".join(lines[:marker]) and 'activate"' in "\n".join(lines[:marker])
+    assert lines[0] == "#!/usr/bin/env bash" and "set -euo pipefail" in lines[:marker]  # a failure fails CI
