@@ -430,7 +430,8 @@ class Predictor:
             device=torch.device("cpu"),  # stitch on the CPU: a whole volume need not fit on the GPU
             progress=progress,
         )
-        out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite_output
+            out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
         return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
 
     def _with_precision(self, fn):

@@ -295,6 +295,15 @@ def _tiny_bids(w: Path) -> None:
     np.savetxt(d / "sub-01_dwi.bvec", np.eye(3)[[0, 1, 2, 0, 1, 2, 0]].T, fmt="%g")
 
 
+def _nan_predictions(w: Path) -> None:
+    (w / "preds").mkdir()
+    for s in ("s1", "s2"):
+        img = nib.load(w / "prep" / s / "lr_up.nii.gz")
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        data[8, 8, 8] = np.nan
+        nib.save(nib.Nifti1Image(data, img.affine), w / "preds" / f"{s}.nii.gz")
+
+
 DUPLICATE_KEY_CONFIG = QUICK.read_text() + "\ntrain:\n  lr: 1.0e-3\n"
 EVAL = ("evaluate", "--manifest", "{w}/prep/manifest.csv", "--baselines", "nn", "--quiet")
 REPORT = ("report", "--manifest", "{w}/prep/manifest.csv", "--baselines", "nn")
@@ -445,6 +454,12 @@ CASES = [
          ("{w}/run/last.pt", "holds NaN or inf")),
     Case("infer-non-finite-prediction", _then(_edit_checkpoint(_overflowing_norm), *_infer()(Path("{w}"))), 2,
          ("the prediction has", "NaN or inf", "no output written")),
+    Case("evaluate-nan-prediction", _then(_nan_predictions, *EVAL, "--predictions", "{w}/preds", "--output",
+                                          "{w}/res.csv"),
+         2, ("{w}/preds/s1.nii.gz: prediction has 1 voxel(s) with NaN or inf values",)),
+    Case("report-nan-prediction", _then(_nan_predictions, *REPORT, "--predictions", "{w}/preds", "--output",
+                                        "{w}/figs"),
+         2, ("{w}/preds/s1.nii.gz: prediction has 1 voxel(s) with NaN or inf values",), one_line=False),
     # --- --overwrite replaces earlier outputs, never a file the same command reads
     Case("infer-output-is-input", _argv("infer", "--checkpoint", "{w}/run/last.pt", "--input",
                                         "{w}/prep/s1/lr_up.nii.gz", "--output", "{w}/prep/s1/lr_up.nii.gz",
@@ -527,6 +542,8 @@ CASES = [
     Case("infer-disk-full-nrrd", _argv("infer", "--checkpoint", "{w}/run/last.pt", "--input", "{w}/prep/s1/lr_up.nii.gz",
                                        "--output", "{w}/o.nrrd", "--quiet"),
          2, ("{w}/o.nrrd: ",), fsize=1024),
+    Case("prep-disk-full", _argv("prep", "volumes", "--input", "{w}/vol", "--output", "{w}/out"), 2,
+         ("medsr prep: error: {w}/out/s1/hr.nii.gz: file too large",), output="out", fsize=1024, one_line=False),
     Case("evaluate-disk-full", _argv(*EVAL, "--output", "{w}/res/r.csv"), 2, ("{w}/res/r.csv: file too large",),
          output="res", fsize=16),
     Case("report-disk-full", _argv(*REPORT, "--output", "{w}/figs"), 2, ("{w}/figs/s1_intensity.png: file too large",),
