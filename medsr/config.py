@@ -25,18 +25,10 @@ from typing import Any, Literal, NewType, Union
 
 import yaml
 
+# Closed value sets: a field annotated with one accepts only its listed strings.
+from medsr.choices import Direction, GanLoss, LossRegion, LrDecay, NormStats, Precision, Sampling
 from medsr.utils.paths import subject_id, subject_list
 
-# Closed sets of string values: a field annotated with one of these accepts only its listed strings
-# (the validator reads them with ``typing.get_args``). Aliases rather than inline ``Literal[...]`` so other
-# modules can share a set (``medsr.precision.PRECISIONS`` is ``get_args(Precision)``).
-Sampling = Literal["grid", "random", "both"]
-NormStats = Literal["separate", "shared"]
-Direction = Literal["AtoB", "BtoA"]
-GanLoss = Literal["vanilla", "lsgan"]
-LossRegion = Literal["patch", "brain"]
-LrDecay = Literal["epochs", "cosine"]
-Precision = Literal["fp32", "bf16", "fp16"]
 # A subject ID: the manifest's ``subject`` (a folder name such as HCP's ``100307`` or BIDS's ``sub-01``).
 # In YAML and ``--set`` it is the text as typed (``[100307, 01]`` -> "100307", "01"), never a number.
 SubjectId = NewType("SubjectId", str)
@@ -220,6 +212,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.max_steps": (1, None, True, True),
     "train.max_minutes": (0, None, False, True),
     "train.lambda_reverse": (0, None, True, True),
+    # Adam at a learning rate above 1 only diverges; a huge one overflows float32 before the first step.
+    "train.lr": (0, 1, False, True),
     "train.beta1": (0, 1, True, False),
     "train.beta2": (0, 1, True, False),
     "train.lambda_l1": (0, None, True, True),
@@ -228,8 +222,6 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.checkpoint_every": (1, None, True, True),
     "train.log_every": (1, None, True, True),
     "train.threads": (0, None, True, True),
-    # Adam at a learning rate above 1 only diverges; a huge one overflows float32 before the first step.
-    "train.lr": (0, 1, False, True),
     # Every RNG medsr seeds (Python, NumPy, torch) takes a seed in [0, 2^32).
     "train.seed": (0, 2**32 - 1, True, True),
 }
@@ -610,30 +602,7 @@ def load_config(
         raise ValueError(f"{path}: {e}") from None  # name the file too: the user may hold several configs
     for item in overrides or []:
         apply_override(base, item)
-    cfg = Config.from_dict(base)
-    check_names(cfg)
-    return cfg
-
-
-def check_names(cfg: Config) -> None:
-    """Raise ValueError naming the key and the registered names when a name in ``cfg`` is unknown.
-
-    Checks ``data.type``, ``train.mode``, ``model.name`` and ``discriminator.name`` against the
-    registries (imported here, lazily: plain config handling needs no torch).
-    """
-    from medsr.data.registry import list_datasets
-    from medsr.networks import list_models
-    from medsr.training.modes import list_modes
-
-    models = list_models()
-    for key, value, allowed in (
-        ("data.type", cfg.data.type, list_datasets()),
-        ("train.mode", cfg.train.mode, list_modes()),
-        ("model.name", cfg.model.name, models),
-        ("discriminator.name", cfg.discriminator.name, models),
-    ):
-        if value not in allowed:
-            raise ValueError(f"config key {key!r}: unknown name {value!r}; allowed: {', '.join(allowed)}")
+    return Config.from_dict(base)
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:

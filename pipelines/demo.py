@@ -277,6 +277,7 @@ def run_demo(
         quiet: no stage headers (the tools' own progress bars still follow their settings).
     """
     from data_prep.phantom import subject_names
+    from medsr.training.names import check_names
 
     if n_subjects < 2:
         raise ValueError(f"--n-subjects must be at least 2 (training subjects + 1 held out), got {n_subjects}")
@@ -290,7 +291,7 @@ def run_demo(
     # The whole config is checked (keys, ranges, names, the seed) before the demo writes anything.
     cfg = load_demo_config(config, output / "prep" / "manifest.csv", output / "run", train_subjects, seed)
     d = cfg.to_dict()
-    load_config(dict(d, train=dict(d["train"], max_minutes=minutes)))
+    check_names(load_config(dict(d, train=dict(d["train"], max_minutes=minutes))))
     if output.resolve() in Path(config).resolve().parents:  # the demo replaces its folder: never its input
         raise ValueError(f"--config {config}: lies inside the demo folder {output}, which the demo replaces; "
                          "copy it elsewhere")

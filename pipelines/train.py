@@ -22,6 +22,7 @@ from medsr.precision import check_precision
 from medsr.training.distributed import (
     DistInfo, barrier, broadcast_object, env_dist_info, init_distributed, select_device, shutdown_distributed,
 )
+from medsr.training.names import check_names
 from medsr.training.trainer import Trainer, configure_determinism
 from medsr.utils.atomic import is_temporary
 from medsr.utils.lock import LockHeld, file_lock
@@ -113,6 +114,7 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
         medsr.training.TrainingDiverged: a loss became non-finite (the last good checkpoint is kept).
     """
     cfg = load_config(config, overrides)
+    check_names(cfg)  # registered model, mode and data names, before any data is read
     threads_before = torch.get_num_threads()
     info: DistInfo = env_dist_info()
     device = select_device(cfg.train.device, info)
@@ -227,7 +229,7 @@ def check_relations(cfg: Config, trainer: Trainer) -> None:
     Raises:
         ValueError: naming the config key(s).
     """
-    gen = trainer.generator
+    gen = trainer.mode.generator
     r = int(getattr(gen, "input_factor", 1) or 1)
     factor = trainer.data.info.get("factor")
     p = cfg.data.patch_size
@@ -239,7 +241,7 @@ def check_relations(cfg: Config, trainer: Trainer) -> None:
                          f"computes on (the data's LR grid); use {max(p - p % r, r)} or {p - p % r + r}")
     sample = trainer.data.dataset[0]
     x, y = sample["x"][None].to(trainer.device), sample["y"]
-    nets = [("model", gen), *[("discriminator", d) for d in trainer.discs.values()]]
+    nets = [("model", gen), *[("discriminator", d) for d in trainer.mode.discriminators.values()]]
     modes = [n.training for _, n in nets]
     try:
         with torch.no_grad():
@@ -253,7 +255,7 @@ def check_relations(cfg: Config, trainer: Trainer) -> None:
             if tuple(out.shape[2:]) != spatial:
                 raise ValueError(f"config keys 'data.patch_size' and 'model.kwargs': {cfg.model.name} maps a "
                                  f"patch of {tuple(x.shape[2:])} to {tuple(out.shape[2:])}, the target is {spatial}")
-            if trainer.discs:
+            if trainer.mode.discriminators:
                 d_in = torch.zeros(1, trainer.mode.discriminator_in_channels(trainer.data.channels), *out.shape[2:],
                                    device=trainer.device)
                 for _, disc in nets[1:]:
