@@ -144,6 +144,8 @@ def hold_run_dir(run_dir: Path, info: DistInfo) -> Iterator[None]:
     Raises:
         ValueError: another live process holds the folder.
     """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"output_dir {run_dir}: exists and is not a folder")
     if not info.is_main:
         refused = broadcast_object(None, info)
         if refused:

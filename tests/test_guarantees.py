@@ -371,6 +371,10 @@ CASES = [
          2, ("'model.kwargs.factor'", "{w}/prep/manifest.csv: 2"), output="prep"),
     Case("train-discriminator-vs-patch", _train("train.mode=paired", "data.patch_size=4", "output_dir={w}/newrun"),
          2, ("'data.patch_size'", "'discriminator.kwargs'", "patchgan3d"), output="prep"),
+    Case("train-missing-manifest-leaves-no-folder", _train("data.manifest={w}/nope.csv", "output_dir={w}/x/newrun"),
+         2, ("{w}/nope.csv", "manifest not found")),
+    Case("train-output-dir-is-a-file", _train("output_dir={w}/prep/manifest.csv"), 2,
+         ("output_dir {w}/prep/manifest.csv: exists and is not a folder",)),
     # --- train: the config file and the --set values as typed
     Case("train-yaml-duplicate-key", _then(_write("dup.yaml", DUPLICATE_KEY_CONFIG), "train", "{w}/dup.yaml",
                                            "--set", "output_dir={w}/newrun"),
