@@ -261,7 +261,7 @@ def check_finite_output(pred: Volume) -> Volume:
         n_vox = int(bad.any(axis=0).sum())
         raise ValueError(f"{pred.name}: the prediction has {n_vox} of {bad[0].size} voxel(s) NaN or inf "
                          "(the checkpoint's weights or normalisation are not finite, or reduced precision "
-                         "overflowed); nothing written")
+                         "overflowed)")
     return pred
 
 

@@ -5,9 +5,15 @@ A subject id is used as a file or folder name (``<predictions>/<subject>.nii.gz`
 output folder. :func:`check_subject_name` refuses such ids where they are read, and
 :func:`inside` checks every output path against its folder just before it is written (which also
 catches a symbolic link placed in the output folder that points elsewhere).
+
+Subject IDs enter through one door, :func:`subject_id` / :func:`subject_list` (config lists,
+``--subjects``): HCP's numeric IDs become their digits, and an ID listed twice is refused.
+:func:`check_not_input` is the one rule of ``--overwrite``: an output is never a file the same command
+reads.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -77,41 +83,41 @@ def inside(folder: str | os.PathLike, path: str | os.PathLike, what: str = "outp
     return Path(path)
 
 
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name one file: the same resolved path, or one file by two names (a link)."""
-    pa, pb = Path(a), Path(b)
-    if pa.resolve() == pb.resolve():
-        return True
-    try:
-        return os.path.samefile(pa, pb)
-    except OSError:  # either is missing: only equal paths name the same file
-        return False
-
-
 def check_not_input(outputs: Iterable[str | os.PathLike],
                     inputs: Mapping[str, str | os.PathLike | Iterable[str | os.PathLike] | None],
                     flag: str = "--overwrite") -> None:
     """The one rule of ``--overwrite``: it replaces earlier outputs, never a file the same command reads.
 
     Checked before any work, with or without ``--overwrite`` (without it the output would only be
-    refused as existing, which hides the real mistake).
+    refused as existing, which hides the real mistake). An output is an input when both paths resolve
+    to one path (links followed) or name one existing file (a hard link).
 
     Args:
         outputs: every file the command is about to write (or remove, for ``train --overwrite``).
-        inputs: label (``--input``, ``--manifest``, ``the config``) -> the file(s) the command reads.
+        inputs: label (``the --input``, ``the config``) -> the file(s) the command reads.
         flag: the option named in the message.
 
     Raises:
         ValueError: naming the output and the input it would replace.
     """
-    named: list[tuple[str, Path]] = []
+    by_path: dict[Path, tuple[str, Path]] = {}
+    by_file: dict[tuple[int, int], tuple[str, Path]] = {}
     for label, paths in inputs.items():
         if paths is None:
             continue
         for q in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-            named.append((label, Path(q)))
+            q = Path(q)
+            by_path.setdefault(q.resolve(), (label, q))
+            with contextlib.suppress(OSError):
+                st = q.stat()
+                by_file.setdefault((st.st_dev, st.st_ino), (label, q))
     for out in outputs:
-        for label, q in named:
-            if same_file(out, q):
-                raise ValueError(f"{out}: is also {label} this command reads ({q}); {flag} replaces earlier "
-                                 "outputs, never an input: choose another output")
+        hit = by_path.get(Path(out).resolve())
+        if hit is None:
+            with contextlib.suppress(OSError):
+                st = Path(out).stat()
+                hit = by_file.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            label, q = hit
+            raise ValueError(f"{out}: is also {label} this command reads ({q}); {flag} replaces earlier "
+                             "outputs, never an input: choose another output")
