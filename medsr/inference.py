@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_volume
+from medsr.model_card import model_card
 from medsr.normalise import ChannelStats
 from medsr.utils.device import resolve_device
 from medsr.volume import Volume
@@ -298,6 +299,7 @@ class Predictor:
         vs = data.get("voxel_size")
         self.train_voxel_size = tuple(float(v) for v in vs) if vs is not None else None
         self.norm = model_norm(ck)
+        self.card = model_card(ck)  # what the model was trained on: infer's domain checks read it
         # Symmetries the model was trained on (data.flip / data.permute): what --tta auto averages over.
         self.trained_flip = bool(data.get("flip", False) or data.get("permute", False))
 

@@ -25,6 +25,7 @@ from medsr.data.cache import ARRAYS as CACHE_ARRAYS, CacheEntry, cached_origins,
 from medsr.data.mapped import MappedGroup
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
+from medsr.model_card import data_card
 from medsr.normalise import ChannelStats, stats_from_sums
 from medsr.patches import brain_patch_origins
 
@@ -382,5 +383,6 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     sizes = np.array([np.linalg.norm(s.affine[:3, :3], axis=0) for s in subjects])
     if np.allclose(sizes, sizes[0], rtol=0.05):
         entry["voxel_size"] = [float(v) for v in sizes.mean(0)]
+    entry.update(data_card(subjects))  # the model card's data facts (medsr info, infer's domain checks)
     return TrainData(dataset, sampler, c, entry, {"x": norm_x, "y": norm_y},
                      _preview(subjects[0], norm_x, norm_y, info["kind"]))

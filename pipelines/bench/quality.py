@@ -100,6 +100,7 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     """Train one config to the budget, infer the held-out volumes, return evaluate's rows for it."""
     from medsr.checkpoint import load_checkpoint
     from medsr.config import load_config
+    from medsr.model_card import record_metrics
     from pipelines.evaluate import evaluate_manifest
     from pipelines.infer import run_inference
     from pipelines.train import train
@@ -131,6 +132,9 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     rows = evaluate_manifest(manifest, pred_dir, model_name=name, baselines=(), subjects=test_subjects, quiet=True)
     rows.insert(1, "config", str(path))
     rows.insert(2, "overrides", " ".join(own))
+    means = rows.drop(columns=["model", "subject", "config", "overrides"], errors="ignore").mean(numeric_only=True)
+    record_metrics(run_dir / "last.pt", means.to_dict(), test_subjects,
+                   f"medsr bench quality, {'%g min' % minutes if minutes is not None else f'{steps} steps'}, tta {tta}")
     rows["steps"] = int(ck["step"])
     rows["train_minutes"] = float(ck.get("train_seconds", wall)) / 60.0
     rows["infer_seconds"] = infer_s / max(len(test_subjects), 1)
