@@ -285,6 +285,16 @@ def _copy_inputs(w: Path) -> None:
         shutil.copy(w / "prep" / s / "lr_up.nii.gz", w / "ins" / f"{s}.nii.gz")
 
 
+def _tensor_file(rel: str) -> Callable[[Path], None]:
+    def fn(w: Path) -> None:
+        (w / rel).parent.mkdir(parents=True, exist_ok=True)
+        t = np.zeros((*SHAPE, 6), np.float32)
+        t[..., [0, 3, 5]] = 1e-3  # isotropic: Dxx = Dyy = Dzz
+        nib.save(nib.Nifti1Image(t, np.eye(4)), w / rel)
+
+    return fn
+
+
 def _tiny_bids(w: Path) -> None:
     root = w / "bids"
     _write("bids/dataset_description.json", json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))(w)
@@ -478,6 +488,15 @@ CASES = [
                                                       "--input", "{w}/ins", "--output", "{w}/ins", "--overwrite",
                                                       "--quiet"),
          2, ("{w}/ins/s1.nii.gz: is also the --input",)),
+    Case("infer-output-is-mask", _argv("infer", "--checkpoint", "{w}/run/last.pt", "--input", "{w}/prep/s1/lr_up.nii.gz",
+                                       "--mask", "{w}/prep/s1/mask.nii.gz", "--output", "{w}/prep/s1/mask.nii.gz",
+                                       "--overwrite", "--quiet"),
+         2, ("{w}/prep/s1/mask.nii.gz: is also the --mask",)),
+    Case("maps-output-is-tensor", _then(_tensor_file("t/sub_MD.nii.gz"), "maps", "{w}/t/sub_MD.nii.gz", "--maps", "md",
+                                        "--output", "{w}/t/sub", "--overwrite"),
+         2, ("{w}/t/sub_MD.nii.gz: is also the TENSOR",)),
+    Case("export-output-is-checkpoint", _argv("export", "{w}/run/last.pt", "--output", "{w}/run/last.pt", "--overwrite"),
+         2, ("{w}/run/last.pt: is also the checkpoint",)),
     Case("evaluate-output-is-manifest", _argv(*EVAL, "--output", "{w}/prep/manifest.csv", "--overwrite"), 2,
          ("{w}/prep/manifest.csv: is also the --manifest",)),
     Case("evaluate-output-is-target", _argv("evaluate", "--pred", "{w}/prep/s1/lr_up.nii.gz", "--target",
@@ -548,6 +567,8 @@ CASES = [
          2, ("{w}/o.nrrd: ",), fsize=1024),
     Case("prep-disk-full", _argv("prep", "volumes", "--input", "{w}/vol", "--output", "{w}/out"), 2,
          ("medsr prep: error: {w}/out/s1/hr.nii.gz: file too large",), output="out", fsize=1024, one_line=False),
+    Case("export-disk-full", _argv("export", "{w}/run/last.pt", "--output", "{w}/m.pt"), 2,
+         ("{w}/m.pt: file too large",), fsize=16 * 1024),
     Case("evaluate-disk-full", _argv(*EVAL, "--output", "{w}/res/r.csv"), 2, ("{w}/res/r.csv: file too large",),
          output="res", fsize=16),
     Case("report-disk-full", _argv(*REPORT, "--output", "{w}/figs"), 2, ("{w}/figs/s1_intensity.png: file too large",),
