@@ -79,6 +79,7 @@ Use it from Python with :func:`make_subject` / :func:`generate`, or from the she
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -857,6 +858,9 @@ def generate(output: str | Path, subjects: int = 4, *, seed: int = 0, config: Ph
     """
     if subjects < 1:
         raise ValueError(f"--subjects must be >= 1, got {subjects}")
+    for name, value in (("--voxel-size", config.voxel_size), ("--snr", config.snr)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number, got {value:g}")
     if layout not in ("hcp", "bids"):
         raise ValueError(f"--layout {layout}: choose hcp or bids")
     if min(config.shape) < 16:

@@ -20,6 +20,7 @@ program must be run on windows of the training patch size, as ``medsr infer`` do
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,7 @@ from medsr.inference import lr_grid_factor, model_norm
 from medsr.model_card import model_card
 from medsr.networks.interpolate import block_mean
 from medsr.utils.atomic import atomic_path
+from medsr.utils.paths import check_not_input
 
 
 class NormalisedGenerator(torch.nn.Module):
@@ -64,6 +66,7 @@ def export_generator(checkpoint: str | os.PathLike, output: str | os.PathLike, *
         FileExistsError: ``output`` exists and not ``overwrite``.
     """
     output = Path(output)
+    check_not_input([output], {"the checkpoint": checkpoint})
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output}: already exists (pass --overwrite to replace it)")
     model, sx, sy, ck = load_generator(checkpoint)
@@ -82,6 +85,11 @@ def export_generator(checkpoint: str | os.PathLike, output: str | os.PathLike, *
             raise RuntimeError(f"{checkpoint}: the exported program differs from the model")
     meta = {"format": "medsr-torch.export-1", "input": "lr_up: (B, C, X, Y, Z) float32 on the HR grid, original units",
             "output": "(B, C, X, Y, Z) float32, original units", "norm": model_norm(ck), "card": card}
+    # Serialised in memory, then written by Python, so a full disk is an OSError naming the file (torch's
+    # own zip writer reports it as a RuntimeError without the cause); see medsr.checkpoint.save_checkpoint.
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={"medsr.json": json.dumps(meta)})
     with atomic_path(output, overwrite=overwrite) as tmp:
-        torch.export.save(program, str(tmp), extra_files={"medsr.json": json.dumps(meta)})
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
     return meta

@@ -39,7 +39,7 @@ import numpy as np
 
 from medsr import __version__
 from medsr.dti import fsl_to_full9, fsl_to_lower, full9_to_fsl, lower_to_fsl
-from medsr.utils.atomic import atomic_path
+from medsr.utils.atomic import atomic_path, write_failed
 from medsr.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -425,4 +425,7 @@ def _write_itk(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     img.SetSpacing([float(s) for s in spacing])
     img.SetDirection([float(v) for v in direction.reshape(-1)])
     img.SetOrigin([float(v) for v in lps[:3, 3]])
-    sitk.WriteImage(img, str(path), True)
+    try:
+        sitk.WriteImage(img, str(path), True)
+    except RuntimeError as e:  # ITK reports a failed write (a full disk) as text, not as an OS error
+        raise write_failed(path, e) from None

@@ -23,7 +23,7 @@ from medsr.manifest import read_manifest
 from medsr.precision import check_precision
 from medsr.uncertainty import predict_with_std, uncertainty_views
 from medsr.utils.device import check_device, resolve_device
-from medsr.utils.paths import check_subject_name, inside
+from medsr.utils.paths import check_not_input, check_subject_name, inside
 from pipelines import bids_derivatives as bids_out
 from pipelines.infer_outputs import (
     MASK_FROM_MANIFEST, ItemOutputs, check_domain, item_mask, plain_outputs, write_item,
@@ -163,6 +163,9 @@ def run_inference(
     source = bids_out.check_root(bids) if bids is not None else None
     plans = [bids_out.bids_outputs(Path(out), Path(bids), it.subject, maps, uncertainty, {}) if bids is not None
              else plain_outputs(it.out, maps, uncertainty) for it in items]
+    check_not_input([p for o in plans for p in o.paths()],
+                    {"the --input": [src, *(it.path for it in items)], "the --checkpoint": checkpoint,
+                     "the --mask": mask if mask not in (None, MASK_FROM_MANIFEST) else None})
     batch = len(items) > 1 or Path(src).is_dir() or from_manifest
     if batch:
         for o in plans:  # every output inside the output folder (subject names, links)

@@ -87,7 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsr.utils.paths import subject_list
     from pipelines.infer import run_inference
+
+    subjects = subject_list(args.subjects, "--subjects") if args.subjects else None
 
     window = None
     if args.window is not None:
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlap {args.overlap:g}: allowed range is [0, 1)")
     written = run_inference(
         args.checkpoint, args.input, args.output, reverse=args.reverse, device=args.device, window=window,
-        overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=args.subjects,
+        overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=subjects,
         quiet=args.quiet, precision=args.precision, tta=args.tta, maps=args.maps or (),
         uncertainty=args.uncertainty, mask=args.mask, strict=args.strict, bids=args.bids,
     )

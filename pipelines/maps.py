@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from medsr.dti_maps import MAPS, tensor_maps
 from medsr.io import load_dti, load_mask, save_volume
+from medsr.utils.paths import check_not_input
 from medsr.volume import Volume
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -63,6 +64,7 @@ def run_maps(tensor_path: str | os.PathLike, names: Sequence[str], *, output: st
         FileExistsError: a map file exists and not ``overwrite`` (checked before any is computed).
     """
     paths = map_paths(strip_nifti(output if output is not None else tensor_path), names)
+    check_not_input(paths.values(), {"the TENSOR": tensor_path, "the --mask": mask})
     if not overwrite:
         existing = [str(p) for p in paths.values() if p.exists()]
         if existing:

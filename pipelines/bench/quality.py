@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import re
 import shlex
 import sys
@@ -210,7 +211,7 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
 
     if (minutes is None) == (steps is None):
         raise ValueError("give exactly one budget: --minutes or --steps")
-    if minutes is not None and minutes <= 0 or steps is not None and steps < 1:
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)) or steps is not None and steps < 1:
         raise ValueError(f"the budget must be positive (--minutes {minutes}, --steps {steps})")
     output = Path(output)
     from medsr.config import load_config
@@ -226,8 +227,13 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
     if manifest is not None:
         if not train or not test:
             raise ValueError("--manifest needs --train and --test subject lists")
+        from medsr.utils.paths import subject_list
+
         manifest = Path(manifest)
-        train_s, test_s = list(train), list(test)
+        train_s, test_s = subject_list(train, "--train"), subject_list(test, "--test")
+        both = sorted(set(train_s) & set(test_s))
+        if both:
+            raise ValueError(f"--train and --test both name {', '.join(both)}: a held-out subject is never trained on")
     else:
         if train or test:
             raise ValueError("--train/--test name subjects of --manifest; for the phantom use --train-subjects N")
