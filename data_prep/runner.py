@@ -16,12 +16,15 @@ Guarantees:
 * any number of runs (``medsr prep ... --subjects ...`` jobs, e.g. a SLURM array) can prepare
   disjoint subjects into one output folder at once: each merges its own rows into the manifest
   under a lock (:func:`medsr.manifest.update_manifest`), so the manifest ends up with every subject;
+* a full output disk stops the run at once (the file named, exit code 2): it is not the subject's fault
+  and every other subject would fail the same way;
 * a rerun skips subjects whose row is ``ok`` and whose files all exist, and retries the others
   (``overwrite=True`` redoes every subject);
 * the return value is 0 when every subject is ``ok``, 1 otherwise.
 """
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sys
@@ -134,9 +137,16 @@ def run_one(process: Process, subject: str, out_dir: Path, kind: str, factor: Fa
         return row
     except Exception as e:  # noqa: BLE001 - one bad subject must not stop the others
         _remove_outputs(out_dir, subject, before)
+        if disk_full(e):
+            raise  # the output disk, not this subject: every other would fail too (exit 2, the file named)
         row = empty_row(subject)
         row.update(status="failed", error=f"subject {subject}: {one_line(e)}", kind=kind, factor=factor)
         return row
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is the output disk refusing a write (full, over quota, a file-size limit)."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _remove_outputs(out_dir: Path, subject: str, before: Snapshot) -> None:
@@ -277,6 +287,9 @@ def _run_in_workers(todo: list[str], process: Process, out_dir: Path, kind: str,
                     row = fut.result()
                 except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
                     _remove_outputs(out_dir, s, before[s])
+                    if disk_full(e):
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
                     row = empty_row(s)
                     row.update(status="failed", error=f"subject {s}: worker died: {one_line(e)}",
                                kind=kind, factor=factor)

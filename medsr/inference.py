@@ -39,6 +39,7 @@ import torch
 
 from medsr.data.augment import allowed_permutations, inverse_symmetry_volume, symmetries, symmetry_volume
 from medsr.factor import Factor, FactorLike, factor_triple, format_factor
+from medsr.model_card import model_card
 from medsr.normalise import ChannelStats
 from medsr.utils.device import resolve_device
 from medsr.volume import Volume
@@ -252,6 +253,25 @@ def lr_grid_factor(model: torch.nn.Module) -> Factor:
     return r if r != (1, 1, 1) and hasattr(model, "forward_lr") else (1, 1, 1)
 
 
+def check_finite_output(pred: Volume) -> Volume:
+    """Return ``pred`` when every voxel is finite; a NaN or inf is an error, never a written volume.
+
+    The input was checked finite, so a non-finite output means the model itself is broken (NaN
+    weights, a normalisation with zero spread, an overflow in reduced precision): writing it would hand
+    the user a silent all-NaN volume.
+
+    Raises:
+        ValueError: naming the input and how many voxels are not finite.
+    """
+    bad = ~np.isfinite(pred.data)
+    if bad.any():
+        n_vox = int(bad.any(axis=0).sum())
+        raise ValueError(f"{pred.name}: the prediction has {n_vox} of {bad[0].size} voxel(s) NaN or inf "
+                         "(the checkpoint's weights or normalisation are not finite, or reduced precision "
+                         "overflowed)")
+    return pred
+
+
 class Predictor:
     """A loaded generator with its normalisation and training-data facts.
 
@@ -285,6 +305,7 @@ class Predictor:
         vs = data.get("voxel_size")
         self.train_voxel_size = tuple(float(v) for v in vs) if vs is not None else None
         self.norm = model_norm(ck)
+        self.card = model_card(ck)  # what the model was trained on: infer's domain checks read it
         # Symmetries the model was trained on (data.flip / data.permute): what --tta auto averages over.
         self.trained_flip = bool(data.get("flip", False) or data.get("permute", False))
 
@@ -377,7 +398,7 @@ class Predictor:
         if tta == "full":  # only axes of equal voxel size and factor swap (x <-> y at factor 1 1 4)
             views = symmetries(tta, allowed_permutations(vol.voxel_size, self.factor))
         if len(views) == 1:
-            return self._predict_view(vol, reverse, plan, sw_batch_size, progress)
+            return check_finite_output(self._predict_view(vol, reverse, plan, sw_batch_size, progress))
         dti = self.kind == "dti" and self.channels == 6
         total = np.zeros(vol.data.shape, np.float64)
         for perm, axes in views:
@@ -387,7 +408,8 @@ class Predictor:
             view_plan = replace(plan, roi=tuple(plan.roi[p] for p in perm))
             out = self._predict_view(view, reverse, view_plan, sw_batch_size, progress)
             total += inverse_symmetry_volume(out.data, perm, axes, dti)
-        return Volume((total / len(views)).astype(np.float32), vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+        return check_finite_output(Volume((total / len(views)).astype(np.float32), vol.affine.copy(), name=vol.name,
+                                          meta=dict(vol.meta)))
 
     def _predict_view(self, vol: Volume, reverse: bool, plan: WindowPlan, sw_batch_size: int,
                       progress: bool) -> Volume:
@@ -416,7 +438,8 @@ class Predictor:
             device=torch.device("cpu"),  # stitch on the CPU: a whole volume need not fit on the GPU
             progress=progress,
         )
-        out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite_output
+            out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
         return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
 
     def _with_precision(self, fn):

@@ -150,8 +150,12 @@ def read_manifest_raw(path: str | os.PathLike) -> pd.DataFrame:
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype(int)
     df["factor"] = [_stored_factor(f) for f in df["factor"].astype(str)]
+    seen: set[str] = set()
     for s in df["subject"]:  # subject names become file names downstream (infer, evaluate, report)
         check_subject_name(s, path)
+        if s in seen:  # two rows would write one output file: say so before any work
+            raise ValueError(f"subject {s} is listed twice in {path}")
+        seen.add(s)
     return df[list(COLUMNS)]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 from pathlib import Path
 
@@ -101,11 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from data_prep.runner import check_output_folder, run_subjects
+    from medsr.utils.paths import subject_list
 
     args.factor = factor_from_args(args.factor, args.slice_profile)  # 2 for "2" and "2 2 2"; [1, 1, 4] per axis
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if args.source in ("hcp", "bids") and not args.shell > 0:
+    if args.source in ("hcp", "bids") and not (args.shell > 0 and math.isfinite(args.shell)):
         raise ValueError(f"--shell must be a positive b-value (s/mm^2), got {args.shell:g}")
     if args.source in ("hcp", "bids") and not args.shell_tolerance >= 0:
         raise ValueError(f"--shell-tolerance must be >= 0, got {args.shell_tolerance:g}")
@@ -143,10 +145,11 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir() and ((out / "manifest.csv").is_file() or not any(out.iterdir())):
         subjects = [s for s in subjects if (args.input / s).resolve() != out]
     if args.subjects:
-        unknown = sorted(set(args.subjects) - set(subjects))
+        wanted = subject_list(args.subjects, "--subjects")
+        unknown = sorted(set(wanted) - set(subjects))
         if unknown:
             raise ValueError(f"{args.input}: no subject folder(s) {', '.join(unknown)}")
-        subjects = [s for s in subjects if s in set(args.subjects)]
+        subjects = [s for s in subjects if s in set(wanted)]
     check_output_folder(args.input, subjects, args.output)
     return run_subjects(subjects, process, args.output, kind=kind, factor=args.factor, workers=args.workers,
                         overwrite=args.overwrite, desc=f"prep {args.source}")
@@ -154,12 +157,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_bids(args: argparse.Namespace) -> int:
     from data_prep import bids
-    from data_prep.runner import check_output_folder, run_subjects
+    from data_prep.runner import check_output_folder, run_subjects, subject_outputs
+    from medsr.utils.paths import check_not_input, subject_list
 
     bids.check_dataset(args.input)
     if args.mask_pattern:
         bids.check_mask_pattern(args.mask_pattern)
-    found = bids.find_series(args.input, args.participant_label, args.session)
+    labels = subject_list(args.participant_label, "--participant-label") if args.participant_label else None
+    sessions = subject_list(args.session, "--session") if args.session else None
+    found = bids.find_series(args.input, labels, sessions)
     if found.no_dwi:
         where = f" in session(s) {', '.join(args.session)}" if args.session else ""
         print(f"prep bids: {len(found.no_dwi)} subject(s) without a dwi series{where}, skipped: "
@@ -174,6 +180,13 @@ def _run_bids(args: argparse.Namespace) -> int:
         folders.append(out.name)  # it would be read as a subject folder by the next run
     check_output_folder(args.input, folders, args.output)
     series = {s.name: s for s in found.series}
+    if args.mask_pattern:  # --overwrite redoes a subject's outputs: never over the mask it reads
+        for s in found.series:
+            try:
+                mask = bids.mask_path(args.input, s, args.mask_pattern)
+            except ValueError:
+                continue  # a series lacking an entity of the pattern fails on its own, by name
+            check_not_input(subject_outputs(args.output, s.name).values(), {"the --mask-pattern file": mask})
     process = functools.partial(bids.prep_series, series=series, input_dir=str(args.input),
                                 mask_pattern=args.mask_pattern, shell=args.shell, tolerance=args.shell_tolerance,
                                 factor=args.factor, pad=args.pad, profile=args.slice_profile)

@@ -37,6 +37,14 @@ def test_two_variants_at_equal_steps_on_a_manifest(tmp_path, monkeypatch):
     assert sorted(base["model"]) == ["cubic", "linear", "nn"]
     assert (tmp_path / "bq" / "predictions" / "tiny" / "sub02.nii.gz").is_file()
     assert "tiny__depth=2" in (tmp_path / "bq" / "quality.txt").read_text()
+    # the held-out metrics are in the model card of the checkpoint it trained (medsr info)
+    from medsr.checkpoint import load_checkpoint
+    from medsr.model_card import model_card
+
+    card = model_card(load_checkpoint(tmp_path / "bq" / "runs" / "tiny" / "last.pt"))
+    assert card["heldout_metrics"]["subjects"] == ["sub02"]
+    assert card["heldout_metrics"]["mean"]["rmse_interior"] == pytest.approx(float(table["rmse_interior"].iloc[0]))
+    assert card["n_subjects"] == 2 and card["intensity"]["y"]["abs_p99"] > 0 and "heldout_metrics" not in card["unknown"]
     # the same command again refuses at once (before any training), naming the way out
     before = (tmp_path / "bq" / "quality.csv").read_bytes()
     assert main(["bench", "quality", "--steps", "2", "--manifest", str(manifest), "--train", "sub00", "sub01",

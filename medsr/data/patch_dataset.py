@@ -30,6 +30,7 @@ from medsr.data.mapped import MappedGroup
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
 from medsr.factor import factor_triple, factor_value, format_factor, round_up_to_factor
+from medsr.model_card import data_card
 from medsr.normalise import ChannelStats, stats_from_sums
 from medsr.patches import brain_patch_origins
 
@@ -436,5 +437,6 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     # geometry instead of its file name; stored only when the training subjects agree on it.
     if np.allclose(vox, vox[0], rtol=0.05):
         entry["voxel_size"] = [float(v) for v in vox.mean(0)]
+    entry.update(data_card(subjects))  # the model card's data facts (medsr info, infer's domain checks)
     return TrainData(dataset, sampler, c, entry, {"x": norm_x, "y": norm_y},
                      _preview(subjects[0], norm_x, norm_y, info["kind"], factor=factor))

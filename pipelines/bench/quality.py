@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import re
 import shlex
 import sys
@@ -139,6 +140,7 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     on the training subjects' scans, or with ``self_train_on="held-out"`` once per held-out scan, on it alone.
     """
     from medsr.config import load_config
+    from medsr.model_card import record_metrics
     from pipelines.evaluate import evaluate_manifest
 
     path, own = parse_spec(spec)
@@ -159,6 +161,11 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     rows = evaluate_manifest(manifest, pred_dir, model_name=name, baselines=(), subjects=test_subjects, quiet=True)
     rows.insert(1, "config", str(path))
     rows.insert(2, "overrides", " ".join(own))
+    budget = '%g min' % minutes if minutes is not None else f'{steps} steps'
+    for run in runs:  # each checkpoint's model card gets the scores of the subjects it upsampled
+        mine = rows[rows["subject"].isin(run["test"])]
+        means = mine.drop(columns=["model", "subject", "config", "overrides"], errors="ignore").mean(numeric_only=True)
+        record_metrics(run["checkpoint"], means.to_dict(), run["test"], f"medsr bench quality, {budget}, tta {tta}")
     for key in ("steps", "train_minutes", "infer_seconds"):
         rows[key] = sum(r[key] for r in runs) / len(runs)
     rows["steps"] = rows["steps"].round().astype(int)
@@ -167,10 +174,10 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
 
 def _train_and_infer(path: Path, own: list[str], overrides: list[str], manifest: Path, train_subjects: list[str],
                      test_subjects: list[str], name: str, pred_dir: Path, *, output: Path, minutes: float | None,
-                     steps: int | None, seed: int, overwrite: bool, tta: str) -> dict[str, float]:
+                     steps: int | None, seed: int, overwrite: bool, tta: str) -> dict:
     """Train config ``path`` (with overrides) on ``train_subjects`` of ``manifest`` into ``OUTPUT/runs/name``, then
-    write the ``test_subjects``' predictions into ``pred_dir``; returns steps, training minutes and seconds per
-    inferred volume."""
+    write the ``test_subjects``' predictions into ``pred_dir``; returns the checkpoint, the subjects inferred,
+    steps, training minutes and seconds per inferred volume."""
     from medsr.checkpoint import load_checkpoint
     from medsr.config import load_config
     from pipelines.infer import run_inference
@@ -197,7 +204,8 @@ def _train_and_infer(path: Path, own: list[str], overrides: list[str], manifest:
     run_inference(run_dir / "last.pt", manifest, pred_dir, subjects=test_subjects, overwrite=True, quiet=True,
                   tta=tta)
     infer_s = time.perf_counter() - t1
-    return {"steps": int(ck["step"]), "train_minutes": float(ck.get("train_seconds", wall)) / 60.0,
+    return {"checkpoint": run_dir / "last.pt", "test": list(test_subjects), "steps": int(ck["step"]),
+            "train_minutes": float(ck.get("train_seconds", wall)) / 60.0,
             "infer_seconds": infer_s / max(len(test_subjects), 1)}
 
 
@@ -264,7 +272,7 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
 
     if (minutes is None) == (steps is None):
         raise ValueError("give exactly one budget: --minutes or --steps")
-    if minutes is not None and minutes <= 0 or steps is not None and steps < 1:
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)) or steps is not None and steps < 1:
         raise ValueError(f"the budget must be positive (--minutes {minutes}, --steps {steps})")
     output = Path(output)
     from medsr.config import load_config
@@ -282,8 +290,13 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
     if manifest is not None:
         if not train or not test:
             raise ValueError("--manifest needs --train and --test subject lists")
+        from medsr.utils.paths import subject_list
+
         manifest = Path(manifest)
-        train_s, test_s = list(train), list(test)
+        train_s, test_s = subject_list(train, "--train"), subject_list(test, "--test")
+        both = sorted(set(train_s) & set(test_s))
+        if both:
+            raise ValueError(f"--train and --test both name {', '.join(both)}: a held-out subject is never trained on")
     else:
         if train or test:
             raise ValueError("--train/--test name subjects of --manifest; for the phantom use --train-subjects N")
