@@ -59,6 +59,8 @@ class DomainPairs(torch.utils.data.Dataset):
     def n_grid(self) -> int:
         return self.x.n_grid
 
-    def __getitem__(self, item: Item) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: Item | int) -> dict[str, torch.Tensor]:
+        if isinstance(item, int):  # a plain index (a sample to check shapes with): X item i, a Y item beside it
+            item = (item, item % len(self.y), 0, 1)
         ix, iy, sx, sy = item
         return {**self.x.side("x", ix, sx), **self.y.side("y", iy, sy)}
