@@ -17,19 +17,15 @@ HR-grid patches that start on an LR block boundary, with gradients:
 The op is linear with weights summing to one, so it commutes with a per-channel affine normalisation
 ``(v - mean) / std`` when input and target share the statistics (``data.norm_stats: shared``).
 
-Diffusion tensors are not degraded linearly: prep averages the *DWIs* over each block and fits the LR
-tensor to the averaged signal, so a block of CSF (MD 3e-3 mm^2/s) and tissue (0.8e-3) gives an LR MD of
-about 1.4e-3, not their mean 1.9e-3, and a block half outside the brain keeps the brain's tensor
-instead of half of it. :class:`TensorDegradation` does the same in a differentiable form: the signal of
-each HR tensor along :data:`N_DIRECTIONS` fixed directions at b = ``bval`` (unit b0 inside the brain
-mask, none outside), degraded by :class:`Degradation`, fitted back by least squares on the log signal.
-It is prep's degradation and fit when the b0 signal is the same over the brain and the data are
-noise-free (tested against prep's dipy fit); real b0 contrast (CSF brighter) and noise make it an
-approximation.
+Diffusion tensors: prep averages the *DWIs* over each block and fits the LR tensor to the averaged
+signal, inside the LR mask. Outside the brain the DWIs carry (almost) no signal, so a block half outside
+the brain keeps the brain's tensor instead of half of it; inside, the fit of the averaged signal is close
+to the mean of the tensors. :meth:`Degradation.brain_mean` is that model: the mean over each block's
+brain voxels (:func:`medsr.degrade.block_mean_array` of ``mask * tensors`` over that of ``mask``), and
+tests/test_gan_modes.py measures it against prep's own fit of degraded DWIs.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -109,56 +105,17 @@ class Degradation(nn.Module):
         m = self.margin * self.factor[self.axis]
         return hr.narrow(2 + self.axis, m, hr.shape[2 + self.axis] - 2 * m)
 
+    def brain_mean(self, hr: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D over each block's brain voxels (B, C, x, y, z), the blocks' brain fraction (B, 1, x, y, z)).
+
+        ``D(mask * hr) / D(mask)`` where a block holds brain, 0 where it holds none: the LR value of a
+        quantity that is fitted to the signal the brain gives (DTI), not averaged with the background.
+        """
+        mask = mask.to(hr.dtype)
+        fraction = self(mask)
+        return self(hr * mask) / fraction.clamp_min(1e-6) * (fraction > 0), fraction
+
     def block_fraction(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) mask -> the brain fraction of each LR voxel's block (B, 1, x, y, z), cropped as forward."""
         return F.avg_pool3d(self.crop_hr(mask), self.factor) if self.factor != (1, 1, 1) else mask
 
-
-N_DIRECTIONS = 30  # gradient directions of the simulated signal (6 would determine a tensor; 30 spread it evenly)
-
-
-def _directions(n: int) -> torch.Tensor:
-    """``n`` unit vectors spread over a half sphere (a Fibonacci lattice), (n, 3) float64."""
-    k = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1.0 - k / n  # (0, 1]: antipodal directions measure the same signal
-    phi = k * math.pi * (3.0 - math.sqrt(5.0))
-    r = torch.sqrt(1.0 - z * z)
-    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], 1)
-
-
-class TensorDegradation(nn.Module):
-    """HR diffusion tensors (B, 6, X, Y, Z), FSL order, mm^2/s -> the LR tensors prep fits to degraded DWIs.
-
-    Args:
-        factor, profile, margin: as :class:`Degradation` (applied to the signals).
-        bval: the b-value of the simulated signal (s/mm^2; ``medsr prep``'s shell, 1000 by default).
-
-    ``forward(tensors, mask)`` returns ``(lr_tensors (B, 6, x, y, z), brain (B, 1, x, y, z))``: the fitted LR
-    tensors and the brain fraction of each LR voxel's (profile-weighted) block; LR voxels with no brain get 0.
-    """
-
-    def __init__(self, factor: int | Sequence[int], profile: str = "box", margin: int = 1, bval: float = 1000.0) -> None:
-        super().__init__()
-        self.signal = Degradation(factor, profile, margin)
-        self.factor, self.bval = self.signal.factor, float(bval)
-        g = _directions(N_DIRECTIONS)
-        # ADC along g = g^T D g = design @ (Dxx, Dxy, Dxz, Dyy, Dyz, Dzz)
-        design = torch.stack([g[:, 0] ** 2, 2 * g[:, 0] * g[:, 1], 2 * g[:, 0] * g[:, 2], g[:, 1] ** 2,
-                              2 * g[:, 1] * g[:, 2], g[:, 2] ** 2], 1)
-        self.register_buffer("design", design.float(), persistent=False)
-        self.register_buffer("fit", torch.linalg.pinv(design).float(), persistent=False)
-
-    def crop_lr(self, lr: torch.Tensor) -> torch.Tensor:
-        return self.signal.crop_lr(lr)
-
-    def forward(self, tensors: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if mask is None:
-            mask = torch.ones_like(tensors[:, :1])
-        mask = mask.to(tensors.dtype)
-        adc = torch.einsum("kc,bc...->bk...", self.design.to(tensors.dtype), tensors)  # (B, K, X, Y, Z)
-        signal = self.signal(torch.exp(-self.bval * adc) * mask)
-        b0 = self.signal(mask)
-        ratio = signal / b0.clamp_min(1e-6)
-        adc_lr = -torch.log(ratio.clamp_min(1e-6)) / self.bval
-        lr = torch.einsum("ck,bk...->bc...", self.fit.to(tensors.dtype), adc_lr)
-        return lr * (b0 > 0), b0

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from medsr.config import Config
 from medsr.losses import GANLoss, pixel_loss
-from medsr.networks.degrade import Degradation, TensorDegradation
+from medsr.networks.degrade import Degradation
 from medsr.training.base import GeneratorPasses, TrainMode, Wrap, create_mode, list_modes, no_wrap, register_mode
 from medsr.training.networks import DataFacts
 from medsr.training.image_pool import ImagePool
@@ -157,9 +157,8 @@ class Unpaired(TrainMode):
     independent draws (see the unpaired sampler, and ``data.domains`` for disjoint subjects).
 
     The degradation terms use what unpaired data still know, the degradation ``D`` prep applied
-    (:class:`medsr.networks.degrade.Degradation`: the block mean, or the slice profile; for DTI through
-    the signal, :class:`medsr.networks.degrade.TensorDegradation`, as prep fits LR tensors to degraded
-    DWIs): F's output,
+    (:class:`medsr.networks.degrade.Degradation`: the block mean, or the slice profile; for DTI the mean
+    over each block's brain voxels, as prep fits LR tensors to degraded DWIs): F's output,
     degraded, must give back the LR voxels of its own input (``x_lr``, the block mean of ``lr_up``), and
     G, which maps an HR volume to its LR estimate, must be that degradation (``G(y)_lr``, the block
     mean of G's NN-upsampled output, against ``D(y)``). The first anchors F to the measured signal where
@@ -193,14 +192,14 @@ class Unpaired(TrainMode):
     def setup(self, facts: DataFacts, device: torch.device, wrap: Wrap = no_wrap) -> None:
         super().setup(facts, device, wrap)
         self.degrade = Degradation(facts.factor, facts.slice_profile).to(self.device)
-        # DTI: prep fits LR tensors to degraded DWIs, so D runs through the signal (TensorDegradation).
-        self.tensors = None
-        if facts.kind == "dti" and facts.channels == 6:
-            self.tensors = TensorDegradation(facts.factor, facts.slice_profile).to(self.device)
-            stats = (facts.norm or {}).get("y")
-            mean = torch.as_tensor(stats.mean if stats else [0.0] * 6, dtype=torch.float32)
-            std = torch.as_tensor(stats.std if stats else [1.0] * 6, dtype=torch.float32)
-            self.y_mean, self.y_std = (v.reshape(1, 6, 1, 1, 1).to(self.device) for v in (mean, std))
+        # DTI: prep fits LR tensors to degraded DWIs, which the background does not dilute (brain_mean).
+        self.dti = facts.kind == "dti" and facts.channels == 6
+        if self.dti and facts.norm and facts.norm.get("y") is not None:
+            stats = facts.norm["y"]
+            self.y_mean, self.y_std = (torch.as_tensor(v, dtype=torch.float32).reshape(1, -1, 1, 1, 1).to(self.device)
+                                       for v in (stats.mean, stats.std))
+        else:
+            self.y_mean, self.y_std = 0.0, 1.0
 
     def _lr(self, up: torch.Tensor) -> torch.Tensor:
         """The LR voxels of an NN-upsampled patch (each block holds one value), cut as ``D``'s output."""
@@ -209,15 +208,15 @@ class Unpaired(TrainMode):
     def _degrade_loss(self, hr: torch.Tensor, lr: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """|D(hr) - lr| over the LR voxels of a patch, normalised units.
 
-        Scalar data: each LR voxel weighted by its block's brain fraction when masked. DTI: the tensors
-        prep would fit, compared where prep fits (LR voxels at least half brain) when masked.
+        Scalar data: prep's block mean (or profile), each LR voxel weighted by its block's brain fraction
+        when masked. DTI with a mask: the mean over each block's brain voxels, in mm^2/s (zero-tensor
+        background is not averaged in), compared where prep fits (LR voxels at least half brain).
         """
-        if self.tensors is None:
+        if not (self.dti and mask is not None):
             weight = self.degrade.block_fraction(mask) if mask is not None else None
             return region_loss(nn.functional.l1_loss, self.degrade(hr), lr, weight)
-        fitted, brain = self.tensors(hr * self.y_std + self.y_mean, mask)
-        weight = (brain >= 0.5).float() if mask is not None else None
-        return region_loss(nn.functional.l1_loss, (fitted - self.y_mean) / self.y_std, lr, weight)
+        fitted, fraction = self.degrade.brain_mean(hr * self.y_std + self.y_mean, mask)
+        return region_loss(nn.functional.l1_loss, (fitted - self.y_mean) / self.y_std, lr, (fraction >= 0.5).float())
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
