@@ -18,7 +18,6 @@ import yaml
 
 from medsr.checkpoint import load_checkpoint
 from medsr.config import load_config
-from medsr.data import build_dataset
 from medsr.data.self_supervised import SelfPairs, load_scans, region_permutation
 from medsr.data.synthetic import synthetic_subject
 from medsr.degrade import degrade, fit_to_factor, nn_upsample_array
@@ -29,7 +28,6 @@ from pipelines.cli import main
 from pipelines.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SINGLE = SimpleNamespace(rank=0, world_size=1, is_main=True, enabled=False)
 SELF_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "self.yaml"
 FACTOR = (1, 1, 4)
 # Small and fast: a few steps of the shipped config on tiny pairs.
