@@ -7,21 +7,29 @@ atomically, and existing outputs are refused up front (before any compute) unles
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from medsr.inference import Predictor
+from medsr.inference import Predictor, lr_grid_factor
 from medsr.io import load_volume, save_volume
 from medsr.manifest import read_manifest
 from medsr.precision import check_precision
 from medsr.utils.device import check_device, resolve_device
 from medsr.utils.paths import check_subject_name, inside
+from medsr.utils.threads import AUTO, ThreadSetting, choose_threads, parse_threads
+from medsr.volume import Volume
 
 TTA_CHOICES = ("auto", "none", "flip", "full")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# threads auto: the probe is a crop of at most this edge (voxels), and is repeated for a batch's next
+# subject once this many seconds have passed since the last (the machine's load may have changed).
+PROBE_EDGE = 32
+PROBE_EVERY_S = 60.0
 
 
 @dataclass
@@ -119,12 +127,16 @@ def run_inference(
     quiet: bool = False,
     precision: str = "fp32",
     tta: str = "auto",
+    threads: ThreadSetting = AUTO,
 ) -> list[Path]:
     """Run a checkpoint over one or many volumes and write float32 NIfTIs on the HR grid.
 
     ``precision`` (``fp32``, ``bf16``, ``fp16``) runs the model under autocast; outputs stay float32.
     ``tta`` (``auto``, ``none``, ``flip``, ``full``): test-time augmentation (:meth:`Predictor.predict`);
     ``auto`` averages the 8 flips for a model trained with flips or permutations.
+    ``threads``: torch CPU threads, ``auto`` (timed on a small crop of the volume at each candidate
+    count, see :func:`medsr.utils.threads.choose_threads`), a number or 0 (torch's default); torch's
+    count is restored on return.
 
     Returns:
         The paths written, in input order.
@@ -137,6 +149,10 @@ def run_inference(
     check_precision(precision, resolve_device(device), "--precision")  # before any file is read
     if tta not in TTA_CHOICES:
         raise ValueError(f"--tta {tta}: choose one of {', '.join(TTA_CHOICES)}")
+    try:
+        threads = parse_threads(threads)
+    except ValueError as e:
+        raise ValueError(f"--threads: {e}") from None
     if not overwrite:
         existing = [str(it.out) for it in items if it.out.exists()]
         if existing:
@@ -145,24 +161,33 @@ def run_inference(
     predictor = Predictor.from_checkpoint(checkpoint, device, precision)
     batch = len(items) > 1 or Path(src).is_dir() or Path(src).suffix.lower() == ".csv"
     written: list[Path] = []
+    threads_before = torch.get_num_threads()
     try:
         _run_items(predictor, items, batch, written, window=window, overlap=overlap, reverse=reverse,
-                   overwrite=overwrite, quiet=quiet, tta=tta)
+                   overwrite=overwrite, quiet=quiet, tta=tta, threads=threads)
     except Exception as e:
         if batch:
             _note_written(e, written, len(items))
         raise
+    finally:
+        torch.set_num_threads(threads_before)  # --threads must not leak into a Python caller
     return written
 
 
 def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Path], *, window, overlap,
-               reverse: bool, overwrite: bool, quiet: bool, tta: str) -> None:
+               reverse: bool, overwrite: bool, quiet: bool, tta: str, threads: ThreadSetting = AUTO) -> None:
     """Predict and write each item in turn, appending each written path to ``written``."""
     shown_plan = None
+    probed = None  # when threads were last chosen
     for it in tqdm(items, desc="subjects", unit="vol", disable=quiet or not batch):
         vol = load_volume(it.path)
         hr_in = predictor.prepare(vol, it.grid, reverse, path=str(it.path))
         plan = predictor.plan(hr_in.spatial_shape, window, overlap, reverse)
+        if probed is None or (threads == AUTO and time.monotonic() - probed > PROBE_EVERY_S):
+            choice = choose_threads(threads, _probe(predictor, hr_in, reverse, tta))
+            probed = time.monotonic()
+            if not quiet and choice.how != "set":
+                tqdm.write(f"medsr infer: {choice.describe(f'{PROBE_EDGE}^3-crop predictions/s')}", file=sys.stderr)
         if not quiet and (plan.roi, plan.overlap) != shown_plan:
             shown_plan = (plan.roi, plan.overlap)
             tqdm.write(
@@ -174,6 +199,22 @@ def _run_items(predictor, items: list[InferItem], batch: bool, written: list[Pat
         pred = predictor.predict(hr_in, reverse=reverse, plan=plan, progress=not quiet and not batch, tta=tta)
         pred.meta["kind"] = predictor.kind
         written.append(save_volume(pred, it.out, overwrite=overwrite))
+
+
+def _probe(predictor: Predictor, vol: Volume, reverse: bool, tta: str):
+    """A small piece of the run's own work for ``threads: auto`` to time: the prediction (same model,
+    direction and test-time views) of a central crop of ``vol`` of at most :data:`PROBE_EDGE` voxels a
+    side, on the model's grid."""
+    r = 1 if reverse else lr_grid_factor(predictor.model)
+    edge = [max(min(s, PROBE_EDGE) // r * r, r) for s in vol.spatial_shape]
+    lo = [(s - e) // 2 for s, e in zip(vol.spatial_shape, edge)]
+    crop = Volume(vol.data[:, lo[0]:lo[0] + edge[0], lo[1]:lo[1] + edge[1], lo[2]:lo[2] + edge[2]], vol.affine,
+                  name=vol.name)
+
+    def run() -> None:
+        predictor.predict(crop, reverse=reverse, tta=tta)
+
+    return run
 
 
 def _note_written(e: BaseException, written: list[Path], total: int) -> None:

@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import argparse
 
+from medsr.utils.threads import parse_threads  # torch-free
+
 EPILOG = """\
 Input grid (--input-grid auto): with the training HR voxel size stored in the checkpoint
-(data.voxel_size), an input whose voxels are --factor times larger is on the LR grid; without it,
-files named lr*.nii[.gz] (not lr_up*) are LR and all others HR. LR inputs are NN-upsampled
-(as prep's lr_up) so the output lies on the HR grid prep would have written.
+(data.voxel_size), an input whose voxels are the checkpoint's factor (data.factor, the one prep
+used) times larger is on the LR grid; without it, files named lr*.nii[.gz] (not lr_up*) are LR and
+all others HR. LR inputs are NN-upsampled (as prep's lr_up) so the output lies on the HR grid prep
+would have written.
+
+Threads (--threads auto): the prediction of a small crop of the first volume is timed at each
+thread count the cores allow, and the fastest is used (again for a batch's next subject once a
+minute has passed); OpenMP threads wait without spinning (OMP_WAIT_POLICY=PASSIVE, unless set).
 
 Windows (--window, --overlap): a model with instance norm runs windows of its training patch size
 (overlap 0.5); any other model runs the largest windows that fit the memory budget (the whole volume
@@ -50,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", nargs="+", default=None, metavar="ID",
                         help="batch mode: only these subjects (e.g. a manifest's test split)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--threads", type=parse_threads, default="auto", metavar="N",
+                        help="torch CPU threads: auto (measured, see below), a number, or 0 (torch's own count)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or window report")
 
 
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     written = run_inference(
         args.checkpoint, args.input, args.output, reverse=args.reverse, device=args.device, window=window,
         overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=args.subjects,
-        quiet=args.quiet, precision=args.precision, tta=args.tta,
+        quiet=args.quiet, precision=args.precision, tta=args.tta, threads=args.threads,
     )
     if not args.quiet:
         print(f"wrote {len(written)} volume(s)" + (f": {written[0]}" if len(written) == 1 else f" to {args.output}"))
