@@ -93,15 +93,25 @@ def test_a_recheck_follows_a_change_of_load_and_ignores_noise():
     run(m, tuner, 20)
     assert m.threads == 2
     m.cost = {1: 0.10, 2: 0.25}  # another process takes a core
-    lines = run(m, tuner, 40, start=20)
+    lines = run(m, tuner, 200, start=20)
     assert m.threads == 1
     assert any(line.startswith("threads auto: 2 -> 1 at step ") for line in lines)
     switches = m.switches
     m.cost = {1: 0.100, 2: 0.098}  # 2% apart: not worth a switch
-    run(m, tuner, 400, start=60)
+    run(m, tuner, 1000, start=220)
     assert m.threads == 1
     assert m.switches > switches  # it did measure again (periodic rechecks) ...
     assert tuner.choice.threads == 1  # ... and stayed
+
+
+def test_trials_stay_a_small_share_of_the_time_when_steps_are_slow():
+    """Rechecks wait 20x the last trial's duration: with 10 s steps, not every recheck_s = 60 s."""
+    m = Machine({1: 10.0, 2: 12.0})
+    tuner = tuner_on(m, recheck_s=60.0)
+    tuner.start()
+    run(m, tuner, 2000)
+    trial = 8 * 11.0  # 2 warm-up-free trials of 1 + 3 steps
+    assert m.switches <= 2 * (2000 * 11.0) / (20 * trial) + 3
 
 
 def test_a_drop_in_rate_is_measured_at_once_and_said_once():

@@ -38,6 +38,8 @@ ThreadSetting = Union[int, Literal["auto"]]
 _STOP_SLOWER = 1.10
 # A recheck switches only to a count at least this much faster than the current one (noise margin).
 _SWITCH_FASTER = 1.05
+# Rechecks start at least this many times the last trial's duration after it (trials <= ~5% of the time).
+TRIAL_SHARE = 20.0
 
 
 def passive_wait_policy(environ: MutableMapping[str, str] | None = None) -> bool:
@@ -289,8 +291,10 @@ class ThreadTuner:
       steps (the first after a switch is not timed) and the count with the least median step time
       is kept;
     * the trial is repeated every ``recheck_s`` seconds, and at once (at most every ``min_gap_s``)
-      when the median of the last ``watch_steps`` steps is slower than ``1 / recheck_ratio`` times
-      the start's; a recheck switches only to a count at least 5% faster.
+      when the median of the last ``watch_steps`` steps moved by more than a factor
+      ``1 / recheck_ratio`` from what the last trial measured (another process started or stopped);
+      a recheck switches only to a count at least 5% faster. Rechecks wait at least 20 times the
+      last trial's duration, so trials stay a small share of the run on any machine.
 
     With any setting, when the step rate stays below ``slow_ratio`` of the rate at the start of
     the run (after a recheck, with ``auto``), one line says so, once.
@@ -342,6 +346,8 @@ class ThreadTuner:
         self._search: _Search | None = None
         self._trial: tuple[int, list[float]] | None = None  # (count being timed, its step times)
         self._trial_end = 0.0
+        self._trial_start = 0.0
+        self._trial_cost = 0.0  # seconds the last trial took
         self._window: list[float] = []
         self.start_rate: float | None = None  # steps/s at the start of the run (the slowdown reference)
         self.rate: float | None = None  # the latest measured rate
@@ -391,6 +397,7 @@ class ThreadTuner:
 
     def _begin_trial(self) -> None:
         self._search = _Search(candidates(self.cores))
+        self._trial_start = self._clock()
         self._next_candidate()
 
     def _next_candidate(self) -> bool:
@@ -426,6 +433,8 @@ class ThreadTuner:
         self.choice = ThreadChoice(best, "measured", dict(rates), self.cores)
         self.rate = self._expected = rates[best]
         self._trial_end = now
+        # Trials cost steps at slower counts: keep them to a small share of the time however slow a step is.
+        self._trial_cost = now - self._trial_start
         self._window.clear()
         lines = []
         if first:
@@ -442,7 +451,7 @@ class ThreadTuner:
     # ------------------------------------------------------------------ watching
     def _watch(self, dt: float, now: float, step: int | None) -> list[str]:
         self._window.append(dt)
-        if self.tuning and now - self._trial_end >= self.recheck_s:
+        if self.tuning and now - self._trial_end >= max(self.recheck_s, TRIAL_SHARE * self._trial_cost):
             self._begin_trial()
             return []
         if len(self._window) < self.watch_steps:
@@ -457,7 +466,7 @@ class ThreadTuner:
             # stopped): measure again now rather than at the next periodic recheck.
             moved = self.rate / self._expected
             if (moved < self.recheck_ratio or moved > 1.0 / self.recheck_ratio) and \
-                    now - self._trial_end >= self.min_gap_s:
+                    now - self._trial_end >= max(self.min_gap_s, TRIAL_SHARE * self._trial_cost):
                 self._pending_slow = self.rate < self.slow_ratio * self.start_rate
                 self._begin_trial()
             return []
