@@ -280,6 +280,30 @@ def choose_threads(setting: ThreadSetting, probe: Callable[[], object], *, repea
     return ThreadChoice(search.best, "measured", dict(search.rates), cores)
 
 
+def conv_probe(channels: int = 16, edge: int = 24, batch: int = 2) -> Callable[[], None]:
+    """A small 3D convolution step (forward and backward; (batch, channels, edge^3)), the work medsr's
+    networks are made of: the probe for :func:`choose_threads` where the real work cannot be sampled
+    (benchmarks resolve ``--threads auto`` with it once, so every configuration they compare runs with
+    the same count)."""
+    import torch
+
+    conv = torch.nn.Conv3d(channels, channels, 3, padding=1)
+    x = torch.randn(batch, channels, edge, edge, edge, requires_grad=True)
+
+    def run() -> None:
+        conv(x).square().mean().backward()
+
+    return run
+
+
+def bench_threads(setting: ThreadSetting) -> int:
+    """A benchmark's ``--threads`` as a count, set in torch now: ``auto`` is timed once on
+    :func:`conv_probe`; 0 stays 0 (torch's own count, left alone)."""
+    if setting != AUTO and int(setting) == 0:
+        return 0
+    return choose_threads(setting, conv_probe()).threads
+
+
 class ThreadTuner:
     """Keep torch's thread count at the fastest for a loop of similar steps; watch the step rate.
 
@@ -506,6 +530,7 @@ def training_tuner(setting: ThreadSetting, *, device_type: str = "cpu", determin
 
 __all__ = [
     "AUTO", "ThreadChoice", "ThreadSetting", "ThreadTuner", "candidates", "cgroup_cpu_limit", "choose_threads",
+    "bench_threads", "conv_probe",
     "env_threads", "parse_threads", "passive_wait_policy", "static_choice", "training_tuner",
     "usable_cores",
 ]

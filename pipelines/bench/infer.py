@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 
+from medsr.utils.threads import parse_threads  # torch-free
 from pipelines.bench.shape_arg import add_shape_argument
 
 DEFAULT_CONFIGS = "auto,64:0.25"
@@ -47,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list of WINDOW:OVERLAP (WINDOW 0 = one pass) or 'auto' (the CLI default rule); "
         f"default {DEFAULT_CONFIGS}",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--threads", type=parse_threads, default="auto",
+                        help="torch threads: auto (the fastest count on a conv3d probe, chosen once for every "
+                             "config, default), a number, or 0 (torch's own count)")
     parser.add_argument("--memory-limit-gb", type=float, default=4.0, help="peak RSS target (default 4)")
     parser.add_argument("--target-fraction", type=float, default=0.5, help="throughput target (default 0.5)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -219,9 +222,12 @@ def run(args: argparse.Namespace) -> int:
         return _child(args.child)
     import torch
 
+    from medsr.utils.threads import bench_threads
+
+    chosen = bench_threads(args.threads) or None  # every child runs with this count (None: torch's own)
     shape = tuple(args.shape)
     base = {"shape": shape, "channels": args.channels, "model": args.model, "depth": args.depth,
-            "width": args.width, "norm": args.norm, "threads": args.threads}
+            "width": args.width, "norm": args.norm, "threads": chosen}
     configs = _parse_configs(args.configs)
     configs = _print_plans(shape, base, configs)
     if args.plan_only:
@@ -229,11 +235,11 @@ def run(args: argparse.Namespace) -> int:
     model, _ = _build(base)
     fpv, closed = flops_per_voxel(model, args.channels)
     del model
-    threads = args.threads or torch.get_num_threads()
+    threads = chosen or torch.get_num_threads()
     print(f"model {args.model} R={args.depth} K={args.width} norm={args.norm}; volume {shape}x{args.channels}; "
           f"{threads} torch threads")
     print(f"FLOPs per output voxel: {fpv / 1e6:.3f} M (counted), {closed / 1e6:.3f} M (closed form)")
-    probe1 = probe_gflops(args.width, args.threads)
+    probe1 = probe_gflops(args.width, chosen)
     print(f"conv3d probe: {probe1[0]:.1f} GFLOP/s wall, {probe1[1]:.1f} GFLOP per CPU-second")
     n_out = float(shape[0] * shape[1] * shape[2])
     results = []
@@ -250,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         r["config"] = f"{window}:{overlap if overlap is not None else 'auto'}"
         results.append(r)
-    probe2 = probe_gflops(args.width, args.threads)
+    probe2 = probe_gflops(args.width, chosen)
     probe = (max(probe1[0], probe2[0]), max(probe1[1], probe2[1]))
     print(f"conv3d probe after: {probe2[0]:.1f} GFLOP/s wall, {probe2[1]:.1f} GFLOP per CPU-second "
           f"(the limit uses the larger of each: {probe[0]:.1f}, {probe[1]:.1f})")
