@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Generator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -160,34 +160,37 @@ def _torch_get() -> int:
     return int(torch.get_num_threads())
 
 
-class _Search:
-    """One pass over the candidate counts, most threads first, stopping once a count is clearly slower.
+def _duels(counts: list[int], samples: int) -> Generator[int, float, tuple[int, dict[int, float]]]:
+    """Time thread counts against each other; a generator that yields the count for the next step and
+    is sent that step's seconds. Returns (fastest count, rate per count tried).
 
-    ``rates`` maps each count tried to its measured rate (units per second).
+    Counts are tried most first. The best so far and the next count run in alternation, ``samples``
+    steps each, after one untimed step of the newcomer (its thread pool and kernels are set up at its
+    first step): a load that comes and goes during a trial then hits both alike. The search stops
+    once a count is clearly slower than the best (step time against threads has one minimum).
     """
-
-    def __init__(self, counts: list[int]) -> None:
-        self.todo = list(counts)
-        self.rates: dict[int, float] = {}
-
-    def next(self) -> int | None:
-        """The next count to time, or None when the search is over."""
-        if not self.todo:
-            return None
-        if self.rates:
-            best = max(self.rates.values())
-            last = self.rates[list(self.rates)[-1]]
-            if last * _STOP_SLOWER < best:  # slower than the best by a margin: fewer threads won't help
-                self.todo.clear()
-                return None
-        return self.todo.pop(0)
-
-    def record(self, n: int, rate: float) -> None:
-        self.rates[n] = rate
-
-    @property
-    def best(self) -> int:
-        return max(self.rates, key=lambda n: self.rates[n])
+    best = counts[0]
+    yield best  # untimed: the first step at this count
+    rates: dict[int, float] = {}
+    if len(counts) == 1:
+        times = []
+        for _ in range(samples):
+            times.append((yield best))
+        return best, {best: 1.0 / max(statistics.median(times), 1e-9)}
+    for n in counts[1:]:
+        yield n  # untimed
+        mine: list[float] = []
+        theirs: list[float] = []
+        for _ in range(samples):
+            mine.append((yield best))
+            theirs.append((yield n))
+        rates[best] = 1.0 / max(statistics.median(mine), 1e-9)
+        rates[n] = 1.0 / max(statistics.median(theirs), 1e-9)
+        if rates[n] > rates[best]:
+            best = n
+        elif rates[n] * _STOP_SLOWER < rates[best]:  # clearly slower: fewer threads won't help
+            break
+    return best, rates
 
 
 def _rates_text(rates: dict[int, float], unit: str) -> str:
@@ -251,13 +254,13 @@ def static_choice(setting: ThreadSetting, *, reason: str = "", keep: bool = Fals
     return None
 
 
-def choose_threads(setting: ThreadSetting, probe: Callable[[], object], *, repeats: int = 2,
+def choose_threads(setting: ThreadSetting, probe: Callable[[], object], *, repeats: int = 3,
                    cores: int | None = None, set_threads: Callable[[int], None] = _torch_set,
                    clock: Callable[[], float] = time.perf_counter) -> ThreadChoice:
     """Set torch's thread count for one-shot work and return the choice.
 
-    ``auto`` times ``probe`` (a small piece of the real work) at each candidate count: one untimed
-    call after the switch, then the median of ``repeats`` timed calls; the fastest count is set.
+    ``auto`` times ``probe`` (a small piece of the real work) at the candidate counts, ``repeats``
+    calls each in alternation (see :func:`_duels`); the fastest count is set.
     Explicit numbers, ``OMP_NUM_THREADS`` and one usable core skip the probe.
     """
     cores = usable_cores() if cores is None else cores
@@ -266,18 +269,19 @@ def choose_threads(setting: ThreadSetting, probe: Callable[[], object], *, repea
         if fixed.apply:
             set_threads(fixed.threads)
         return fixed
-    search = _Search(candidates(cores))
-    while (n := search.next()) is not None:
+    trial = _duels(candidates(cores), max(1, repeats))
+    n = next(trial)
+    while True:
         set_threads(n)
-        probe()  # the thread pool grows at the first parallel region after a switch
-        times = []
-        for _ in range(max(1, repeats)):
-            t0 = clock()
-            probe()
-            times.append(clock() - t0)
-        search.record(n, 1.0 / max(statistics.median(times), 1e-9))
-    set_threads(search.best)
-    return ThreadChoice(search.best, "measured", dict(search.rates), cores)
+        t0 = clock()
+        probe()
+        try:
+            n = trial.send(clock() - t0)
+        except StopIteration as done:
+            best, rates = done.value
+            break
+    set_threads(best)
+    return ThreadChoice(best, "measured", rates, cores)
 
 
 def conv_probe(channels: int = 16, edge: int = 24, batch: int = 2) -> Callable[[], None]:
@@ -311,9 +315,9 @@ class ThreadTuner:
     of choice, a slowdown). Step times are wall-clock times between ticks, so everything a step
     costs counts (data loading included). With ``auto``:
 
-    * after ``warmup_steps``, each candidate count (:func:`candidates`) runs ``trial_steps + 1``
-      steps (the first after a switch is not timed) and the count with the least median step time
-      is kept;
+    * after ``warmup_steps``, the candidate counts (:func:`candidates`) are timed against each
+      other, ``trial_steps`` steps each in alternation (:func:`_duels`), and the count with the least
+      median step time is kept;
     * the trial is repeated every ``recheck_s`` seconds, and at once (at most every ``min_gap_s``)
       when the median of the last ``watch_steps`` steps moved by more than a factor
       ``1 / recheck_ratio`` from what the last trial measured (another process started or stopped);
@@ -367,8 +371,8 @@ class ThreadTuner:
         self._clock, self._set = clock, set_threads
         self._last: float | None = None
         self._ticks = 0
-        self._search: _Search | None = None
-        self._trial: tuple[int, list[float]] | None = None  # (count being timed, its step times)
+        self._trial: Generator[int, float, tuple[int, dict[int, float]]] | None = None  # see _duels
+        self.trials = 0  # trials begun
         self._trial_end = 0.0
         self._trial_start = 0.0
         self._trial_cost = 0.0  # seconds the last trial took
@@ -420,37 +424,23 @@ class ThreadTuner:
             self.threads = n
 
     def _begin_trial(self) -> None:
-        self._search = _Search(candidates(self.cores))
+        self._trial = _duels(candidates(self.cores), self.trial_steps)
+        self.trials += 1
         self._trial_start = self._clock()
-        self._next_candidate()
-
-    def _next_candidate(self) -> bool:
-        assert self._search is not None
-        n = self._search.next()
-        if n is None:
-            self._trial = None
-            return False
-        self._apply(n)
-        self._trial = (n, [])
-        return True
+        self._apply(next(self._trial))
 
     def _trial_tick(self, dt: float, now: float, step: int | None) -> list[str]:
-        assert self._trial is not None and self._search is not None
-        n, times = self._trial
-        times.append(dt)
-        if len(times) <= self.trial_steps:  # times[0] ran right after the switch: not timed
+        assert self._trial is not None
+        try:
+            self._apply(self._trial.send(dt))
             return []
-        self._search.record(n, 1.0 / max(statistics.median(times[1:]), 1e-9))
-        if self._next_candidate():
-            return []
-        return self._end_trial(now, step)
+        except StopIteration as done:
+            self._trial = None
+            return self._end_trial(*done.value, now, step)
 
-    def _end_trial(self, now: float, step: int | None) -> list[str]:
-        assert self._search is not None
-        rates = self._search.rates
+    def _end_trial(self, best: int, rates: dict[int, float], now: float, step: int | None) -> list[str]:
         first = self.start_rate is None
         previous = self.choice.threads if self.choice is not None else None
-        best = self._search.best
         if previous is not None and previous in rates and rates[best] < _SWITCH_FASTER * rates[previous]:
             best = previous  # not clearly faster: stay
         self._apply(best)
