@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", nargs="+", default=None, metavar="P",
                         help="thread policies: auto, a count N, or N:spin (N threads, OMP_WAIT_POLICY=ACTIVE); "
                              "default: auto, 1 and every usable core")
+    parser.add_argument("--situations", nargs="+", choices=SITUATIONS, default=list(SITUATIONS),
+                        help="which situations to run")
     parser.add_argument("--seconds", type=float, default=20.0, help="training time of each run")
     parser.add_argument("--shape", type=int, nargs=3, default=[56, 64, 52], metavar=("X", "Y", "Z"),
                         help="HR shape of the generated DTI subjects (the phantom's)")
@@ -298,10 +300,11 @@ def run(args: argparse.Namespace) -> int:
 
         shape = tuple(args.shape)
         manifest = make_prepared_dataset(work / "data", args.n_subjects, shape, "dti", patch_size=16)
-        results: dict[str, dict[str, list[float]]] = {s: {} for s in SITUATIONS}
-        total = len(SITUATIONS) * len(policies)
+        situations = [s for s in SITUATIONS if s in args.situations]
+        results: dict[str, dict[str, list[float]]] = {s: {} for s in situations}
+        total = len(situations) * len(policies)
         done = 0
-        for situation in SITUATIONS:
+        for situation in situations:
             for policy in policies:
                 done += 1
                 print(f"[{done}/{total}] {situation}, threads {policy} ...", end=" ", file=sys.stderr, flush=True)
@@ -325,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
         f" {flag} {value}" for flag, value in (
             ("--config", _shown_path(args.config) if _shown_path(args.config) != "configs/demo.yaml" else None),
             ("--policies", " ".join(args.policies) if args.policies else None),
+            ("--situations", " ".join(args.situations) if len(args.situations) < len(SITUATIONS) else None),
             ("--seconds", f"{args.seconds:g}" if args.seconds != 20.0 else None),
             ("--set", " ".join(args.overrides) if args.overrides else None),
             ("--output", str(args.output) if args.output else None)) if value)

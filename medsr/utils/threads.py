@@ -3,9 +3,9 @@
 A user's machine is rarely idle. With another process on one core, torch's OpenMP threads that
 spin while they wait make a two-thread step several times slower than a one-thread step, and the
 best thread count changes when the other process starts or stops. So the count is *measured*, the
-way ``torch.backends.cudnn.benchmark`` times kernels: the caller's own steps are timed at each
-candidate count at the start and again every ``recheck_s`` seconds (or at once when the step rate
-drops), and the fastest count is kept (:class:`ThreadTuner`). One-shot work such as ``medsr infer``
+way ``torch.backends.cudnn.benchmark`` times kernels: the caller's own steps are timed at the
+candidate counts at the start and again every ``recheck_s`` seconds (or at once when the step rate
+moves), and the fastest count is kept (:class:`ThreadTuner`). One-shot work such as ``medsr infer``
 times a small probe of the same work instead (:func:`choose_threads`).
 
 Two facts about the machine bound the candidates (:func:`usable_cores`): the CPUs this process may
@@ -409,9 +409,10 @@ class ThreadTuner:
             return []
         dt, self._last = now - self._last, now
         self._ticks += 1
-        if self._ticks <= self.warmup_steps:
-            if self._ticks == self.warmup_steps and self.tuning:
-                self._begin_trial()
+        if self._ticks < self.warmup_steps:  # the first steps set up memory and kernels: not timed
+            return []
+        if self.tuning and self.trials == 0:
+            self._begin_trial()
             return []
         if self._trial is not None:
             return self._trial_tick(dt, now, step)
