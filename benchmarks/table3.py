@@ -109,7 +109,7 @@ def activation_mib(cfg, channels: int, memory_efficient: bool) -> tuple[float, f
     from torch import nn
 
     from medsr.networks import create_model
-    from medsr.training.modes import Directions
+    from medsr.training.base import GeneratorPasses
     from pipelines.bench.memory import saved_tensor_bytes
 
     kwargs = dict(cfg.model.kwargs)
@@ -126,7 +126,7 @@ def activation_mib(cfg, channels: int, memory_efficient: bool) -> tuple[float, f
     class Step(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.d = Directions(gen)
+            self.d = GeneratorPasses(gen)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             out = self.d(x=x, y=x if both else None, cycle=cycle)

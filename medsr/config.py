@@ -24,16 +24,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-# Closed sets of string values: a field annotated with one of these accepts only its listed strings
-# (the validator reads them with ``typing.get_args``). Aliases rather than inline ``Literal[...]`` so other
-# modules can share a set (``medsr.precision.PRECISIONS`` is ``get_args(Precision)``).
-Sampling = Literal["grid", "random", "both"]
-NormStats = Literal["separate", "shared"]
-Direction = Literal["AtoB", "BtoA"]
-GanLoss = Literal["vanilla", "lsgan"]
-LossRegion = Literal["patch", "brain"]
-LrDecay = Literal["epochs", "cosine"]
-Precision = Literal["fp32", "bf16", "fp16"]
+# Closed value sets: a field annotated with one accepts only its listed strings.
+from medsr.choices import Direction, GanLoss, LossRegion, LrDecay, NormStats, Precision, Sampling
 
 
 @dataclass
@@ -422,30 +414,7 @@ def load_config(
         raise ValueError(f"{path}: {e}") from None  # name the file too: the user may hold several configs
     for item in overrides or []:
         apply_override(base, item)
-    cfg = Config.from_dict(base)
-    check_names(cfg)
-    return cfg
-
-
-def check_names(cfg: Config) -> None:
-    """Raise ValueError naming the key and the registered names when a name in ``cfg`` is unknown.
-
-    Checks ``data.type``, ``train.mode``, ``model.name`` and ``discriminator.name`` against the
-    registries (imported here, lazily: plain config handling needs no torch).
-    """
-    from medsr.data.registry import list_datasets
-    from medsr.networks import list_models
-    from medsr.training.modes import list_modes
-
-    models = list_models()
-    for key, value, allowed in (
-        ("data.type", cfg.data.type, list_datasets()),
-        ("train.mode", cfg.train.mode, list_modes()),
-        ("model.name", cfg.model.name, models),
-        ("discriminator.name", cfg.discriminator.name, models),
-    ):
-        if value not in allowed:
-            raise ValueError(f"config key {key!r}: unknown name {value!r}; allowed: {', '.join(allowed)}")
+    return Config.from_dict(base)
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:

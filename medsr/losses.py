@@ -1,9 +1,15 @@
 """Loss functions of the training modes: adversarial (vanilla or LSGAN) and pixel (L1 / L2)."""
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from medsr.choices import GanLoss
+
+GAN_LOSSES: tuple[str, ...] = typing.get_args(GanLoss)  # the config field's set
 
 
 class GANLoss(nn.Module):
@@ -19,8 +25,8 @@ class GANLoss(nn.Module):
 
     def __init__(self, kind: str = "vanilla") -> None:
         super().__init__()
-        if kind not in ("vanilla", "lsgan"):
-            raise ValueError(f"gan loss {kind!r}: expected 'vanilla' or 'lsgan'")
+        if kind not in GAN_LOSSES:
+            raise ValueError(f"gan loss {kind!r}: expected one of {', '.join(GAN_LOSSES)}")
         self.kind = kind
 
     def forward(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any, ContextManager, Iterable
 
 import torch
 
-from medsr.config import Precision
+from medsr.choices import Precision
 
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)  # one list: the config field's
 _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -14,8 +14,8 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-import medsr.figures  # as a module: tests replace medsr.figures.subject_figures to count its callers
 from medsr.baselines import upsample
+from medsr.figures import figure_paths, subject_figures
 from medsr.io import load_mask, load_volume
 from medsr.manifest import read_manifest
 from medsr.metrics import evaluate_volumes
@@ -101,7 +101,7 @@ class SubjectVolumes:
 def check_figure_paths(folder: str | Path, df: pd.DataFrame, *, overwrite: bool) -> None:
     """Before minutes of scoring or drawing: every subject's figures inside ``folder``, none replaced unasked."""
     for _, r in df.iterrows():
-        for p in medsr.figures.figure_paths(folder, str(r["subject"]), str(r["kind"]) or None):
+        for p in figure_paths(folder, str(r["subject"]), str(r["kind"]) or None):
             inside(folder, p, "figure")
             if p.exists() and not overwrite:
                 raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
@@ -178,7 +178,7 @@ def evaluate_manifest(
             metrics = evaluate_volumes(vol, sv.hr, sv.mask, kind=sv.kind, mask_name=sv.mask_name)
             rows.append({"model": model, "subject": sv.subject, **metrics})
         if figures:
-            medsr.figures.subject_figures(figures, sv.subject, hr=sv.hr, mask=sv.mask, methods=sv.methods, lr=sv.lr,
+            subject_figures(figures, sv.subject, hr=sv.hr, mask=sv.mask, methods=sv.methods, lr=sv.lr,
                                           kind=sv.kind, overwrite=overwrite_figures)
     out = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate([name, *baselines])}

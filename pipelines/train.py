@@ -21,6 +21,7 @@ from medsr.precision import check_precision
 from medsr.training.distributed import (
     DistInfo, barrier, broadcast_object, env_dist_info, init_distributed, select_device, shutdown_distributed,
 )
+from medsr.training.names import check_names
 from medsr.training.trainer import Trainer, configure_determinism
 from medsr.utils.atomic import is_temporary
 
@@ -106,6 +107,7 @@ def train(config: Config | dict[str, Any] | str | os.PathLike, resume: bool = Fa
         medsr.training.TrainingDiverged: a loss became non-finite (the last good checkpoint is kept).
     """
     cfg = load_config(config, overrides)
+    check_names(cfg)  # registered model, mode and data names, before any data is read
     threads_before = torch.get_num_threads()
     info: DistInfo = env_dist_info()
     device = select_device(cfg.train.device, info)

@@ -11,10 +11,9 @@ import typing
 import yaml
 
 from medsr.config import Config, load_config, save_config
-from medsr.data.registry import list_datasets
-from medsr.networks import create_model
 from medsr.training import create_mode
-from medsr.training.trainer import resolve_kwargs
+from medsr.training.names import check_names
+from medsr.training.networks import DataFacts
 from medsr.twod.datasets import resolve_dataset
 
 CONFIGS_DIR = Path(__file__).parents[1] / "configs"
@@ -108,21 +107,13 @@ def test_shipped_configs_are_valid(path):
 
 
 def _check_buildable(cfg: Config) -> None:
-    assert cfg.data.type in list_datasets(), f"data.type {cfg.data.type!r}"
+    check_names(cfg)  # registered data type, mode, model and discriminator
     if cfg.data.type == "aligned2d":
         resolve_dataset(cfg.data)  # data.dataset is maps | cityscapes (or told by the folder name)
-    mode = create_mode(cfg)  # raises on an unknown train.mode
     channels = 3 if cfg.data.type == "aligned2d" else 6  # RGB images; the 6 DTI tensor components
-    kwargs = resolve_kwargs(cfg.model.kwargs, channels, "model.kwargs", "the data")
-    if kwargs.get("factor") == "auto":
-        kwargs["factor"] = 2
-    assert isinstance(create_model(cfg.model.name, **kwargs), torch.nn.Module)
-    if mode.discriminators:
-        kwargs = resolve_kwargs(cfg.discriminator.kwargs, mode.discriminator_in_channels(channels),
-                                "discriminator.kwargs", "the data")
-        if kwargs.get("patch_size") == "auto":
-            kwargs["patch_size"] = cfg.data.patch_size
-        assert isinstance(create_model(cfg.discriminator.name, **kwargs), torch.nn.Module)
+    facts = DataFacts(channels=channels, factor=2, patch_size=cfg.data.patch_size)
+    nets = create_mode(cfg).build_networks(facts)  # as the Trainer builds them
+    assert all(isinstance(n.module, torch.nn.Module) for n in nets.values())
 
 
 @pytest.mark.parametrize("key, value, error, pattern", [
@@ -131,11 +122,24 @@ def _check_buildable(cfg: Config) -> None:
     ("train.mode", "pairedd", ValueError, "'train.mode': unknown name"),
     ("data.type", "patches", ValueError, "'data.type': unknown name"),
     ("data.dataset", "map", ValueError, "'data.dataset'"),
-    ("model.kwargs.widht", 8, TypeError, "widht"),
+    ("model.kwargs.widht", 8, ValueError, "'model.kwargs': .*widht"),
 ])
 def test_a_misspelt_name_in_a_shipped_config_fails(key, value, error, pattern):
     with pytest.raises(error, match=pattern):
         _check_buildable(load_config(CONFIGS_DIR / "2d" / "quick_maps.yaml", [f"{key}={value}"]))
+
+
+@pytest.mark.parametrize("key, value", [("model.name", "rev_srcnn3"), ("discriminator.name", "patchgan"),
+                                        ("train.mode", "pairedd"), ("data.type", "patches")])
+def test_medsr_train_names_an_unknown_registry_name(key, value, tmp_path, capsys):
+    """Registry names are checked where the config is used: ``medsr train`` refuses it in one line."""
+    from pipelines.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(CONFIGS_DIR / "quick_paired.yaml"), "--set", f"{key}={value}", f"output_dir={out}"]
+    assert main(args) == 2
+    assert f"config key '{key}': unknown name '{value}'; allowed:" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_table3_has_the_twelve_paper_rows():

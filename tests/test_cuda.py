@@ -7,25 +7,19 @@ from __future__ import annotations
 
 import copy
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
+from conftest import free_port, randomise, train_config
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 MIB = 2.0**20
-
-
-def _randomise(module: nn.Module, std: float = 0.1) -> nn.Module:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, std)
-    return module
 
 
 def _grads(core: nn.Module, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
@@ -38,7 +32,7 @@ def test_gradients_equal_plain_autograd_cuda_float64(coupling):
     from medsr.networks.reversible import make_core
 
     torch.manual_seed(0)
-    core = _randomise(make_core(8, 3, 3, "instance", coupling=coupling)).double().cuda()
+    core = randomise(make_core(8, 3, 3, "instance", coupling=coupling)).double().cuda()
     ref = copy.deepcopy(core)
     ref.memory_efficient = False
     x = torch.randn(2, 8, 6, 6, 6, dtype=torch.float64, device="cuda")
@@ -89,14 +83,9 @@ def _dataset(tmp_path: Path) -> Path:
 
 
 def _config(manifest: Path, out: Path, mode: str, precision: str, steps: int = 4) -> dict:
-    return {
-        "output_dir": str(out),
-        "data": {"manifest": str(manifest), "patch_size": 8},
-        "model": {"name": "rev_srcnn3d", "kwargs": {"width": 8, "depth": 2}},
-        "discriminator": {"name": "patchgan3d", "kwargs": {"width": 8, "patch_size": "auto"}},
-        "train": {"mode": mode, "batch_size": 2, "n_epochs": 100, "max_steps": steps, "checkpoint_every": 100,
-                  "samples": False, "progress": False, "device": "cuda", "precision": precision},
-    }
+    return train_config(manifest, out, mode, model={"width": 8, "residual": True}, discriminator={"width": 8},
+                        batch_size=2, n_epochs=100, max_steps=steps, checkpoint_every=100, progress=False,
+                        device="cuda", precision=precision)
 
 
 @pytest.mark.parametrize("mode", ["paired_l1", "paired", "unpaired"])
@@ -149,26 +138,20 @@ def test_bf16_inverse_and_gradients_cuda():
 
 
 # ------------------------------------------------------------------------------------- DDP with NCCL
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _nccl_rank(rank: int, world: int, port: int, path: str) -> None:
     """One rank: DDP over the reversible generator's two directions; saves its gradients."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from medsr.networks import create_model
-    from medsr.training.modes import Directions
+    from medsr.training.base import GeneratorPasses
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        gen = _randomise(create_model("rev_srcnn3d", in_channels=6, width=8, depth=2), 0.05).cuda()
-        ddp = DDP(Directions(gen), device_ids=[rank])
+        gen = randomise(create_model("rev_srcnn3d", in_channels=6, width=8, depth=2), 0.05).cuda()
+        ddp = DDP(GeneratorPasses(gen), device_ids=[rank])
         g = torch.Generator().manual_seed(1)
         x = torch.randn(2 * world, 6, 8, 8, 8, generator=g)[2 * rank: 2 * rank + 2].cuda()
         y = torch.randn(2 * world, 6, 8, 8, 8, generator=g)[2 * rank: 2 * rank + 2].cuda()
@@ -187,7 +170,7 @@ def _reference_generator() -> nn.Module:
     from medsr.networks import create_model
 
     torch.manual_seed(0)
-    gen = _randomise(create_model("rev_srcnn3d", in_channels=6, width=8, depth=2), 0.05).cuda()
+    gen = randomise(create_model("rev_srcnn3d", in_channels=6, width=8, depth=2), 0.05).cuda()
     return gen
 
 
@@ -204,9 +187,9 @@ def test_ddp_nccl_bf16_gradients_reach_every_parameter(tmp_path, world):
         pytest.skip(f"needs {world} GPUs (NCCL refuses two ranks on one device); this machine has "
                     f"{torch.cuda.device_count()}")
     out = tmp_path / "grads.pt"
-    mp.spawn(_nccl_rank, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    mp.spawn(_nccl_rank, args=(world, free_port(), str(out)), nprocs=world, join=True)
     grads = torch.load(out)
-    from medsr.training.modes import Directions
+    from medsr.training.base import GeneratorPasses
 
     gen = _reference_generator()
     g = torch.Generator().manual_seed(1)
@@ -217,7 +200,7 @@ def test_ddp_nccl_bf16_gradients_reach_every_parameter(tmp_path, world):
     for r in range(world):
         xs, ys = x[2 * r: 2 * r + 2], y[2 * r: 2 * r + 2]
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            o = Directions(gen)(x=xs, y=ys)
+            o = GeneratorPasses(gen)(x=xs, y=ys)
             total = total + ((o["fake_y"].float() - ys).abs().mean() + (o["fake_x"].float() - xs).abs().mean()) / world
     total.backward()
     assert set(grads) == {k for k, _ in gen.named_parameters()}

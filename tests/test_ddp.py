@@ -2,31 +2,28 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
-import medsr.training.trainer as trainer
+from conftest import free_port, train_config
 from medsr.checkpoint import load_checkpoint
+from medsr.config import load_config
 from medsr.data.synthetic import make_prepared_dataset
+from medsr.training import create_mode
+from medsr.training.networks import DataFacts
+from medsr.training.trainer import seed_everything
 from pipelines.train import train
 
 MODES = ("paired_l1", "paired")
 
 
 def _config(manifest: Path, out: Path, mode: str, batch: int) -> dict:
-    return {
-        "output_dir": str(out),
-        "data": {"manifest": str(manifest), "patch_size": 8},
-        # No instance norm here: a bias before a norm has a zero gradient up to rounding, which Adam
-        # amplifies to +-lr steps, so such biases would differ by rounding noise, not by a DDP error.
-        "model": {"name": "rev_srcnn3d", "kwargs": {"width": 4, "depth": 2, "norm": "none", "residual": False}},
-        "discriminator": {"name": "patchgan3d", "kwargs": {"width": 4, "patch_size": "auto", "norm": "none"}},
-        "train": {"mode": mode, "batch_size": batch, "max_steps": 3, "n_epochs": 1, "checkpoint_every": 100,
-                  "threads": 1, "samples": False, "device": "cpu"},
-    }
+    # No instance norm here: a bias before a norm has a zero gradient up to rounding, which Adam
+    # amplifies to +-lr steps, so such biases would differ by rounding noise, not by a DDP error.
+    return train_config(manifest, out, mode, discriminator={"norm": "none"}, batch_size=batch, max_steps=3,
+                        checkpoint_every=100, device="cpu")
 
 
 def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> None:
@@ -53,28 +50,20 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> No
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _initial_generator(cfg: dict) -> dict[str, torch.Tensor]:
+    """The generator's weights before any step: the mode's builder under the run's seed, as the Trainer runs it."""
+    config = load_config(cfg)
+    seed_everything(config.train.seed)
+    nets = create_mode(config).build_networks(DataFacts(channels=6, factor=2, patch_size=8))
+    return nets["generator"].module.state_dict()
 
 
-def test_two_ranks_equal_one_process_at_double_batch(tmp_path, monkeypatch):
+def test_two_ranks_equal_one_process_at_double_batch(tmp_path):
     manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), "dti", patch_size=8)
-    mp.spawn(_rank_main, args=(2, _free_port(), str(manifest), str(tmp_path)), nprocs=2, join=True)
-    # Record each single-process run's generator as built, before any step (the initial weights).
-    initial: list[dict[str, torch.Tensor]] = []
-    build = trainer._build_net
-
-    def recording_build(name, kwargs, key):
-        net = build(name, kwargs, key)
-        if key == "model":
-            initial.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-        return net
-
-    monkeypatch.setattr(trainer, "_build_net", recording_build)
+    mp.spawn(_rank_main, args=(2, free_port(), str(manifest), str(tmp_path)), nprocs=2, join=True)
     for mode in MODES:
-        single = train(_config(manifest, tmp_path / f"single_{mode}", mode, batch=4))
+        cfg = _config(manifest, tmp_path / f"single_{mode}", mode, batch=4)
+        single = train(cfg)
         a = load_checkpoint(single / "last.pt")
         b = load_checkpoint(tmp_path / f"ddp_{mode}" / "last.pt")
         assert a["step"] == b["step"] == 3 and len(b["rng"]["per_rank"]) == 2 and b["rng"]["world_size"] == 2
@@ -86,7 +75,7 @@ def test_two_ranks_equal_one_process_at_double_batch(tmp_path, monkeypatch):
         # The weights really moved from their initial values, so the comparison above is not between two
         # untouched initialisations: every generator weight tensor differs from the one it was built with.
         assert a["optimizers"]["G"]["state"][0]["step"] == 3
-        init = initial.pop()
+        init = _initial_generator(cfg)
         weights = [k for k in init if k.endswith("weight")]
         moved = [k for k in weights if not torch.equal(a["model"]["state_dict"][k], init[k])]
         assert weights and moved == weights, f"{mode}: unmoved {sorted(set(weights) - set(moved))}"

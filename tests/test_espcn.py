@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_twins
 from medsr.baselines import upsample_array
 from medsr.networks import create_model
 from medsr.networks.interpolate import block_mean, upsample
@@ -54,19 +55,8 @@ def test_shapes_and_start_as_the_base_interpolation(base):
     torch.testing.assert_close(upsample(block_mean(g, 2), 2, "nn"), g)
 
 
-def _randomise(net: torch.nn.Module) -> None:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.1)
-
-
 def test_core_is_exactly_invertible_and_gradients_match_plain_autograd():
-    kw = dict(in_channels=1, width=8, depth=3, factor=2)
-    eff = create_model("rev_espcn3d", memory_efficient=True, **kw).double()
-    plain = create_model("rev_espcn3d", memory_efficient=False, **kw).double()
-    _randomise(eff)
-    plain.load_state_dict(eff.state_dict())
+    eff, plain = random_twins("rev_espcn3d", in_channels=1, width=8, depth=3, factor=2)
     h = torch.randn(2, 8, 4, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(eff.core.inverse(eff.core(h)), h, atol=1e-12, rtol=0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import randomise
 from medsr.checkpoint import model_entry, save_checkpoint
 from medsr.degrade import hr_affine, nn_upsample, nn_upsample_array
 from medsr.inference import Predictor, choose_window, detect_grid, fewest_voxels_roi, plan_windows
@@ -24,10 +25,8 @@ Y_STATS = ChannelStats(mean=[-0.2 * i for i in range(C)], std=[2.0 - 0.2 * i for
 
 def _model(random: bool = True, **kw) -> torch.nn.Module:
     model = create_model("rev_srcnn3d", **{**KW, **kw})
-    if random:  # non-zero weights everywhere, so the core is not the identity
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0.0, 0.1)
+    if random:  # so the core is not the identity
+        randomise(model)
     return model.eval()
 
 
@@ -229,9 +228,7 @@ def _espcn_predictor(random: bool, kind: str = "dti") -> Predictor:
     kw = dict(in_channels=C, factor=2, width=8, depth=2, base="cubic", memory_efficient=False)
     model = create_model("rev_espcn3d", **kw)
     if random:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0.0, 0.1)
+        randomise(model)
     ck = {"model": model_entry("rev_espcn3d", kw, model), "data": {"factor": 2, "patch_size": 8, "channels": C,
                                                                     "kind": kind}}
     # Shared statistics (data.norm_stats: shared), as the LR-grid configs train: a cubic base in

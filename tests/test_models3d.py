@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import randomise, random_twins
 from medsr.checkpoint import build_model, model_entry
 from medsr.networks import create_model, list_models
 from medsr.networks.nets.patchgan import auto_n_layers
@@ -56,13 +57,7 @@ def test_fresh_model_defaults_and_identity_core():
 
 def test_memory_efficient_generator_gradients_match_float64():
     """Through the real generator: the encoder's in-place ReLU feeds the core directly."""
-    kw = dict(in_channels=2, width=8, depth=3, norm="instance", residual=False)
-    a = create_model("rev_srcnn3d", memory_efficient=True, **kw).double()
-    b = create_model("rev_srcnn3d", memory_efficient=False, **kw).double()
-    with torch.no_grad():
-        for p in a.parameters():
-            p.normal_(0, 0.1)
-    b.load_state_dict(a.state_dict())
+    a, b = random_twins("rev_srcnn3d", in_channels=2, width=8, depth=3, norm="instance", residual=False)
     x = torch.randn(1, 2, 6, 6, 6, dtype=torch.float64)
     for direction in ("forward", "reverse"):
         grads = []
@@ -81,13 +76,7 @@ def test_memory_efficient_generator_gradients_match_float64():
 
 def test_cycle_loss_through_both_directions_matches_plain():
     """forward then reverse uses the shared core twice (C then C^-1) in one graph."""
-    kw = dict(in_channels=2, width=8, depth=2)
-    a = create_model("rev_srcnn3d", memory_efficient=True, **kw).double()
-    b = create_model("rev_srcnn3d", memory_efficient=False, **kw).double()
-    with torch.no_grad():
-        for p in a.parameters():
-            p.normal_(0, 0.1)
-    b.load_state_dict(a.state_dict())
+    a, b = random_twins("rev_srcnn3d", in_channels=2, width=8, depth=2)
     x = torch.randn(1, 2, 6, 6, 6, dtype=torch.float64)
     for m in (a, b):
         (m.reverse(m(x)) - x).abs().mean().backward()
@@ -97,10 +86,7 @@ def test_cycle_loss_through_both_directions_matches_plain():
 
 def test_checkpoint_entry_rebuilds_model():
     kwargs = dict(in_channels=6, width=8, depth=2, memory_efficient=True)
-    m = create_model("rev_srcnn3d", **kwargs)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.05)
+    m = randomise(create_model("rev_srcnn3d", **kwargs), std=0.05)
     m2 = build_model(model_entry("rev_srcnn3d", kwargs, m))
     x = torch.randn(1, 6, 6, 6, 6)
     with torch.no_grad():

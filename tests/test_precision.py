@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import randomise, train_config
 from medsr.checkpoint import load_checkpoint, model_entry, save_checkpoint
 from medsr.config import load_config
 from medsr.data.synthetic import make_prepared_dataset
@@ -26,15 +27,8 @@ RMS_TOL_SD, MAX_TOL_SD = 1e-2, 1e-1
 
 
 def _config(manifest: Path, out: Path, mode: str, precision: str, max_steps: int) -> dict:
-    return {
-        "output_dir": str(out),
-        "data": {"manifest": str(manifest), "patch_size": 8, "flip": True},
-        "model": {"name": "rev_srcnn3d", "kwargs": {"width": 4, "depth": 2, "residual": False}},
-        "discriminator": {"name": "patchgan3d", "kwargs": {"width": 4, "patch_size": "auto"}},
-        "train": {"mode": mode, "batch_size": 2, "n_epochs": 1, "n_epochs_decay": 1, "max_steps": max_steps,
-                  "pool_size": 2, "checkpoint_every": 100, "log_every": 1, "deterministic": True, "threads": 1,
-                  "samples": False, "precision": precision},
-    }
+    return train_config(manifest, out, mode, data={"flip": True}, batch_size=2, n_epochs_decay=1, max_steps=max_steps,
+                        pool_size=2, checkpoint_every=100, deterministic=True, precision=precision)
 
 
 def _weights_equal(a: dict, b: dict) -> bool:
@@ -112,10 +106,7 @@ X_STATS = ChannelStats(mean=[0.1 * i for i in range(C)], std=[1.0 + 0.5 * i for 
 
 def _checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
-    model = create_model("rev_srcnn3d", **KW)
-    with torch.no_grad():
-        for p in model.parameters():  # non-zero everywhere: the core is not the identity
-            p.normal_(0.0, 0.1)
+    model = randomise(create_model("rev_srcnn3d", **KW))  # the core is not the identity
     save_checkpoint({"model": model_entry("rev_srcnn3d", KW, model),
                      "norm": {"x": X_STATS.to_dict(), "y": Y_STATS.to_dict()},
                      "data": {"factor": 2, "patch_size": 8, "channels": C, "kind": "dti"}}, path)

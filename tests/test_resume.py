@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import train_config
 from medsr.checkpoint import load_checkpoint
 from medsr.data.synthetic import make_prepared_dataset
 from pipelines.train import train
@@ -32,15 +33,9 @@ sys.exit(main(["train", sys.argv[1]]))
 
 
 def _config(manifest: Path, out: Path) -> dict:
-    return {
-        "output_dir": str(out),
-        "data": {"manifest": str(manifest), "patch_size": 8, "flip": True},
-        "model": {"name": "rev_srcnn3d", "kwargs": {"width": 4, "depth": 2, "norm": "instance", "residual": False}},
-        "discriminator": {"name": "patchgan3d", "kwargs": {"width": 4, "patch_size": "auto"}},
-        # Two epochs (the LR decays in the second), the image pool fills and starts swapping.
-        "train": {"mode": "unpaired", "batch_size": 4, "n_epochs": 1, "n_epochs_decay": 1, "pool_size": 3,
-                  "checkpoint_every": 2, "log_every": 1, "deterministic": True, "threads": 1, "samples": False},
-    }
+    # Two epochs (the LR decays in the second), the image pool fills and starts swapping.
+    return train_config(manifest, out, "unpaired", data={"flip": True}, model={"norm": "instance"}, batch_size=4,
+                        n_epochs_decay=1, pool_size=3, checkpoint_every=2, deterministic=True)
 
 
 def _losses(path: Path) -> list[dict]:

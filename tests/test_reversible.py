@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import randomise
 from medsr.networks.invertible import inversion_error, is_invertible
 from medsr.networks.reversible import (
     AdditiveCoupling,
@@ -23,14 +24,6 @@ from medsr.networks.reversible import (
 # Tiny convs are dominated by thread synchronisation on a shared 2-core machine (~30x slower with
 # 2 threads than with 1 here), so these tests run single-threaded (tests/conftest.py:one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _randomise(module: nn.Module, std: float = 0.1) -> nn.Module:
-    """Random weights everywhere (including the zero-initialised convs) so blocks are not identity."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, std)
-    return module
 
 
 def _shape(spatial_dims: int, c: int = 8, n: int = 6, b: int = 2) -> tuple[int, ...]:
@@ -58,7 +51,7 @@ def _assert_rel_close(a: torch.Tensor, b: torch.Tensor, rel: float, atol: float 
 @pytest.mark.parametrize("norm", ["none", "instance"])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_gradients_equal_plain_autograd_float64(spatial_dims, coupling, norm, inverse):
-    core = _randomise(make_core(8, 3, spatial_dims, norm, "reflect", True, coupling)).double()
+    core = randomise(make_core(8, 3, spatial_dims, norm, "reflect", True, coupling)).double()
     x = torch.randn(_shape(spatial_dims), dtype=torch.float64)
     w = torch.randn_like(x)
     core.memory_efficient = True
@@ -71,7 +64,7 @@ def test_gradients_equal_plain_autograd_float64(spatial_dims, coupling, norm, in
 
 
 def test_backward_fills_grad_like_plain_autograd_and_accumulates():
-    core = _randomise(make_core(8, 2, 3)).double()
+    core = randomise(make_core(8, 2, 3)).double()
     ref = copy.deepcopy(core)
     ref.memory_efficient = False
     x = torch.randn(_shape(3), dtype=torch.float64)
@@ -93,7 +86,7 @@ def test_backward_fills_grad_like_plain_autograd_and_accumulates():
 
 def test_relu_before_core_and_input_left_intact():
     """memcnn frees the core's input; a ReLU right before it saved that tensor for its backward."""
-    core = _randomise(make_core(8, 3, 3)).double()
+    core = randomise(make_core(8, 3, 3)).double()
     ref = copy.deepcopy(core)
     ref.memory_efficient = False
     x = torch.randn(_shape(3), dtype=torch.float64)
@@ -111,7 +104,7 @@ def test_relu_before_core_and_input_left_intact():
 
 
 def test_no_grad_runs_blocks_without_touching_caller_tensor():
-    core = _randomise(make_core(8, 2, 3))
+    core = randomise(make_core(8, 2, 3))
     x = torch.randn(_shape(3), requires_grad=True)
     before, version, nbytes = x.detach().clone(), x._version, x.untyped_storage().nbytes()
     with torch.no_grad():
@@ -126,7 +119,7 @@ def test_no_grad_runs_blocks_without_touching_caller_tensor():
 
 
 def test_input_without_grad_and_frozen_parameters():
-    core = _randomise(make_core(8, 3, 3)).double()
+    core = randomise(make_core(8, 3, 3)).double()
     for p in core.blocks[1].parameters():
         p.requires_grad_(False)
     ref = copy.deepcopy(core)
@@ -147,7 +140,7 @@ def test_input_without_grad_and_frozen_parameters():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_inverse_reconstructs_deep_core_float32(spatial_dims):
-    core = _randomise(make_core(8, 32, spatial_dims, "instance"), std=0.05)
+    core = randomise(make_core(8, 32, spatial_dims, "instance"), std=0.05)
     h = torch.randn(_shape(spatial_dims, n=8))
     with torch.no_grad():
         y = core(h)
@@ -193,7 +186,7 @@ def test_saved_memory_does_not_grow_with_depth():
 
 
 def test_bf16_autocast_forward_backward_cpu():
-    core = _randomise(make_core(8, 2, 3, "instance"), std=0.05)
+    core = randomise(make_core(8, 2, 3, "instance"), std=0.05)
     ref = copy.deepcopy(core)
     ref.memory_efficient = False
     x = torch.randn(_shape(3))
@@ -213,7 +206,7 @@ def test_bf16_autocast_forward_backward_cpu():
 
 def test_bf16_autocast_keeps_the_coupling_stream_in_float32():
     """bf16 sums would round away the low bits that inversion needs; the stream stays float32."""
-    core = _randomise(make_core(8, 16, 3, "instance"), std=0.05)
+    core = randomise(make_core(8, 16, 3, "instance"), std=0.05)
     h = torch.relu(torch.randn(_shape(3))).bfloat16()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = core(h)
@@ -260,7 +253,7 @@ def test_ddp_hooks_fire_and_grads_match(tmp_path):
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        core = _randomise(make_core(8, 2, 3)).double()
+        core = randomise(make_core(8, 2, 3)).double()
         ref = copy.deepcopy(core)
         ref.memory_efficient = False
         ddp = DDP(core)

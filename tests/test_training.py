@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import train_config
 from medsr.checkpoint import load_checkpoint, load_generator
 from medsr.config import load_config
 from medsr.data import build_dataset
@@ -28,21 +28,11 @@ def manifest(tmp_path_factory):
     return make_prepared_dataset(tmp_path_factory.mktemp("prep"), 2, (32, 32, 32), "dti", patch_size=8)
 
 
-def tiny(manifest, out, mode="paired_l1", **train_kw):
-    return {
-        "output_dir": str(out),
-        "data": {"manifest": str(manifest), "patch_size": 8},
-        "model": {"name": "rev_srcnn3d", "kwargs": {"width": 4, "depth": 2, "norm": "none", "residual": False}},
-        "discriminator": {"name": "patchgan3d", "kwargs": {"width": 4, "patch_size": "auto"}},
-        "train": {"mode": mode, "n_epochs": 1, "log_every": 1, "threads": 1, "samples": False, **train_kw},
-    }
-
-
 @pytest.mark.parametrize("mode, term", [("paired_l1", ["l1_F", "l1_G"]), ("paired_l2", ["l2_F", "l2_G"]),
                                         ("paired", ["l1_F", "l1_G"]), ("unpaired", ["cycle_x", "cycle_y"])])
 def test_each_mode_overfits_a_fixed_batch(manifest, tmp_path, mode, term):
     torch.set_num_threads(1)
-    cfg = load_config(tiny(manifest, tmp_path, mode, lr=3e-3, batch_size=2))
+    cfg = load_config(train_config(manifest, tmp_path, mode, lr=3e-3, batch_size=2))
     data = build_dataset(cfg, SINGLE)
     trainer = Trainer(cfg, data, tmp_path, SINGLE, torch.device("cpu"))
     data.sampler.set_epoch(0)
@@ -57,7 +47,7 @@ def test_each_mode_overfits_a_fixed_batch(manifest, tmp_path, mode, term):
 
 def test_run_folder_checkpoint_and_generator(manifest, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny(manifest, out, "paired", max_steps=None, checkpoint_every=5, log_every=2, samples=True,
+    cfg = train_config(manifest, out, "paired", max_steps=None, checkpoint_every=5, log_every=2, samples=True,
                batch_size=4)
     run_dir = train(cfg)
     assert run_dir == out
@@ -91,19 +81,19 @@ def test_run_folder_checkpoint_and_generator(manifest, tmp_path):
 
 
 def test_bad_config_channels_and_empty_folder(manifest, tmp_path):
-    cfg = tiny(manifest, tmp_path / "r1", max_steps=2)
+    cfg = train_config(manifest, tmp_path / "r1", max_steps=2)
     cfg["model"]["kwargs"]["in_channels"] = 1
     with pytest.raises(ValueError, match="model.kwargs.in_channels' is 1 but the data .* has 6 channel"):
         train(cfg)
     assert not (tmp_path / "r1").exists()  # nothing written on bad input
-    cfg = tiny(manifest, tmp_path / "r2", max_steps=2)
+    cfg = train_config(manifest, tmp_path / "r2", max_steps=2)
     cfg["model"]["kwargs"]["widht"] = 3
     with pytest.raises(ValueError, match="model.kwargs.*widht"):
         train(cfg)
     (tmp_path / "r3").mkdir()
     (tmp_path / "r3" / "precious.txt").write_text("x")
     with pytest.raises(FileExistsError, match="holds no medsr run"):
-        train(tiny(manifest, tmp_path / "r3"), overwrite=True)
+        train(train_config(manifest, tmp_path / "r3"), overwrite=True)
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
 
 
@@ -118,14 +108,14 @@ class _NanAtThree(PairedL1):
         losses = super().train_step(batch)
         if self.calls == 3:
             with torch.no_grad():
-                for p in self.gen.parameters():
+                for p in self.generator.parameters():
                     p.fill_(float("nan"))
             losses = {k: v * float("nan") for k, v in losses.items()}
         return losses
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(manifest, tmp_path, capsys):
-    cfg = tiny(manifest, tmp_path / "run", "test_nan_at_3", max_steps=10, checkpoint_every=2)
+    cfg = train_config(manifest, tmp_path / "run", "test_nan_at_3", max_steps=10, checkpoint_every=2)
     with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 3 .*last good checkpoint .*last.pt \(step 2\)"):
         train(cfg)
     ck = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -134,7 +124,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(manifest, tmp_path, c
     cfg_path = tmp_path / "nan.yaml"
     import yaml
 
-    cfg_path.write_text(yaml.safe_dump(tiny(manifest, tmp_path / "run2", "test_nan_at_3", max_steps=10)))
+    cfg_path.write_text(yaml.safe_dump(train_config(manifest, tmp_path / "run2", "test_nan_at_3", max_steps=10)))
     assert main(["train", str(cfg_path)]) == 1
     assert "non-finite loss at step 3" in capsys.readouterr().err
 
@@ -150,7 +140,7 @@ def test_forward_only_brain_loss_and_cosine_decay(manifest, tmp_path):
     loss over mask voxels only (a change outside the mask costs nothing); cosine decay ends near 0."""
     from medsr.training.modes import region_loss
 
-    cfg = tiny(manifest, tmp_path / "fwd", max_steps=3, lambda_reverse=0.0, loss_region="brain",
+    cfg = train_config(manifest, tmp_path / "fwd", max_steps=3, lambda_reverse=0.0, loss_region="brain",
                lr_decay="cosine", lr=1e-2)
     cfg["model"] = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 1, "factor": "auto"}}
     run = train(cfg)
@@ -172,6 +162,22 @@ def test_forward_only_brain_loss_and_cosine_decay(manifest, tmp_path):
     assert float(loss) == pytest.approx(1.0)
 
 
+def test_a_schedule_resumes_from_a_lambdalr_state():
+    """Checkpoints holding a ``LambdaLR`` state per optimiser resume at the rate it had set."""
+    from medsr.training.schedule import LRSchedule, RunPoint
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    old = torch.optim.lr_scheduler.LambdaLR(torch.optim.Adam([p], lr=0.1), LinearDecay(1, 3))
+    old.step()
+    old.step()
+    opt = torch.optim.Adam([p], lr=0.5)
+    schedule = LRSchedule(opt, LinearDecay(1, 3))
+    schedule.load_state_dict(old.state_dict())
+    schedule.step(RunPoint(step=20, epoch=2))
+    assert opt.param_groups[0]["lr"] == old.optimizer.param_groups[0]["lr"] == 0.1 * LinearDecay(1, 3)(2)
+    assert schedule.state_dict() == {"base_lrs": [0.1], "last_epoch": 2}
+
+
 def test_threads_auto_is_chosen_while_training_and_logged(manifest, tmp_path, monkeypatch, capsys):
     """``train.threads: auto`` times the counts the cores allow in the first steps and says its choice;
     ``log.csv`` records the count of every row (whichever count is fastest here: nothing is timed)."""
@@ -179,7 +185,7 @@ def test_threads_auto_is_chosen_while_training_and_logged(manifest, tmp_path, mo
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
-    train(tiny(manifest, tmp_path, max_steps=16, threads="auto", batch_size=2))
+    train(train_config(manifest, tmp_path, max_steps=16, threads="auto", batch_size=2))
     assert torch.get_num_threads() == before  # not leaked into the caller
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert {int(r["threads"]) for r in rows} <= set(candidates(usable_cores()))

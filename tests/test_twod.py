@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import random_twins
 from medsr.networks import create_model
 from medsr.twod import cityscapes as cs
 from medsr.data.sampler import EpochBatchSampler
@@ -174,11 +175,8 @@ def test_parameter_counts_match_paper(name: str, width: int, depth: int, million
 
 def test_rev_resnet2d_shapes_core_and_gradients() -> None:
     x = torch.rand(2, 3, 8, 8) * 2 - 1
-    m = create_model("rev_resnet2d", width=4, depth=3, memory_efficient=True)
-    plain = create_model("rev_resnet2d", width=4, depth=3, memory_efficient=False)
-    for p in m.core.parameters():  # leave the identity start so the core does something
-        torch.nn.init.normal_(p, 0, 0.1)
-    plain.load_state_dict(m.state_dict())
+    # Random core weights: the core does something (not the identity it starts as).
+    m, plain = random_twins("rev_resnet2d", part="core", dtype=torch.float32, width=4, depth=3)
     y = m(x)
     assert y.shape == x.shape and m.reverse(x).shape == x.shape and y.abs().max() <= 1
     h = m.enc_x(x)

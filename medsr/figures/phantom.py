@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -19,8 +19,12 @@ LABEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
                  "#17becf", "#aec7e8")
 
 
-def labels_figure(
-    path: str | os.PathLike,
+def labels_figure(path: str | os.PathLike, *, dpi: int = 100, **drawing: Any) -> Path:
+    """Write the phantom overview of :func:`draw_labels` (called with ``drawing``) into the PNG ``path``, atomically."""
+    return panels.save(draw_labels(**drawing), path, dpi=dpi)
+
+
+def draw_labels(
     *,
     b0: np.ndarray,
     tensor: np.ndarray,
@@ -29,12 +33,10 @@ def labels_figure(
     affine: np.ndarray,
     voxel_size: tuple[float, float, float],
     title: str = "",
-    dpi: int = 100,
-) -> Path:
-    """Write the phantom overview: axial slices (through the labelled tissue's centre) of four maps.
+) -> Any:
+    """The phantom overview Figure: axial slices (through the labelled tissue's centre) of four maps.
 
     Args:
-        path: the PNG (written atomically).
         b0: (X, Y, Z) a b = 0 image (scanner units).
         tensor: (6, X, Y, Z) true tensors, FSL order, mm^2/s.
         labels: (X, Y, Z) integer tissue codes, 0 = background.
@@ -87,4 +89,4 @@ def labels_figure(
                        for i, (code, name) in enumerate(present)],
               loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.suptitle(title or f"axial slice {k} (RAS display)", fontsize=11)
-    return panels.save(fig, path, dpi=dpi)
+    return fig

@@ -12,14 +12,14 @@ One PNG per quantity (:mod:`medsr.figures.maps`): ``<subject>_md.png``, ``<subje
   the angle between the method's and the truth's principal directions where the truth's FA >= 0.2.
 
 ``medsr evaluate --figures``, ``medsr report`` and ``medsr demo`` all call :func:`subject_figures`, so
-their figures are the same files for the same inputs.
+their figures are the same files for the same inputs; :func:`draw_subject` gives the Figures unwritten.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -118,8 +118,35 @@ def _masked(m: np.ndarray, mask2d: np.ndarray) -> np.ndarray:
     return np.where(mask2d, m, np.nan)
 
 
-def subject_figures(
-    folder: str | os.PathLike,
+def subject_figures(folder: str | os.PathLike, subject: str, *, overwrite: bool = True, dpi: int = 100,
+                    **drawing: Any) -> list[Path]:
+    """Write the subject's figures (see the module docstring); nothing is written unless all drew.
+
+    Args:
+        folder: receives ``<subject>_<quantity>.png``.
+        subject: the subject id (file names and titles).
+        overwrite: replace existing PNGs (else FileExistsError naming the first).
+        dpi: the PNGs' resolution.
+        drawing: what is drawn: ``hr``, ``mask``, ``methods`` and optionally ``lr`` and ``kind``, as
+            :func:`draw_subject` takes them.
+
+    Returns:
+        The written paths, in :func:`figure_paths` order.
+
+    Raises:
+        ValueError: a method's grid differs from the truth's.
+    """
+    paths = figure_paths(folder, subject, figure_kind(drawing["hr"].channels, drawing.get("kind")))
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
+    figures = draw_subject(subject, **drawing)
+    pngs = [panels.png_bytes(fig, dpi) for fig in figures.values()]
+    return [panels.write_png(data, p, overwrite=overwrite) for p, data in zip(paths, pngs)]
+
+
+def draw_subject(
     subject: str,
     *,
     hr: Volume,
@@ -127,24 +154,20 @@ def subject_figures(
     methods: Sequence[tuple[str, Volume]],
     lr: Volume | None = None,
     kind: str | None = None,
-    overwrite: bool = True,
-    dpi: int = 100,
-) -> list[Path]:
-    """Write the subject's figures (see the module docstring); nothing is written unless all drew.
+) -> dict[str, Any]:
+    """The subject's figures as matplotlib Figures, one per quantity (see the module docstring).
 
     Args:
-        folder: receives ``<subject>_<quantity>.png``.
-        subject: the subject id (file names and titles).
+        subject: the subject id (titles).
         hr: the truth (C, X, Y, Z).
         mask: (X, Y, Z) brain mask on the HR grid.
         methods: (label, volume on the HR grid) of each model and baseline; drawn in
             :func:`column_order`.
         lr: the LR input on its own grid (first column), when given.
         kind: ``"dti"`` or ``"scalar"``; default DTI for 6 channels.
-        overwrite: replace existing PNGs (else FileExistsError naming the first).
 
     Returns:
-        The written paths, in :func:`figure_paths` order.
+        quantity (``md``, ``fa``, ``colour_fa`` or ``intensity``) -> Figure, in :func:`figure_paths` order.
 
     Raises:
         ValueError: a method's grid differs from the truth's.
@@ -158,11 +181,6 @@ def subject_figures(
         if vol.spatial_shape != hr.spatial_shape or vol.channels != hr.channels:
             raise ValueError(f"{vol.name}: {label} shape {vol.channels}x{vol.spatial_shape} differs from the "
                              f"truth {hr.channels}x{hr.spatial_shape}")
-    paths = figure_paths(folder, subject, kind)
-    if not overwrite:
-        for p in paths:
-            if p.exists():
-                raise FileExistsError(f"{p}: already exists (pass --overwrite to replace it)")
 
     spec = describe(kind, hr.data, mask)
     geo = SliceGeometry.of(hr.affine, hr.voxel_size, mask)
@@ -183,13 +201,7 @@ def subject_figures(
         cols.append(column(f"LR input\n({'x'.join(f'{v:.3g}' for v in vs)} mm)", "input", lr))
     cols.append(column("HR truth", "truth", hr))
     cols += [column(label, "method", vol) for label, vol in methods]
-
-    written = []
-    rendered = [(p, _render(q, spec[q], cols, crop, mask2d, f"subject {subject}", dpi))
-                for p, q in zip(paths, quantities(kind))]
-    for p, data in rendered:
-        written.append(panels.write_png(data, p, overwrite=overwrite))
-    return written
+    return {q: _draw(q, spec[q], cols, crop, mask2d, f"subject {subject}") for q in quantities(kind)}
 
 
 def _errors(q: str, cols: list[_Column], mask2d: list[np.ndarray]) -> dict[int, list[np.ndarray]]:
@@ -210,8 +222,8 @@ def _errors(q: str, cols: list[_Column], mask2d: list[np.ndarray]) -> dict[int, 
     return out
 
 
-def _render(q: str, quantity: Quantity, cols: list[_Column], crop: np.ndarray, mask2d: list[np.ndarray],
-            title: str, dpi: int) -> bytes:
+def _draw(q: str, quantity: Quantity, cols: list[_Column], crop: np.ndarray, mask2d: list[np.ndarray],
+          title: str) -> Any:
     plt = panels.pyplot()
     errors = _errors(q, cols, mask2d)
     blocks = 2 if errors else 1
@@ -274,4 +286,4 @@ def _render(q: str, quantity: Quantity, cols: list[_Column], crop: np.ndarray, m
             cax = cax.inset_axes((0.0, 0.0, 0.08 / bar, 1.0))
         panels.colourbar(fig, eim, cax, label)
     fig.suptitle(f"{title}: {quantity.label}", fontsize=11)
-    return panels.png_bytes(fig, dpi)
+    return fig

@@ -1,16 +1,14 @@
-"""Training modes: what one optimisation step does (the paper's eq. 12 and 13 and the L1/L2 ablation).
+"""The built-in training modes: the paper's eq. 12 and 13 and the L1/L2 ablation.
 
-A mode is registered by name (``@register_mode("paired")``) so other modules add their own
-(the 2D module adds e.g. ``segmentation``) without touching the Trainer. The Trainer builds the
-generator, the discriminators a mode asks for, their optimisers and DDP wrappers; the mode
-only computes losses and steps the optimisers.
+Each mode is a :class:`medsr.training.base.TrainMode` registered by name; the base class builds the
+generator and the discriminators a mode names, their optimisers and schedules. Other modules
+register their own modes the same way (the 2D module adds ``segmentation``).
 
 Directions: ``F = generator.forward`` maps X (LR-up) to Y (HR); ``G = generator.reverse`` maps Y
 to X through the same shared reversible core, so training either direction trains both.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 import torch
@@ -18,143 +16,17 @@ import torch.nn as nn
 
 from medsr.config import Config
 from medsr.losses import GANLoss, pixel_loss
-from medsr.precision import MixedPrecision
+from medsr.training.base import GeneratorPasses, TrainMode, create_mode, list_modes, register_mode
 from medsr.training.image_pool import ImagePool
 
-_MODES: dict[str, type["TrainMode"]] = {}
-# Modes defined outside this package, imported on first look-up so their @register_mode runs:
-# listed here, not registered as a side effect of importing some dataset.
-_PLUGIN_MODULES = ("medsr.twod.segmentation",)
-
-
-def _ensure_loaded() -> None:
-    for mod in _PLUGIN_MODULES:
-        importlib.import_module(mod)
-
-
-def register_mode(name: str) -> Callable[[type["TrainMode"]], type["TrainMode"]]:
-    """Class decorator registering a training mode under ``name``."""
-
-    def deco(cls: type["TrainMode"]) -> type["TrainMode"]:
-        if name in _MODES:
-            raise ValueError(f"training mode {name!r} registered twice")
-        cls.name = name
-        _MODES[name] = cls
-        return cls
-
-    return deco
-
-
-def list_modes() -> list[str]:
-    _ensure_loaded()
-    return sorted(_MODES)
-
-
-def create_mode(cfg: Config, rank: int = 0) -> "TrainMode":
-    """Instantiate the mode named by ``cfg.train.mode``."""
-    _ensure_loaded()
-    name = cfg.train.mode
-    if name not in _MODES:
-        raise ValueError(f"config key 'train.mode': unknown mode {name!r}; registered: {', '.join(list_modes())}")
-    return _MODES[name](cfg, rank)
-
-
-class Directions(nn.Module):
-    """Both directions of a generator in one ``forward`` call.
-
-    DDP only all-reduces gradients of work done inside ``forward``; routing ``reverse`` (and the
-    cycles) through here keeps a single DDP forward per step.
-
-    Args:
-        generator: a module with ``forward(x)`` (F: X->Y) and ``reverse(y)`` (G: Y->X).
-    """
-
-    def __init__(self, generator: nn.Module) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(
-        self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, cycle: bool = False
-    ) -> dict[str, torch.Tensor]:
-        """Args: x (B, C, *S) X-domain batch, y (B, C, *S) Y-domain batch.
-
-        Returns: ``fake_y = F(x)``, ``fake_x = G(y)`` and with ``cycle`` ``rec_x = G(F(x))``,
-        ``rec_y = F(G(y))``, each (B, C, *S).
-        """
-        out: dict[str, torch.Tensor] = {}
-        if x is not None:
-            out["fake_y"] = self.generator(x)
-            if cycle:
-                out["rec_x"] = self.generator.reverse(out["fake_y"])
-        if y is not None:
-            out["fake_x"] = self.generator.reverse(y)
-            if cycle:
-                out["rec_y"] = self.generator(out["fake_x"])
-        return out
+__all__ = ["GeneratorPasses", "Paired", "PairedL1", "PairedL2", "TrainMode", "Unpaired", "create_mode",
+           "list_modes", "region_loss", "register_mode"]
 
 
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
     for net in nets:
         for p in net.parameters():
             p.requires_grad_(flag)
-
-
-class TrainMode:
-    """Base class. Subclasses set ``loss_names`` and implement :meth:`train_step`.
-
-    Attributes set by the Trainer before the first step (via :meth:`attach`):
-        gen: the generator wrapped in :class:`Directions` (and in DDP when distributed).
-        discs: discriminator name -> module (DDP-wrapped when distributed).
-        discs_raw: discriminator name -> unwrapped module (for generator-step calls that must
-            not trigger DDP gradient reduction).
-        opts: optimiser name -> optimiser (``G``; ``D`` when there are discriminators).
-        amp: ``train.precision`` (:class:`medsr.precision.MixedPrecision`): a step runs its forward
-            passes and losses under :meth:`autocast` and steps through :meth:`optimise`.
-    """
-
-    name = ""
-    #: discriminator name -> which domain it judges; empty for pixel-loss-only modes.
-    discriminators: tuple[str, ...] = ()
-    #: DDP ``find_unused_parameters`` (a mode that runs one direction only leaves parameters unused).
-    find_unused = False
-
-    def __init__(self, cfg: Config, rank: int = 0) -> None:
-        self.cfg = cfg
-        self.rank = rank
-
-    @property
-    def loss_names(self) -> list[str]:
-        raise NotImplementedError
-
-    def discriminator_in_channels(self, channels: int) -> int:
-        """Input channels of each discriminator given the data's channel count."""
-        return channels
-
-    def attach(self, gen: nn.Module, discs: dict[str, nn.Module], discs_raw: dict[str, nn.Module],
-               opts: dict[str, torch.optim.Optimizer], device: torch.device,
-               amp: MixedPrecision | None = None) -> None:
-        self.gen, self.discs, self.discs_raw, self.opts, self.device = gen, discs, discs_raw, opts, device
-        self.amp = amp if amp is not None else MixedPrecision("fp32", device, opts)
-
-    def autocast(self):
-        """The context for forward passes and losses (autocast under bf16/fp16; nothing in fp32)."""
-        return self.amp.autocast()
-
-    def optimise(self, name: str, loss: torch.Tensor) -> None:
-        """Zero optimiser ``name``'s gradients, backpropagate ``loss`` and step (scaled under fp16)."""
-        opt = self.opts[name]
-        opt.zero_grad(set_to_none=True)
-        self.amp.backward_step(name, loss, opt)
-
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimisation step on ``batch`` ({"x": (B, C, *S), "y": (B, C, *S)}); returns detached losses."""
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def region_loss(loss_fn: Callable[..., torch.Tensor], pred: torch.Tensor, target: torch.Tensor,
@@ -187,7 +59,7 @@ class _PixelMode(TrainMode):
         loss_fn = pixel_loss(self.kind)
         reverse = self.lam_reverse > 0
         with self.autocast():
-            out = self.gen(x=x, y=y if reverse else None)
+            out = self.passes(x=x, y=y if reverse else None)
             # Losses in float32 whatever the outputs' precision: a bf16 mean over a patch loses digits.
             loss_f = region_loss(loss_fn, out["fake_y"].float(), y, mask)  # F(x) ~ y
             loss = loss_f
@@ -229,7 +101,7 @@ class Paired(TrainMode):
     ``D_X`` sees (y, x) against (y, G(y)), input and output concatenated on channels.
     """
 
-    discriminators = ("D_Y", "D_X")
+    discriminator_names = ("D_Y", "D_X")
 
     def __init__(self, cfg: Config, rank: int = 0) -> None:
         super().__init__(cfg, rank)
@@ -245,12 +117,12 @@ class Paired(TrainMode):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
-        d_y, d_x = self.discs["D_Y"], self.discs["D_X"]
+        d_y, d_x = self.discriminators_ddp["D_Y"], self.discriminators_ddp["D_X"]
         # Generator step: discriminators frozen and called unwrapped (no DDP reduction for them).
-        raw = [self.discs_raw["D_Y"], self.discs_raw["D_X"]]
+        raw = [self.discriminators["D_Y"], self.discriminators["D_X"]]
         _set_requires_grad(raw, False)
         with self.autocast():
-            out = self.gen(x=x, y=y)
+            out = self.passes(x=x, y=y)
             # The fakes in float32 (the inputs' dtype) whatever autocast made of the decoder's output.
             fy, fx = out["fake_y"].float(), out["fake_x"].float()
             gan_f = self.gan(raw[0](torch.cat([x, fy], 1)), True)
@@ -277,7 +149,7 @@ class Unpaired(TrainMode):
     independent draws (see the unpaired sampler).
     """
 
-    discriminators = ("D_Y", "D_X")
+    discriminator_names = ("D_Y", "D_X")
 
     def __init__(self, cfg: Config, rank: int = 0) -> None:
         super().__init__(cfg, rank)
@@ -293,10 +165,10 @@ class Unpaired(TrainMode):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
-        raw = [self.discs_raw["D_Y"], self.discs_raw["D_X"]]
+        raw = [self.discriminators["D_Y"], self.discriminators["D_X"]]
         _set_requires_grad(raw, False)
         with self.autocast():
-            out = self.gen(x=x, y=y, cycle=True)
+            out = self.passes(x=x, y=y, cycle=True)
             # float32 fakes: the pools keep (and checkpoint) them in the data's dtype at any precision.
             fy, fx = out["fake_y"].float(), out["fake_x"].float()
             gan_f = self.gan(raw[0](fy), True)
@@ -307,16 +179,16 @@ class Unpaired(TrainMode):
         self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
         with self.autocast():
-            loss_dy = _d_loss(self.gan, self.discs["D_Y"], y, self.pool_y.query(fy))
-            loss_dx = _d_loss(self.gan, self.discs["D_X"], x, self.pool_x.query(fx))
+            loss_dy = _d_loss(self.gan, self.discriminators_ddp["D_Y"], y, self.pool_y.query(fy))
+            loss_dx = _d_loss(self.gan, self.discriminators_ddp["D_X"], x, self.pool_x.query(fx))
         self.optimise("D", loss_dy + loss_dx)
         return {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "cycle_x": cyc_x.detach(),
                 "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
 
-    def state_dict(self) -> dict[str, Any]:
+    def rank_state_dict(self) -> dict[str, Any]:
         return {"pool_y": self.pool_y.state_dict(), "pool_x": self.pool_x.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             self.pool_y.load_state_dict(state["pool_y"], self.device)
             self.pool_x.load_state_dict(state["pool_x"], self.device)

@@ -1,15 +1,15 @@
 """One Trainer for every mode and both dimensionalities.
 
-The Trainer owns the loop and its bookkeeping: networks built from the registry, optimisers
-and schedules, DDP wrapping, the data loader, checkpoints (atomic, resumable bit for bit in
-deterministic mode), ``log.csv``, the progress bar, TensorBoard and the per-epoch PNG. What a
-step computes belongs to the mode (:mod:`medsr.training.modes`); what a batch holds belongs to
-the dataset builder (:mod:`medsr.data.registry`).
+The Trainer owns the loop and what every mode shares: the device and DDP wrapping, the data
+loader, budgets (``max_steps``, ``max_minutes``), the run point each learning-rate schedule is set
+from, checkpoints (atomic, resumable bit for bit in deterministic mode), ``log.csv``, the progress
+bar, TensorBoard and the per-epoch PNG. What is trained and what a step computes belong to the
+mode (:mod:`medsr.training.base`); what a batch holds belongs to the dataset builder
+(:mod:`medsr.data.registry`).
 """
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import os
 import random
@@ -22,45 +22,21 @@ import numpy as np
 import torch
 
 from medsr import __version__
-from medsr.checkpoint import model_entry, save_checkpoint
+from medsr.checkpoint import save_checkpoint
 from medsr.config import Config
 from medsr.data.registry import TrainData
-from medsr.networks import create_model
-from medsr.precision import MixedPrecision
+from medsr.precision import check_precision
+from medsr.training.base import TrainMode, create_mode
 from medsr.training.distributed import DistInfo, all_mean, gather_objects, wrap_ddp
-from medsr.training.modes import Directions, TrainMode, create_mode
-from medsr.training.schedule import make_optimizer, make_scheduler
+from medsr.training.names import check_names
+from medsr.training.networks import DataFacts
+from medsr.training.schedule import RunPoint
 from medsr.utils.atomic import atomic_path
 from medsr.utils.threads import training_tuner
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is left untouched."""
-
-
-def resolve_kwargs(kwargs: dict[str, Any], channels: int, key: str, what: str) -> dict[str, Any]:
-    """Replace ``in_channels: auto`` (or a missing ``in_channels``) by ``channels``; check explicit ones.
-
-    Raises:
-        ValueError: an explicit ``in_channels`` differs from the data's ``channels``.
-    """
-    out = dict(kwargs)
-    given = out.get("in_channels", "auto")
-    if given in ("auto", None):
-        out["in_channels"] = int(channels)
-    elif not isinstance(given, int) or given != channels:
-        raise ValueError(f"config key '{key}.in_channels' is {given!r} but {what} has {channels} channel(s); "
-                         "set it to 'auto' or to the data's channel count")
-    return out
-
-
-def _build_net(name: str, kwargs: dict[str, Any], key: str) -> torch.nn.Module:
-    try:
-        return create_model(name, **kwargs)
-    except KeyError as e:
-        raise ValueError(f"config key '{key}.name': {e.args[0] if e.args else e}") from None
-    except TypeError as e:  # an unexpected or missing constructor argument
-        raise ValueError(f"config key '{key}.kwargs': {name}: {e}") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -114,34 +90,16 @@ class Trainer:
     def __init__(self, cfg: Config, data: TrainData, run_dir: Path, dist: DistInfo, device: torch.device) -> None:
         self.cfg, self.data, self.run_dir, self.dist, self.device = cfg, data, Path(run_dir), dist, device
         t = cfg.train
+        check_names(cfg)
         # train.precision first: fp16 on a CPU is refused before any network is built.
-        self.amp = MixedPrecision(t.precision, device, ("G", "D"))
+        check_precision(t.precision, device, "config key 'train.precision':")
         seed_everything(t.seed)  # identical initial weights on every rank
         self.mode: TrainMode = create_mode(cfg, dist.rank)
-        where = f"the data ({data.info.get('manifest') or cfg.data.root or cfg.data.type})"
-        self.gen_kwargs = resolve_kwargs(cfg.model.kwargs, data.channels, "model.kwargs", where)
-        if self.gen_kwargs.get("factor") == "auto":  # LR-grid models take the data's upsampling factor
-            self.gen_kwargs["factor"] = int(data.info.get("factor", 2))
-        self.generator = _build_net(cfg.model.name, self.gen_kwargs, "model").to(device)
-        self.disc_kwargs: dict[str, Any] = {}
-        self.discs: dict[str, torch.nn.Module] = {}
-        if self.mode.discriminators:
-            d_in = self.mode.discriminator_in_channels(data.channels)
-            self.disc_kwargs = resolve_kwargs(cfg.discriminator.kwargs, d_in, "discriminator.kwargs",
-                                              f"mode {t.mode!r} with {where}")
-            if self.disc_kwargs.get("patch_size") == "auto":  # depth of the PatchGAN follows the patches
-                self.disc_kwargs["patch_size"] = int(data.info.get("patch_size", cfg.data.patch_size))
-            for name in self.mode.discriminators:
-                self.discs[name] = _build_net(cfg.discriminator.name, self.disc_kwargs, "discriminator").to(device)
-        self.gen_wrapped = wrap_ddp(Directions(self.generator), dist, device, self.mode.find_unused)
-        self.discs_wrapped = {n: wrap_ddp(d, dist, device) for n, d in self.discs.items()}
-        betas = (t.beta1, t.beta2)
-        self.optimizers = {"G": make_optimizer(self.generator.parameters(), t.lr, betas)}
-        if self.discs:
-            params = itertools.chain(*(d.parameters() for d in self.discs.values()))
-            self.optimizers["D"] = make_optimizer(params, t.lr, betas)
-        self.schedulers = {k: make_scheduler(o, t.n_epochs, t.n_epochs_decay) for k, o in self.optimizers.items()}
-        self.mode.attach(self.gen_wrapped, self.discs_wrapped, self.discs, self.optimizers, device, self.amp)
+
+        def wrap(module: torch.nn.Module, find_unused: bool = False) -> torch.nn.Module:
+            return wrap_ddp(module, dist, device, find_unused)
+
+        self.mode.setup(DataFacts.of(data, cfg), device, wrap)
         self.steps_per_epoch = int(data.sampler.steps_per_epoch)
         total = (t.n_epochs + t.n_epochs_decay) * self.steps_per_epoch
         self.total_steps = min(total, t.max_steps) if t.max_steps is not None else total
@@ -154,6 +112,7 @@ class Trainer:
         self.threads = training_tuner(t.threads, device_type=device.type, deterministic=t.deterministic,
                                       world_size=dist.world_size)
         self.last_good: tuple[int, Path] | None = None
+        self._step_lr = 0.0
         self._tb = None
 
     # ------------------------------------------------------------------ state
@@ -164,23 +123,18 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint dict (layout of :mod:`medsr.checkpoint`). Collective: call on every rank."""
         rngs = gather_objects(rng_state(), self.dist)
-        modes = gather_objects(self.mode.state_dict(), self.dist)
+        modes = gather_objects(self.mode.rank_state_dict(), self.dist)
         return {
             "format": 1,
             "medsr_version": __version__,
-            "model": model_entry(self.cfg.model.name, self.gen_kwargs, self.generator),
-            "discriminators": {n: model_entry(self.cfg.discriminator.name, self.disc_kwargs, d)
-                               for n, d in self.discs.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            **self.mode.state_dict(),  # model, discriminators, optimizers, schedulers, amp
             "step": int(self.step),
             "epoch": int(self.step // self.steps_per_epoch),
             "train_seconds": float(self.train_seconds),
             "rng": {"world_size": self.dist.world_size, "per_rank": rngs},
             "mode": self.cfg.train.mode,
             "mode_state": {"per_rank": modes},
-            "precision": self.amp.precision,
-            "amp": self.amp.state_dict(),
+            "precision": self.cfg.train.precision,
             "norm": {k: v.to_dict() for k, v in self.data.norm.items()},
             "data": dict(self.data.info),
             "config": self.cfg.to_dict(),
@@ -188,30 +142,23 @@ class Trainer:
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
         """Restore everything a checkpoint holds (weights, optimisers, schedules, RNG, pools, step)."""
-        if ck["model"]["name"] != self.cfg.model.name or ck["model"]["kwargs"] != self.gen_kwargs:
+        gen = self.mode.networks["generator"]
+        if ck["model"]["name"] != gen.name or ck["model"]["kwargs"] != gen.kwargs:
             raise ValueError(
                 f"{self.ckpt_path}: checkpoint model {ck['model']['name']} {ck['model']['kwargs']} differs from the "
-                f"config's {self.cfg.model.name} {self.gen_kwargs}; resume with the run's own config.yaml"
+                f"config's {gen.name} {gen.kwargs}; resume with the run's own config.yaml"
             )
         if ck.get("mode") != self.cfg.train.mode:
             raise ValueError(f"{self.ckpt_path}: checkpoint was trained in mode {ck.get('mode')!r}, config says "
                              f"{self.cfg.train.mode!r}")
-        self.generator.load_state_dict(ck["model"]["state_dict"])
-        for n, d in self.discs.items():
-            d.load_state_dict(ck["discriminators"][n]["state_dict"])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(ck["optimizers"][k])
-        for k, s in self.schedulers.items():
-            s.load_state_dict(ck["schedulers"][k])
-        # A run may change train.precision at resume (e.g. bf16 -> fp32); fp16 scales resume as they were.
-        self.amp.load_state_dict(ck.get("amp"))
+        self.mode.load_state_dict(ck)
         self.step = int(ck["step"])
         self.train_seconds = float(ck.get("train_seconds", 0.0))
         per_rank = ck["rng"]["per_rank"]
         set_rng_state(per_rank[self.dist.rank if self.dist.rank < len(per_rank) else 0])
         modes = ck.get("mode_state", {}).get("per_rank", [])
         if modes:
-            self.mode.load_state_dict(modes[self.dist.rank if self.dist.rank < len(modes) else 0])
+            self.mode.load_rank_state_dict(modes[self.dist.rank if self.dist.rank < len(modes) else 0])
         self.last_good = (self.step, self.ckpt_path)
         self.log_rows = [r for r in _read_log(self.run_dir / "log.csv") if int(r["step"]) <= self.step]
 
@@ -250,11 +197,12 @@ class Trainer:
             return None
         from medsr.figures.preview import preview_figure
 
-        self.generator.eval()
+        generator = self.mode.generator
+        generator.eval()
         try:
-            panels = self.data.preview(self.generator, self.device)
+            panels = self.data.preview(generator, self.device)
         finally:
-            self.generator.train()
+            generator.train()
         path = preview_figure(self.run_dir / "samples" / f"{name}.png", panels,
                               title=f"{self.cfg.train.mode} step {self.step}")
         return path
@@ -281,20 +229,26 @@ class Trainer:
             done = max(done, self.train_seconds / (60.0 * float(budget)))
         return min(done, 1.0)
 
-    def _apply_lr_decay(self) -> None:
-        """``train.lr_decay: cosine``: set every optimiser's LR from the run's progress (before a step)."""
-        if self.cfg.train.lr_decay != "cosine":
-            return
-        lr = self.cfg.train.lr * 0.5 * (1.0 + math.cos(math.pi * self.progress()))
-        for opt in self.optimizers.values():
-            for group in opt.param_groups:
-                group["lr"] = lr
+    def run_point(self) -> RunPoint:
+        """Where the run stands before the next step (what the learning-rate schedules read)."""
+        return RunPoint(step=self.step, epoch=self.step // self.steps_per_epoch, progress=self.progress())
+
+    def _set_learning_rates(self) -> None:
+        """Tell each of the mode's schedules the run point: it sets the rate of the next step."""
+        at = self.run_point()
+        for schedule in self.mode.schedules.values():
+            schedule.step(at)
+
+    def learning_rate(self) -> float:
+        """The rate of the mode's first optimiser (the generator's) for the next step."""
+        return float(next(iter(self.mode.optimizers.values())).param_groups[0]["lr"])
 
     def fit(self) -> Path:
         """Train from ``self.step`` to the last step (or ``train.max_minutes``); returns the checkpoint path."""
         from tqdm import tqdm
 
         loader = self.make_loader()
+        self._set_learning_rates()  # from the step (and time) a resumed run restored
         clock = (self.train_seconds, time.perf_counter())  # (seconds trained before this call, its start)
         show = self.cfg.train.progress and self.dist.is_main and sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, dynamic_ncols=True, unit="step")
@@ -330,7 +284,7 @@ class Trainer:
         """
         names = self.mode.loss_names
         batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        self._apply_lr_decay()
+        self._step_lr = self.learning_rate()  # the rate this step uses, for log.csv
         losses = self.mode.train_step(batch)
         self.step += 1
         # The elapsed time rides along with the losses' all-reduce: every rank gets the same mean, so
@@ -338,6 +292,7 @@ class Trainer:
         elapsed = torch.tensor([clock[0] + time.perf_counter() - clock[1]], device=self.device)
         vec = all_mean(torch.cat([torch.stack([losses[n].float() for n in names]), elapsed]), self.dist)
         *losses_mean, self.train_seconds = vec.cpu().double().tolist()
+        self._set_learning_rates()  # for the next step, at the step count and time just reached
         values = dict(zip(names, losses_mean))
         if not all(math.isfinite(v) for v in values.values()):
             bad = ", ".join(f"{k}={v:g}" for k, v in values.items())
@@ -381,7 +336,7 @@ class Trainer:
 
     def _log_step(self, values: dict[str, float], rate: float) -> None:
         """Append a ``log.csv`` row (and TensorBoard scalars) for the step just taken."""
-        lr = self.optimizers["G"].param_groups[0]["lr"]
+        lr = self._step_lr
         row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch}
         row.update({k: f"{v:.6g}" for k, v in values.items()})
         row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}", "train_s": f"{self.train_seconds:.1f}",
@@ -395,9 +350,7 @@ class Trainer:
             tb.add_scalar("patches_per_s", rate, self.step)
 
     def _end_of_epoch(self) -> None:
-        """Step the epoch schedules and write the epoch's preview."""
-        for s in self.schedulers.values():
-            s.step()
+        """Write the epoch's preview."""
         self.write_preview(f"epoch_{self.step // self.steps_per_epoch:03d}")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from medsr.training.modes import TrainMode, register_mode
+from medsr.training.base import TrainMode, register_mode
 from medsr.twod.cityscapes import IGNORE
 
 
@@ -29,9 +29,9 @@ class Segmentation(TrainMode):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"].long()
-        # Only the forward direction: ``Directions`` (and DDP) see one forward call per step.
+        # Only the forward direction: one forward call of ``passes`` (and of DDP) per step.
         with self.autocast():  # train.precision
-            logits = self.gen(x=x)["fake_y"].float()
+            logits = self.passes(x=x)["fake_y"].float()
             loss = nn.functional.cross_entropy(logits, y, ignore_index=IGNORE)
         self.optimise("G", loss)
         with torch.no_grad():

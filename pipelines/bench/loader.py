@@ -132,7 +132,7 @@ def measure(cfg, batches: int, steps: int) -> dict:
     workers = int(cfg.data.num_workers)
     worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers else None
     return {
-        "mode": cfg.train.mode, "model": cfg.model.name, "kwargs": trainer.gen_kwargs,
+        "mode": cfg.train.mode, "model": cfg.model.name, "kwargs": trainer.mode.networks["generator"].kwargs,
         "subjects": len(data.info.get("subjects", [])), "n_patches": len(data.dataset),
         "patch_size": cfg.data.patch_size, "batch_size": bs, "device": str(device), "num_workers": workers,
         "threads": torch.get_num_threads(), "open_s": round(open_s, 2), "loader_patches_per_s": round(supply, 1),
