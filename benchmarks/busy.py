@@ -294,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seconds must be positive, got {args.seconds:g}")
     work = Path(tempfile.mkdtemp(prefix="medsr-busy-")) if args.workdir is None else args.workdir
     work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]  # other processes' load: what the machine was doing meanwhile
     workers: dict[tuple[bool, int], Worker] = {}
     try:
         from medsr.data.synthetic import make_prepared_dataset
@@ -318,7 +319,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     meta = {
-        "machine": f"{_machine()}, torch {torch.__version__}",
+        "machine": f"{_machine()}, torch {torch.__version__}; 1-minute load average {load_before:.1f} before the "
+                   f"run, {os.getloadavg()[0]:.1f} after (this benchmark's own processes included)",
         "config": _shown_path(args.config),
         "data": f"{args.n_subjects} generated DTI subjects of {'x'.join(map(str, shape))} voxels",
         "seconds": f"{args.seconds:g}",
