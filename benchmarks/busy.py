@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--situations", nargs="+", choices=SITUATIONS, default=list(SITUATIONS),
                         help="which situations to run")
     parser.add_argument("--seconds", type=float, default=20.0, help="training time of each run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per policy and situation, in turns (auto, 1, 2, auto, ...); the median is reported "
+                             "(a noisy machine)")
     parser.add_argument("--shape", type=int, nargs=3, default=[56, 64, 52], metavar=("X", "Y", "Z"),
                         help="HR shape of the generated DTI subjects (the phantom's)")
     parser.add_argument("--n-subjects", type=int, default=2, help="generated training subjects")
@@ -290,6 +294,8 @@ def run(args: argparse.Namespace) -> int:
     policies = args.policies or list(dict.fromkeys(["auto", "1", str(cores)]))
     for p in policies:
         parse_policy(p)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.seconds <= 0:
         raise ValueError(f"--seconds must be positive, got {args.seconds:g}")
     work = Path(tempfile.mkdtemp(prefix="medsr-busy-")) if args.workdir is None else args.workdir
@@ -303,14 +309,18 @@ def run(args: argparse.Namespace) -> int:
         manifest = make_prepared_dataset(work / "data", args.n_subjects, shape, "dti", patch_size=16)
         situations = [s for s in SITUATIONS if s in args.situations]
         results: dict[str, dict[str, list[float]]] = {s: {} for s in situations}
-        total = len(situations) * len(policies)
+        total = len(situations) * len(policies) * args.repeats
         done = 0
         for situation in situations:
-            for policy in policies:
-                done += 1
-                print(f"[{done}/{total}] {situation}, threads {policy} ...", end=" ", file=sys.stderr, flush=True)
-                results[situation][policy] = run_situation(situation, policy, args, manifest, work, workers)
-                print(" / ".join(f"{v:.2f}" for v in results[situation][policy]) + " steps/s", file=sys.stderr)
+            runs: dict[str, list[list[float]]] = {p: [] for p in policies}
+            for _ in range(args.repeats):
+                for policy in policies:
+                    done += 1
+                    print(f"[{done}/{total}] {situation}, threads {policy} ...", end=" ", file=sys.stderr, flush=True)
+                    runs[policy].append(run_situation(situation, policy, args, manifest, work, workers))
+                    print(" / ".join(f"{v:.2f}" for v in runs[policy][-1]) + " steps/s", file=sys.stderr)
+            for policy, got in runs.items():  # per training of the situation: the median over repeats
+                results[situation][policy] = [statistics.median(r[i] for r in got) for i in range(len(got[0]))]
     finally:
         for w in workers.values():
             w.close()
@@ -323,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
                    f"run, {os.getloadavg()[0]:.1f} after (this benchmark's own processes included)",
         "config": _shown_path(args.config),
         "data": f"{args.n_subjects} generated DTI subjects of {'x'.join(map(str, shape))} voxels",
-        "seconds": f"{args.seconds:g}",
+        "seconds": f"{args.seconds:g}" + (f" (median of {args.repeats} runs)" if args.repeats > 1 else ""),
         "wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (medsr's default)"),
     }
     command = "medsr bench busy" + "".join(
@@ -332,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
             ("--policies", " ".join(args.policies) if args.policies else None),
             ("--situations", " ".join(args.situations) if len(args.situations) < len(SITUATIONS) else None),
             ("--seconds", f"{args.seconds:g}" if args.seconds != 20.0 else None),
+            ("--repeats", str(args.repeats) if args.repeats != 1 else None),
             ("--set", " ".join(args.overrides) if args.overrides else None),
             ("--output", str(args.output) if args.output else None)) if value)
     text = render(results, meta, command, args.note)
