@@ -130,6 +130,7 @@ class Worker:
 
     def __init__(self, spin: bool, log: Path) -> None:
         self.log = log
+        self._read = 0  # how much of the log new_lines() has returned
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # auto must measure
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
         if spin:
@@ -150,6 +151,12 @@ class Worker:
             raise RuntimeError(f"a training worker said {line.strip()!r}, expected {word!r}")
         return line
 
+    def new_lines(self) -> list[str]:
+        """Lines the worker's trainings printed since the last call (``medsr train: threads auto: ...``)."""
+        text = self.log.read_text() if self.log.is_file() else ""
+        new, self._read = text[self._read:], len(text)
+        return [line for line in new.splitlines() if line.startswith("medsr train: ")]
+
     def send(self, spec: dict) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(spec) + "\n")
@@ -166,8 +173,9 @@ class Worker:
 
 
 def run_situation(situation: str, policy: str, args: argparse.Namespace, manifest: Path, work: Path,
-                  workers: dict[tuple[bool, int], Worker]) -> list[float]:
-    """Steps per second of each training of ``situation`` under ``policy`` (workers reused by (spin, index))."""
+                  workers: dict[tuple[bool, int], Worker], said: list[str] | None = None) -> list[float]:
+    """Steps per second of each training of ``situation`` under ``policy`` (workers reused by (spin, index));
+    the trainings' own lines (the thread count chosen, a slowdown) are appended to ``said``."""
     threads, spin = parse_policy(policy)
     tag = f"{situation}-{policy.replace(':', '-')}"
     go = work / f"{tag}.go"
@@ -190,7 +198,12 @@ def run_situation(situation: str, policy: str, args: argparse.Namespace, manifes
     try:
         time.sleep(0.5 if busy else 0.0)  # the loop is running before the trainings start
         go.touch()
-        return [float(json.loads(w.expect())["rate"]) for w in team]
+        rates = [float(json.loads(w.expect())["rate"]) for w in team]
+        for w in team:
+            lines = w.new_lines()
+            if said is not None:
+                said += [line.removeprefix("medsr train: ") for line in lines]
+        return rates
     finally:
         if busy is not None:
             busy.kill()
@@ -218,8 +231,10 @@ def ratios(results: dict[str, dict[str, list[float]]]) -> dict[str, float]:
     return out
 
 
-def render(results: dict[str, dict[str, list[float]]], meta: dict[str, str], command: str, note: str) -> str:
-    """The Markdown report: the command, the machine, steps/s per policy and situation, the ratios."""
+def render(results: dict[str, dict[str, list[float]]], meta: dict[str, str], command: str, note: str | None,
+           said: dict[str, list[str]] | None = None) -> str:
+    """The Markdown report: the command, the machine, steps/s per policy and situation, the ratios, and
+    what the trainings printed (``said``: per run label, ``auto``'s choices and any slowdown line)."""
     policies = list(dict.fromkeys(p for r in results.values() for p in r))
     r = ratios(results)
     lines = [
@@ -254,6 +269,10 @@ def render(results: dict[str, dict[str, list[float]]], meta: dict[str, str], com
     for text, value, target in checks:
         if value is not None:
             lines.append(f"- {text}: **{value:.2f}x** (target >= {target:g}: {'met' if value >= target else 'missed'})")
+    printed = [(label, line) for label, got in (said or {}).items() for line in got]
+    if printed:
+        lines += ["", "What the trainings printed (`medsr train: ...`):", ""]
+        lines += [f"- {label}: `{line}`" for label, line in printed]
     return "\n".join(lines) + "\n"
 
 
@@ -309,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = make_prepared_dataset(work / "data", args.n_subjects, shape, "dti", patch_size=16)
         situations = [s for s in SITUATIONS if s in args.situations]
         results: dict[str, dict[str, list[float]]] = {s: {} for s in situations}
+        said: dict[str, list[str]] = {}  # "situation, threads P" -> what its trainings printed
         total = len(situations) * len(policies) * args.repeats
         done = 0
         for situation in situations:
@@ -317,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
                 for policy in policies:
                     done += 1
                     print(f"[{done}/{total}] {situation}, threads {policy} ...", end=" ", file=sys.stderr, flush=True)
-                    runs[policy].append(run_situation(situation, policy, args, manifest, work, workers))
+                    lines = said.setdefault(f"{situation}, threads {policy}", [])
+                    runs[policy].append(run_situation(situation, policy, args, manifest, work, workers, lines))
                     print(" / ".join(f"{v:.2f}" for v in runs[policy][-1]) + " steps/s", file=sys.stderr)
             for policy, got in runs.items():  # per training of the situation: the median over repeats
                 results[situation][policy] = [statistics.median(r[i] for r in got) for i in range(len(got[0]))]
@@ -345,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
             ("--repeats", str(args.repeats) if args.repeats != 1 else None),
             ("--set", " ".join(args.overrides) if args.overrides else None),
             ("--output", str(args.output) if args.output else None)) if value)
-    text = render(results, meta, command, args.note)
+    text = render(results, meta, command, args.note, said)
     print(text)
     if args.output is not None:
         from medsr.utils.atomic import atomic_path

@@ -25,7 +25,9 @@ def test_ratios_compare_auto_with_the_best_fixed_count_and_pairs_with_alone():
 def test_report_states_the_command_the_rates_and_the_targets():
     meta = {"machine": "2 usable CPU core(s)", "config": "configs/demo.yaml", "data": "2 generated DTI subjects",
             "seconds": "20", "wait_policy": "PASSIVE"}
-    text = busy.render(RESULTS, meta, "medsr bench busy --output docs/performance.md", "A shared machine.")
+    said = {"busy, threads auto": ["threads auto: 1 of 2 usable core(s) (measured 2: 6, 1: 8 steps/s)"]}
+    text = busy.render(RESULTS, meta, "medsr bench busy --output docs/performance.md", "A shared machine.", said)
+    assert "- busy, threads auto: `threads auto: 1 of 2 usable core(s) (measured 2: 6, 1: 8 steps/s)`" in text
     assert "    medsr bench busy --output docs/performance.md" in text
     assert "| auto | 9.60 | 7.30 | 6.00 / 5.00 | 0.52x |" in text
     assert "A shared machine." in text

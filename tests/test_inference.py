@@ -318,7 +318,7 @@ def test_tta_views_in_batches_equal_one_view_at_a_time(window, monkeypatch) -> N
                      "cpu")
     vol = Volume(np.random.default_rng(3).normal(size=(C, 12, 10, 11)).astype(np.float32), np.eye(4), name="v")
     plan = pred.plan(vol.spatial_shape, window)
-    views = [v for v in symmetries("full") if v[1] in ((), (0, 2))][:6]  # 6 permutations x 2 flips, 3 shapes
+    views = [v for v in symmetries("full") if v[1] in ((), (0, 2))][:4]  # 2 permutations x 2 flips: 2 shapes
     one = dict(pred.predict_views(vol, views, plan=plan, views_per_call=1))
     bars = []
 
@@ -329,10 +329,10 @@ def test_tta_views_in_batches_equal_one_view_at_a_time(window, monkeypatch) -> N
             super().close()
 
     monkeypatch.setattr(tqdm, "tqdm", Bar)
-    batched = dict(pred.predict_views(vol, views, plan=plan, views_per_call=4, progress=True))
+    batched = dict(pred.predict_views(vol, views, plan=plan, views_per_call=3, progress=True))
     assert batched.keys() == one.keys() == set(views)
     for v in views:
         np.testing.assert_allclose(batched[v], one[v], rtol=1e-5, atol=1e-5)
-    assert [b[:2] for b in bars] == [(6 * plan.n_windows, 6 * plan.n_windows)]
+    assert [b[:2] for b in bars] == [(4 * plan.n_windows, 4 * plan.n_windows)]
     assert pred.views_per_call(plan, 48, 12 * 10 * 11) == 48  # small volume: every view in one call
     assert pred.views_per_call(plan, 8, 145 * 174 * 145) == 4  # HCP size: 4 x 205 MB of stitching buffers
