@@ -165,7 +165,8 @@ class Unpaired(TrainMode):
     the GAN alone lets it drift; the second keeps G from hiding detail in its output for F to decode,
     so the cycle ``F(G(y)) ~ y`` teaches F to undo the real degradation. 0 (the default) is the
     paper's loss. With ``train.loss_region: brain`` the cycle terms average over each patch's brain
-    voxels and the degradation terms weight each LR voxel by the brain fraction of its block.
+    voxels and the degradation terms weight each LR voxel by the brain fraction of its block (DTI: count
+    the LR voxels prep fits, those at least half brain).
     """
 
     discriminator_names = ("D_Y", "D_X")
