@@ -71,7 +71,7 @@ def shrink(block: str) -> str:
         m = re.search(r"\s#", line)  # a trailing comment: the extra arguments go before it
         code, comment = (line[:m.start()], line[m.start():]) if m else (line, "")
         for prefix, extra in SMALL.items():
-            if code.strip().startswith(prefix):
+            if (code.strip() + " ").startswith(prefix + " "):  # the command itself, not a longer name
                 code = f"{code.rstrip()} {extra}"
         out.append(code + comment)
     return "\n".join(out)
