@@ -11,11 +11,13 @@ Layout of a checkpoint file (a plain dict, loadable with ``torch.load(weights_on
       "step": int, "epoch": int, "rng": {...},
       "precision": "fp32" | "bf16" | "fp16", "amp": {...},           # train.precision, fp16 loss scales
       "norm": {"x": {"mean": [...], "std": [...]}, "y": {...}},    # x = LR-up input, y = HR target
-      "data": {"factor": int, "patch_size": int, "channels": int, "kind": "dti" | "scalar"},
+      "data": {"factor": int | [rx, ry, rz], "patch_size": int, "channels": int, "kind": "dti" | "scalar"},
       "config": dict,                                                 # the resolved training config
     }
 
-Only plain containers, tensors, numbers and strings go in, so ``weights_only=True`` loads it.
+Only plain containers, tensors, numbers and strings go in, so ``weights_only=True`` loads it. A factor is
+stored as an int when it is the same on every axis (as every checkpoint before per-axis factors) and as a list
+of three otherwise; :func:`medsr.factor.factor_triple` reads both.
 """
 from __future__ import annotations
 

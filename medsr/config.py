@@ -46,7 +46,8 @@ class DataConfig:
         direction: ``AtoB`` or ``BtoA`` (2D datasets: which side is the input).
         dataset: ``maps`` or ``cityscapes`` (2D datasets; ``null`` = told by the root folder's name).
         subjects: training subjects (manifest ``subject`` column); ``null`` = every ``ok`` subject.
-        patch_size: edge of the cubic patches (the paper: 24).
+        patch_size: edge of the cubic patches (the paper: 24); rounded up to a multiple of every axis's
+            downsampling factor (16 -> 18 at factor 3), so patches tile whole LR blocks.
         stride: grid stride; ``null`` = ``patch_size`` (non-overlapping, about 112 per HCP volume).
         sampling: ``grid`` (fixed grid positions), ``random`` (random positions) or ``both``.
         random_per_subject: random positions drawn per subject and epoch (``random``/``both``).
@@ -56,8 +57,9 @@ class DataConfig:
             ``shared`` (both by the target's: an interpolation of the input is then already in the
             target's units, which residual models over an interpolation base rely on).
         flip: random axis flips as augmentation (DTI off-diagonal signs are flipped accordingly).
-        permute: random axis permutations as augmentation (isotropic voxels only; DTI components
-            are reordered accordingly). With ``flip``: the 48 symmetries of the cube.
+        permute: random axis permutations as augmentation, among axes of equal voxel size and factor
+            (x <-> y at factor 1 1 4; DTI components are reordered accordingly). With ``flip`` on isotropic
+            data: the 48 symmetries of the cube.
         num_workers: DataLoader worker processes (0 = in the training process).
     """
 
@@ -133,7 +135,9 @@ class TrainConfig:
         samples: write ``samples/epoch_XXX.png`` at each epoch end (and ``samples/final.png`` when the run
             stops mid-epoch).
         progress: show a tqdm bar (only on a terminal, rank 0).
-        threads: torch CPU threads (0 = leave torch's default).
+        threads: torch CPU threads: ``auto`` (measured: the count giving the most steps per second on
+            the cores this process may use, rechecked as the machine's load changes; see
+            :mod:`medsr.utils.threads`), a number, or 0 (torch's default).
         precision: ``fp32``, ``bf16`` (autocast in bfloat16) or ``fp16`` (autocast in float16 with a
             gradient scaler; CUDA only). Weights, optimiser state and checkpoints stay float32; see
             :mod:`medsr.precision`.
@@ -162,7 +166,7 @@ class TrainConfig:
     device: str = "auto"
     samples: bool = True
     progress: bool = True
-    threads: int = 0
+    threads: int | Literal["auto"] = "auto"
     precision: Precision = "fp32"
 
 
@@ -253,8 +257,9 @@ def _check_range(key: str, value: Any) -> None:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):  # a Literal among other types names its values: "int or 'auto'"
+        return " or ".join(" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is Literal
+                           else _type_name(a) for a in typing.get_args(tp))
     if origin is Literal:
         return " or ".join(sorted({type(a).__name__ for a in typing.get_args(tp)}))
     if tp is type(None):

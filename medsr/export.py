@@ -30,7 +30,7 @@ import torch
 
 from medsr.checkpoint import load_generator
 from medsr.inference import lr_grid_factor, model_norm
-from medsr.model_card import factor_triple, model_card
+from medsr.model_card import model_card
 from medsr.networks.interpolate import block_mean
 from medsr.utils.atomic import atomic_path
 from medsr.utils.paths import check_not_input
@@ -49,7 +49,7 @@ class NormalisedGenerator(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.x_mean) / self.x_std
-        if self.lr_factor > 1:  # as inference: the LR-grid model reads the LR volume (block means of lr_up)
+        if self.lr_factor != (1, 1, 1):  # as inference: the LR-grid model reads the LR volume (block means of lr_up)
             y = self.model.forward_lr(block_mean(x, self.lr_factor))
         else:
             y = self.model(x)
@@ -72,7 +72,7 @@ def export_generator(checkpoint: str | os.PathLike, output: str | os.PathLike, *
     model, sx, sy, ck = load_generator(checkpoint)
     card = model_card(ck)
     wrapped = NormalisedGenerator(model.eval(), sx.mean, sx.std, sy.mean, sy.std).eval()
-    f = factor_triple(card["factor"] or 1) if wrapped.lr_factor > 1 else (1, 1, 1)
+    f = wrapped.lr_factor  # per axis; (1, 1, 1) for a model on the HR grid
     # An example of batch 2 and unequal sizes: sizes of 1 (or equal sizes) would be specialised as constants.
     x = torch.randn(2, int(card["channels"] or len(sx.mean)), *(fi * n for fi, n in zip(f, (6, 7, 8))))
     dims = {0: torch.export.Dim("batch", min=1, max=1024)}

@@ -4,7 +4,7 @@ The user hands a checkpoint and a volume and gets back a volume on the HR grid, 
 Three things must match training exactly, and each is read from the checkpoint:
 
 * **Grid.** The network maps ``lr_up`` (the LR volume NN-upsampled onto the HR grid) to ``hr``. An
-  input on the LR grid is NN-upsampled here with ``data.factor`` (:func:`medsr.degrade.nn_upsample`,
+  input on the LR grid is NN-upsampled here with ``data.factor`` (per axis; :func:`medsr.degrade.nn_upsample`,
   affine :func:`medsr.degrade.hr_affine`), so the output lies on the HR grid prep would have written;
   an input already on the HR grid is used as is. See :func:`detect_grid` for ``input_grid="auto"``.
 * **Normalisation.** ``norm.x`` (stats of ``lr_up``) normalise the input and ``norm.y`` (stats of
@@ -32,12 +32,13 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_volume
+from medsr.data.augment import allowed_permutations, inverse_symmetry_volume, symmetries, symmetry_volume
+from medsr.factor import Factor, FactorLike, factor_triple, format_factor
 from medsr.model_card import model_card
 from medsr.normalise import ChannelStats
 from medsr.utils.device import resolve_device
@@ -50,6 +51,8 @@ ACTIVATION_BYTES_PER_VOXEL_CHANNEL = 20.0
 # Bytes of activations an automatic window may use: with ~1 GB for the process and the volume's own
 # buffers (input, output, MONAI's accumulators) a whole HCP volume stays under 4 GB peak RSS.
 DEFAULT_MEMORY_BUDGET = 2.75e9
+# Bytes the stitching buffers of test-time views run in one batch may take (see Predictor.views_per_call).
+VIEW_BUFFER_BUDGET = 1.0e9
 DEFAULT_OVERLAP_LARGE = 0.25
 DEFAULT_OVERLAP_INSTANCE = 0.5
 
@@ -204,11 +207,13 @@ def _as_roi(window: int | Sequence[int]) -> tuple[int, int, int]:
 _LR_NAME = re.compile(r"^lr(?!_up)[^/]*\.nii(\.gz)?$", re.IGNORECASE)
 
 
-def detect_grid(vol: Volume, factor: int, train_voxel_size: Sequence[float] | None = None, path: str = "") -> str:
+def detect_grid(vol: Volume, factor: FactorLike, train_voxel_size: Sequence[float] | None = None,
+                path: str = "") -> str:
     """Decide whether ``vol`` is on the LR or the HR grid (``input_grid="auto"``).
 
     With the training HR voxel size stored in the checkpoint (``data.voxel_size``), the input's voxel
-    size is compared with it and with ``factor`` times it (within 10%); a size matching neither is an
+    size is compared, axis by axis, with it and with ``factor`` times it (per axis, within 10%: a
+    1 x 1 x 4 mm input is the LR grid of a 1 mm model at factor 1 1 4); a size matching neither is an
     error asking for an explicit ``--input-grid``. Without it, a file named ``lr*.nii[.gz]`` (but not
     ``lr_up*``, prep's HR-grid input) is LR and anything else HR.
 
@@ -221,16 +226,19 @@ def detect_grid(vol: Volume, factor: int, train_voxel_size: Sequence[float] | No
         hr = np.asarray(train_voxel_size, dtype=float)
         if np.allclose(vs, hr, rtol=0.1):
             return "hr"
-        if np.allclose(vs, hr * factor, rtol=0.1):
+        r = np.asarray(factor_triple(factor), dtype=float)
+        if np.allclose(vs, hr * r, rtol=0.1):
             return "lr"
         raise ValueError(
             f"{path or vol.name}: voxel size {tuple(round(v, 3) for v in vs)} mm matches neither the training HR "
-            f"grid {tuple(round(float(v), 3) for v in hr)} nor its LR grid (x{factor}); pass --input-grid lr or hr"
+            f"grid {tuple(round(float(v), 3) for v in hr)} nor its LR grid "
+            f"{tuple(round(float(v), 3) for v in hr * r)} (factor {format_factor(factor, ' ')}); "
+            "pass --input-grid lr or hr"
         )
     return "lr" if _LR_NAME.match(name) else "hr"
 
 
-def to_hr_grid(vol: Volume, factor: int, grid: str) -> Volume:
+def to_hr_grid(vol: Volume, factor: FactorLike, grid: str) -> Volume:
     """The network input on the HR grid: NN-upsampled (prep's ``lr_up``) when ``grid == "lr"``."""
     if grid == "hr":
         return vol
@@ -241,10 +249,10 @@ def to_hr_grid(vol: Volume, factor: int, grid: str) -> Volume:
     return nn_upsample(vol, factor)
 
 
-def lr_grid_factor(model: torch.nn.Module) -> int:
-    """r for a model that computes on the LR grid (``input_factor`` and ``forward_lr``), else 1."""
-    r = int(getattr(model, "input_factor", 1) or 1)
-    return r if r > 1 and hasattr(model, "forward_lr") else 1
+def lr_grid_factor(model: torch.nn.Module) -> Factor:
+    """r per axis for a model that computes on the LR grid (``input_factor`` and ``forward_lr``), else (1, 1, 1)."""
+    r = factor_triple(getattr(model, "input_factor", 1) or 1)
+    return r if r != (1, 1, 1) and hasattr(model, "forward_lr") else (1, 1, 1)
 
 
 def check_finite_output(pred: Volume) -> Volume:
@@ -293,7 +301,7 @@ class Predictor:
         self.model = model.eval().to(self.device)
         self.x_stats, self.y_stats, self.ck = x_stats, y_stats, ck
         data = ck.get("data", {}) or {}
-        self.factor = int(data.get("factor", 2))
+        self.factor: Factor = factor_triple(data.get("factor", 2))
         self.channels = int(data.get("channels", len(x_stats.mean)))
         self.kind = str(data.get("kind", "dti" if self.channels == 6 else "scalar"))
         vs = data.get("voxel_size")
@@ -336,18 +344,20 @@ class Predictor:
         """The windows for an HR-grid volume of spatial ``shape``, on the grid the model runs on.
 
         An LR-grid model (:func:`lr_grid_factor`) runs its forward windows on the LR grid: the shape
-        and a requested ``window`` (HR voxels) are divided by r, and the plan is in LR voxels.
+        and a requested ``window`` (HR voxels) are divided by r per axis, and the plan is in LR voxels.
         """
         r = lr_grid_factor(self.model)
-        if r > 1 and not reverse:
-            if any(int(s) % r for s in shape):
-                raise ValueError(f"volume size {tuple(shape)} is not a multiple of the model's factor {r} "
-                                 "(prep crops or pads to a multiple; pass an HR grid prep wrote)")
-            shape = tuple(int(s) // r for s in shape)
+        if r != (1, 1, 1) and not reverse:
+            if any(int(s) % f for s, f in zip(shape, r)):
+                raise ValueError(f"volume size {tuple(shape)} is not a multiple of the model's factor "
+                                 f"{format_factor(r, ' ')} (prep crops or pads to a multiple; pass an HR grid "
+                                 "prep wrote)")
+            shape = tuple(int(s) // f for s, f in zip(shape, r))
             if window is not None:
-                window = tuple(max(-(-int(w) // r), 1) if int(w) > 0 else 0 for w in _as_roi(window))
+                window = tuple(max(-(-int(w) // f), 1) if int(w) > 0 else 0 for w, f in zip(_as_roi(window), r))
             plan = choose_window(shape, self.ck, window, overlap)
-            return replace(plan, reason=f"{plan.reason}; LR grid, x{r} output")
+            scale = f"x{r[0]}" if len(set(r)) == 1 else f"factor {format_factor(r, ' ')}"
+            return replace(plan, reason=f"{plan.reason}; LR grid, {scale} output")
         return choose_window(shape, self.ck, window, overlap)
 
     @torch.inference_mode()
@@ -362,6 +372,7 @@ class Predictor:
         sw_batch_size: int = 1,
         progress: bool = False,
         tta: str = "none",
+        views_per_call: int | None = None,
     ) -> Volume:
         """Run F (or G with ``reverse``) over a whole HR-grid volume.
 
@@ -370,11 +381,12 @@ class Predictor:
             reverse: run ``model.reverse`` (HR -> LR-up) instead of ``model.forward``.
             plan: precomputed windows (:meth:`plan`); else :meth:`plan` with ``window``/``overlap``.
             sw_batch_size: windows per model call.
-            progress: MONAI's tqdm bar over windows.
+            progress: one tqdm bar over the windows (of every view).
             tta: test-time augmentation: ``none``, ``flip`` (mean over the 8 axis flips), ``full``
                 (the 48 flips and axis permutations) or ``auto`` (:meth:`resolve_tta`); DTI tensors are
                 moved with the axes (:mod:`medsr.data.augment`), so every view is a physically valid
-                volume. Costs 8x / 48x.
+                volume. Costs 8x / 48x, less where views run in batches (:meth:`predict_views`).
+            views_per_call: views per model call with ``tta`` (default: :meth:`views_per_call`).
 
         Returns:
             (C, X, Y, Z) float32 volume on ``vol``'s grid, in original units.
@@ -387,54 +399,128 @@ class Predictor:
             plan = self.plan(vol.spatial_shape, window, overlap, reverse)
         tta = self.resolve_tta(tta)
         views = symmetries(tta)
-        vox = vol.voxel_size
-        if tta == "full" and max(vox) > 1.05 * min(vox):
-            raise ValueError(f"{vol.name}: --tta full permutes axes, which needs isotropic voxels "
-                             f"({' x '.join(f'{v:.3g}' for v in vox)} mm); use --tta flip")
+        if tta == "full":  # only axes of equal voxel size and factor swap (x <-> y at factor 1 1 4)
+            views = symmetries(tta, allowed_permutations(vol.voxel_size, self.factor))
         if len(views) == 1:
             return check_finite_output(self._predict_view(vol, reverse, plan, sw_batch_size, progress))
-        dti = self.kind == "dti" and self.channels == 6
         total = np.zeros(vol.data.shape, np.float64)
-        for perm, axes in views:
-            # Each view is the volume moved by a symmetry of the cube; its prediction is moved
-            # back and averaged (the model was trained on such views with data.flip/permute).
-            view = Volume(symmetry_volume(vol.data, perm, axes, dti), vol.affine, name=vol.name)
-            view_plan = replace(plan, roi=tuple(plan.roi[p] for p in perm))
-            out = self._predict_view(view, reverse, view_plan, sw_batch_size, progress)
-            total += inverse_symmetry_volume(out.data, perm, axes, dti)
+        for _, out in self.predict_views(vol, views, reverse=reverse, plan=plan, progress=progress,
+                                         views_per_call=views_per_call):
+            total += out
         return check_finite_output(Volume((total / len(views)).astype(np.float32), vol.affine.copy(), name=vol.name,
                                           meta=dict(vol.meta)))
+
+    def views_per_call(self, plan: WindowPlan, n_views: int, voxels: int,
+                       memory_budget: float = DEFAULT_MEMORY_BUDGET) -> int:
+        """How many test-time views of a ``voxels``-voxel volume one model call may take.
+
+        As many as fit: their windows' activations within ``memory_budget`` (the rule
+        :func:`choose_window` sizes one window by), and their stitching buffers (input, output and
+        MONAI's accumulators, about ``2 * channels + 2`` float32 values per voxel and view) within
+        :data:`VIEW_BUFFER_BUDGET`. A batch is faster than one view at a time (CPU: torch's 3D convs
+        on a single small window take a slower path; GPU: fuller kernels).
+        """
+        per_voxel = ACTIVATION_BYTES_PER_VOXEL_CHANNEL * max(model_width(self.ck), 1)
+        by_activations = int(memory_budget / per_voxel) // max(math.prod(plan.roi), 1)
+        by_buffers = int(VIEW_BUFFER_BUDGET // (4.0 * (2 * self.channels + 2) * max(voxels, 1)))
+        return max(1, min(n_views, by_activations, by_buffers))
+
+    @torch.inference_mode()
+    def predict_views(
+        self,
+        vol: Volume,
+        views: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+        *,
+        reverse: bool = False,
+        plan: WindowPlan,
+        progress: bool = False,
+        views_per_call: int | None = None,
+    ) -> Iterator[tuple[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray]]:
+        """Predict every view of ``vol`` and move each prediction back onto ``vol``'s axes.
+
+        Each view is the volume moved by a symmetry of the cube, ``(perm, axes)`` of
+        :func:`medsr.data.augment.symmetries` (DTI tensors moved with the axes); the model was
+        trained on such views with ``data.flip`` / ``data.permute``. Views of one shape run
+        together, ``views_per_call`` at a time (default :meth:`views_per_call`), under one progress
+        bar over the windows of all views.
+
+        Yields:
+            ``((perm, axes), prediction)`` per view, grouped by view shape: (C, X, Y, Z) float32 on
+            ``vol``'s grid, in original units.
+        """
+        from tqdm import tqdm
+
+        dti = self.kind == "dti" and self.channels == 6
+        groups: dict[tuple, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+        for perm, axes in views:
+            roi = tuple(plan.roi[p] for p in perm)
+            shape = tuple(vol.spatial_shape[p] for p in perm)
+            groups.setdefault((shape, roi), []).append((perm, axes))
+        per_call = views_per_call or self.views_per_call(plan, len(views), int(np.prod(vol.spatial_shape)))
+        with tqdm(total=len(views) * plan.n_windows, unit="window", desc=f"{len(views)} views", leave=False,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for (_, roi), members in groups.items():
+                view_plan = replace(plan, roi=roi)
+                for i in range(0, len(members), per_call):
+                    chunk = members[i:i + per_call]
+                    datas = [symmetry_volume(vol.data, perm, axes, dti) for perm, axes in chunk]
+                    outs = self._predict_batch(datas, reverse, view_plan, len(chunk), bar)
+                    for (perm, axes), out in zip(chunk, outs):
+                        yield (perm, axes), inverse_symmetry_volume(out, perm, axes, dti)
 
     def _predict_view(self, vol: Volume, reverse: bool, plan: WindowPlan, sw_batch_size: int,
                       progress: bool) -> Volume:
         """One sliding-window pass of :meth:`predict` (checked input, windows planned)."""
+        from tqdm import tqdm
+
+        with tqdm(total=plan.n_windows, unit="window", leave=False, disable=not progress, dynamic_ncols=True) as bar:
+            (out,) = self._predict_batch([vol.data], reverse, plan, sw_batch_size, bar)
+        return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+
+    def _predict_batch(self, datas: list[np.ndarray], reverse: bool, plan: WindowPlan, sw_batch_size: int,
+                       bar: Any = None) -> list[np.ndarray]:
+        """One sliding-window pass over same-shaped (C, X, Y, Z) volumes, run as one batch.
+
+        ``sw_batch_size`` windows go into each model call (MONAI takes the windows of a batch in
+        order: with one window per volume, one call covers every volume). ``bar`` (tqdm) advances by
+        the windows of each call. Returns the de-normalised predictions, float32, in input order.
+        """
         from monai.inferers import sliding_window_inference
 
         s_in, s_out = (self.y_stats, self.x_stats) if reverse else (self.x_stats, self.y_stats)
         fn = self.model.reverse if reverse else self.model.forward
-        x = torch.from_numpy(np.ascontiguousarray(s_in.normalise(vol.data, channel_axis=0), dtype=np.float32))[None]
+        x = torch.from_numpy(np.stack([np.ascontiguousarray(s_in.normalise(d, channel_axis=0), dtype=np.float32)
+                                       for d in datas]))
         r = lr_grid_factor(self.model)
-        if r > 1 and not reverse:
+        if r != (1, 1, 1) and not reverse:
             # An LR-grid model: windows run on the LR grid (MONAI stitches the r-times larger
             # outputs), so every window starts on an LR block boundary whatever the overlap.
             from medsr.networks.interpolate import block_mean
 
             x = block_mean(x, r)
             fn = self.model.forward_lr
+        predictor = self._with_precision(fn)
+        if bar is not None:
+            inner = predictor
+
+            def predictor(window: torch.Tensor) -> torch.Tensor:
+                out = inner(window)
+                bar.update(int(window.shape[0]))
+                return out
+
         y = sliding_window_inference(
             x,
             roi_size=plan.roi,
-            sw_batch_size=sw_batch_size,
-            predictor=self._with_precision(fn),
+            sw_batch_size=max(int(sw_batch_size), 1),
+            predictor=predictor,
             overlap=(plan.overlap,) * 3,
             mode="gaussian",
             sw_device=self.device,
             device=torch.device("cpu"),  # stitch on the CPU: a whole volume need not fit on the GPU
-            progress=progress,
         )
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite_output
-            out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
-        return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+            return [s_out.denormalise(y[i].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
+                    for i in range(len(datas))]
 
     def _with_precision(self, fn):
         """``fn`` under ``self.precision``'s autocast, its output cast back to float32 for blending."""

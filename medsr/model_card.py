@@ -18,21 +18,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from medsr.factor import factor_triple
 from medsr.volume import Volume
 
 PERCENTILES = (1.0, 50.0, 99.0)
 SAMPLES = 200_000  # brain voxels sampled over all training subjects for the percentiles
 INTENSITY_RATIO = 10.0  # an input's typical magnitude this many times above (or below) training's: a warning
 VOXEL_RTOL = 0.1  # voxel sizes within 10% match (as the input-grid detection)
-
-
-def factor_triple(factor: Any) -> tuple[int, int, int]:
-    """``2`` or ``[2, 2, 1]`` -> a per-axis triple of ints."""
-    if isinstance(factor, (list, tuple)):
-        if len(factor) != 3:
-            raise ValueError(f"factor must be one integer or three, got {factor!r}")
-        return tuple(int(f) for f in factor)  # type: ignore[return-value]
-    return (int(factor),) * 3
 
 
 def intensity_summary(samples: np.ndarray) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def write_dataset_files(out: Path, desc: dict[str, Any], overwrite: bool) -> Non
 
 def model_facts(predictor, checkpoint: Path, digest: str, precision: str, masked: bool) -> dict[str, Any]:
     """The sidecar fields every output of one run shares."""
-    from medsr.model_card import factor_triple
+    from medsr.factor import factor_triple
 
     return {
         "Model": predictor.card.get("model"), "Checkpoint": checkpoint.name, "CheckpointSHA256": digest,
@@ -185,7 +185,7 @@ def model_facts(predictor, checkpoint: Path, digest: str, precision: str, masked
 
 def item_facts(pred, factor: Any, tta: str) -> dict[str, Any]:
     """Input (LR) and output voxel sizes in mm of one prediction on the HR grid, and the TTA views it averaged."""
-    from medsr.model_card import factor_triple
+    from medsr.factor import factor_triple
 
     out = [round(float(v), 6) for v in pred.voxel_size]
     return {"InputVoxelSize": [round(v * f, 6) for v, f in zip(out, factor_triple(factor))], "OutputVoxelSize": out,

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from medsr.config import Config, load_config
+from medsr.factor import format_factor
 from medsr.utils.atomic import atomic_path
 from medsr.utils.lock import LockHeld, file_lock
 
@@ -198,13 +199,14 @@ def _phantom_figure(subject_dir: Path, path: Path) -> Path:
 def _components_figure(row: Any, prediction: Path, path: Path, label: str = "model") -> Path:
     """The six tensor components of LR input, truth, the model and cubic (medsr.figures.tensors)."""
     from medsr.baselines import upsample
+    from medsr.factor import factor_triple
     from medsr.figures.tensors import tensor_components_figure
     from medsr.io import load_mask, load_volume
 
     hr = load_volume(row["hr"])
     mask = load_mask(row["mask"], like=hr)
     lr = load_volume(row["lr"])
-    cubic = upsample(lr, int(row["factor"]), "cubic", out_shape=hr.spatial_shape)
+    cubic = upsample(lr, factor_triple(row["factor"]), "cubic", out_shape=hr.spatial_shape)
     return tensor_components_figure(path, hr=hr, mask=mask, lr=lr, methods=[(label, load_volume(prediction)),
                                                                           ("cubic", cubic)],
                                     title=f"tensor components, subject {row['subject']}, axial slice "
@@ -263,6 +265,7 @@ def run_demo(
     workers: int = 2,
     phantom_config: Any = None,
     quiet: bool = False,
+    factor: Any = 2,
 ) -> DemoResult:
     """Run the whole demo into ``output`` and return what it made (see the module docstring).
 
@@ -275,6 +278,7 @@ def run_demo(
         workers: processes for prep.
         phantom_config: a :class:`data_prep.phantom.PhantomConfig` (default: the phantom's defaults).
         quiet: no stage headers (the tools' own progress bars still follow their settings).
+        factor: prep's downsampling factor, an int or one per axis (``[1, 1, 4]``: thick slices along z).
     """
     from data_prep.phantom import subject_names
     from medsr.training.names import check_names
@@ -297,20 +301,21 @@ def run_demo(
                          "copy it elsewhere")
     with demo_folder(output, overwrite):
         return _run_demo(output, cfg, minutes=minutes, n_subjects=n_subjects, seed=seed, config=config,
-                         workers=workers, phantom_config=phantom_config, quiet=quiet)
+                         workers=workers, phantom_config=phantom_config, quiet=quiet, factor=factor)
 
 
 def _run_demo(output: Path, cfg: Config, *, minutes: float, n_subjects: int, seed: int, config: str | Path,
-              workers: int, phantom_config: Any, quiet: bool) -> DemoResult:
+              workers: int, phantom_config: Any, quiet: bool, factor: Any) -> DemoResult:
     """The demo's stages, run while this process holds ``output`` (:func:`demo_folder`)."""
     from data_prep.phantom_dataset import prepare_phantoms
     from pipelines.infer import run_inference
 
     stages = _Stages(total=5, quiet=quiet)
     with stages.stage(f"generating {n_subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
-                      "(HR DTI fit, block-averaged LR DTI fit, manifest)", timing="phantom + prep"):
+                      f"at factor {format_factor(factor, ' ')} (HR DTI fit, block-averaged LR DTI fit, manifest)",
+                      timing="phantom + prep"):
         manifest, names = prepare_phantoms(output, n_subjects, seed=seed, config=phantom_config, workers=workers,
-                                           progress=not quiet)
+                                           progress=not quiet, factor=factor)
     train_subjects, test_subject = names[:-1], names[-1]
     cfg.data.manifest = str(manifest)
     label = cfg.model.name

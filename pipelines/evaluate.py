@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medsr.baselines import upsample
+from medsr.factor import factor_triple
 from medsr.figures import figure_paths, subject_figures
 from medsr.io import load_mask, load_volume
 from medsr.manifest import read_manifest
@@ -129,7 +130,7 @@ def manifest_volumes(
     """
     for _, r in tqdm(df.iterrows(), total=len(df), desc=desc, unit="subj", disable=quiet):
         subject = str(r["subject"])
-        factor = int(r["factor"]) or 2
+        factor = factor_triple(r["factor"] or 2)  # an int or "1x1x4" (per axis)
         hr = load_volume(r["hr"])
         mask = load_mask(r["mask"], like=hr)
         methods = [(name, _finite(load_volume(paths[subject]), paths[subject]))

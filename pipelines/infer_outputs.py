@@ -23,7 +23,8 @@ from tqdm import tqdm
 from medsr.degrade import hr_affine, nn_upsample_array
 from medsr.inference import detect_grid
 from medsr.io import load_mask, load_volume, save_volume
-from medsr.model_card import domain_warnings, factor_triple
+from medsr.factor import factor_triple
+from medsr.model_card import domain_warnings
 from medsr.utils.atomic import atomic_path
 from medsr.volume import Volume
 from pipelines.maps import map_paths, strip_nifti, write_maps

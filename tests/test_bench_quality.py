@@ -71,3 +71,22 @@ def test_spec_parsing():
     assert spec_name(*parse_spec("x/demo.yaml train.lr=0.002")) == "demo__lr=0.002"  # the value kept whole
     with pytest.raises(ValueError, match="not a key=value"):
         parse_spec("a.yaml depth")
+
+
+def test_factor_prepares_the_phantom_in_its_own_cache_folder(tmp_path, monkeypatch, capsys):
+    import pipelines.bench.quality as quality
+
+    calls = []
+    monkeypatch.setattr("data_prep.phantom_dataset.prepare_phantoms",
+                        lambda folder, n, **kw: calls.append((folder, kw)) or (folder / "m.csv", ["a", "b"]))
+    for factor, profile in ((2, "box"), ([1, 1, 4], "box"), ([1, 1, 4], "gaussian"), (3, "box")):
+        quality.phantom_data(tmp_path, 1, 1, 0, 1, factor, profile)
+    folders = [c[0].name for c in calls]
+    assert len(set(folders)) == 4  # one cached dataset per factor and profile
+    assert [(c[1]["factor"], c[1]["profile"]) for c in calls][1] == ([1, 1, 4], "box")
+    quality.phantom_data(tmp_path, 1, 1, 0, 1)  # factor 2 keeps the folder it had before per-axis factors
+    assert calls[-1][0].name == folders[0]
+    cfg = _config(tmp_path)
+    assert main(["bench", "quality", "--steps", "2", "--manifest", "m.csv", "--train", "a", "--test", "b",
+                 "--factor", "1", "1", "4", "--configs", str(cfg), "--output", str(tmp_path / "o")]) == 2
+    assert "a --manifest keeps the factor" in capsys.readouterr().err
