@@ -135,7 +135,9 @@ class TrainConfig:
         samples: write ``samples/epoch_XXX.png`` at each epoch end (and ``samples/final.png`` when the run
             stops mid-epoch).
         progress: show a tqdm bar (only on a terminal, rank 0).
-        threads: torch CPU threads (0 = leave torch's default).
+        threads: torch CPU threads: ``auto`` (measured: the count giving the most steps per second on
+            the cores this process may use, rechecked as the machine's load changes; see
+            :mod:`medsr.utils.threads`), a number, or 0 (torch's default).
         precision: ``fp32``, ``bf16`` (autocast in bfloat16) or ``fp16`` (autocast in float16 with a
             gradient scaler; CUDA only). Weights, optimiser state and checkpoints stay float32; see
             :mod:`medsr.precision`.
@@ -164,7 +166,7 @@ class TrainConfig:
     device: str = "auto"
     samples: bool = True
     progress: bool = True
-    threads: int = 0
+    threads: int | Literal["auto"] = "auto"
     precision: Precision = "fp32"
 
 
@@ -255,8 +257,9 @@ def _check_range(key: str, value: Any) -> None:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):  # a Literal among other types names its values: "int or 'auto'"
+        return " or ".join(" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is Literal
+                           else _type_name(a) for a in typing.get_args(tp))
     if origin is Literal:
         return " or ".join(sorted({type(a).__name__ for a in typing.get_args(tp)}))
     if tp is type(None):

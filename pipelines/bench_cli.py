@@ -1,4 +1,4 @@
-"""``medsr bench NAME [options]``: dispatch to one benchmark module under ``pipelines/bench``.
+"""``medsr bench NAME [options]``: dispatch to one benchmark module under ``pipelines/bench`` or ``benchmarks/``.
 
 Only the chosen benchmark's module is imported, so one benchmark's dependencies never stop another.
 """
@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 BENCHES: dict[str, str] = {
     "memory": "activation memory and step time vs reversible depth (3D; --2d for the 2D generators)",
@@ -16,7 +20,30 @@ BENCHES: dict[str, str] = {
     "precision": "bf16 vs fp32: reversible inverse and gradient errors at depth, whole-volume inference difference",
     "uncertainty": "calibration of per-voxel uncertainty on a held-out subject (Spearman, deciles) -> docs/uncertainty.md",
     "gpu": "the prepared GPU check (CUDA tests, training per mode, memory, fp32 vs bf16, HCP inference) -> docs/gpu.md",
+    "busy": "training steps/s alone, beside a busy core and beside a second training, per thread policy "
+            "-> docs/performance.md",
 }
+# Benchmarks that live in the repository's benchmarks/ folder (the rest: pipelines/bench/NAME.py).
+IN_BENCHMARKS = {"busy"}
+
+
+def bench_module(name: str) -> ModuleType:
+    """The module of benchmark ``name``. ``benchmarks/`` is not an installed package: its modules are
+    loaded from the clone medsr runs from."""
+    if name not in IN_BENCHMARKS:
+        return importlib.import_module(f"pipelines.bench.{name}")
+    qualified = f"benchmarks.{name}"
+    if qualified in sys.modules:
+        return sys.modules[qualified]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: medsr bench {name} runs from a clone of medsr (benchmarks/ is not installed)")
+    spec = importlib.util.spec_from_file_location(qualified, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +59,12 @@ def bench_parser(name: str) -> argparse.ArgumentParser:
     """The argument parser of ``medsr bench NAME`` (imports that benchmark's module only)."""
     from pipelines.cli import use_help_formatter
 
-    module = importlib.import_module(f"pipelines.bench.{name}")
+    module = bench_module(name)
     sub = argparse.ArgumentParser(prog=f"medsr bench {name}", description=BENCHES[name])
     module.add_arguments(sub)
     return use_help_formatter(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"pipelines.bench.{args.bench}")
+    module = bench_module(args.bench)
     return int(module.run(bench_parser(args.bench).parse_args(args.options)) or 0)

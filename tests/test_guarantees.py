@@ -373,6 +373,7 @@ CASES = [
       ]],
     # --- train: every relation of the config, the data and the networks, before the run folder exists
     # (reading the data may add its caches of patch positions to the prepared folder: output="prep")
+    # (data.patch_size is no relation to refuse: the patch dataset rounds it up to a multiple of every factor)
     Case("train-model-factor-vs-data-nested-folder",
          _train("model.kwargs.factor=3", "data.patch_size=6", "output_dir={w}/a/b/newrun"), 2,
          ("'model.kwargs.factor'",), output="prep"),

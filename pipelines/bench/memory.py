@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medsr.utils.device import resolve_device
+from medsr.utils.threads import bench_threads, parse_threads
 from medsr.networks import create_model
 from medsr.utils.atomic import atomic_path
 
@@ -554,7 +555,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all available)")
     parser.add_argument("--channels-last", action="store_true", help="run in channels_last(_3d) memory layout")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per config (0 = torch default)")
+    parser.add_argument("--threads", type=parse_threads, default="auto",
+                        help="torch threads per config: auto (the fastest count on a conv3d probe, chosen once, "
+                             "default), a number, or 0 (torch's own count)")
     parser.add_argument("--2d", dest="two_d", action="store_true", help="benchmark the 2D generators instead (when registered)")
     parser.add_argument("--size", type=int, default=256, help="--2d: image side (default %(default)s, Maps)")
     parser.add_argument("--width-cyclegan", type=int, default=32, help="--2d: CycleGAN ResNet width (default %(default)s)")
@@ -606,11 +609,11 @@ def run(args: argparse.Namespace) -> int:
     rows, probes = run_benchmark(
         case=case, depths=depths, width=args.width, channels=args.channels, patch=args.patch,
         repeats=args.repeats, device=device, variants=variants, channels_last=args.channels_last,
-        threads=args.threads,
+        threads=bench_threads(args.threads),
     )
     mem = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS of a fresh subprocess"
     print(f"medsr bench memory: {case}, K={args.width}, C={args.channels}, patch {args.patch}, batch 1, "
-          f"device {device}, threads {args.threads or torch.get_num_threads()}, "
+          f"device {device}, threads {torch.get_num_threads()}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}; peak = {mem}")
     print(format_table(rows))
     print("conv probe (forward, 3^d, reflect padding, same layout; wall and CPU clocks): " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in probes.items()))
@@ -762,7 +765,7 @@ def run_2d(args: argparse.Namespace) -> int:
         if out is not None and not out.parent.is_dir():
             raise FileNotFoundError(f"{out}: output folder does not exist")
     rows = run_benchmark_2d(depths=depths, size=args.size, width_cyclegan=args.width_cyclegan,
-                            width_revgan=args.width_revgan, device=device, threads=args.threads)
+                            width_revgan=args.width_revgan, device=device, threads=bench_threads(args.threads))
     mem = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS of a fresh subprocess"
     print(f"medsr bench memory --2d: {args.size}x{args.size} RGB, batch 1, one step through both directions; "
           f"CycleGAN K={args.width_cyclegan}, RevGAN K={args.width_revgan}; device {device}; "
