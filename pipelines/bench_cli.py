@@ -1,4 +1,7 @@
-"""``medsr bench NAME [options]``: dispatch to one benchmark module under ``pipelines/bench``.
+"""``medsr bench NAME [options]``: the command line of the benchmarks, dispatching to one module of ``benchmarks/``.
+
+Each benchmark module defines its options (``add_arguments``) and ``run``; this file only parses
+``NAME`` and calls them.
 
 Only the chosen benchmark's module is imported, so one benchmark's dependencies never stop another.
 """
@@ -32,12 +35,12 @@ def bench_parser(name: str) -> argparse.ArgumentParser:
     """The argument parser of ``medsr bench NAME`` (imports that benchmark's module only)."""
     from pipelines.cli import use_help_formatter
 
-    module = importlib.import_module(f"pipelines.bench.{name}")
+    module = importlib.import_module(f"benchmarks.{name}")
     sub = argparse.ArgumentParser(prog=f"medsr bench {name}", description=BENCHES[name])
     module.add_arguments(sub)
     return use_help_formatter(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"pipelines.bench.{args.bench}")
+    module = importlib.import_module(f"benchmarks.{args.bench}")
     return int(module.run(bench_parser(args.bench).parse_args(args.options)) or 0)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.bench.shape_arg import add_shape_argument
+from benchmarks.shape_arg import add_shape_argument
 
 TARGET_GB = 12.0
 HCP_SHAPE = (145, 174, 145)
