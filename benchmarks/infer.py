@@ -15,6 +15,9 @@ conservative. Reported per choice:
   CPU-second): on cores shared with other jobs the wall-clock ratio measures the neighbours' load as
   much as the code, while the CPU-time ratio does not.
 
+``--tta flip`` (or ``full``) runs the test-time views as ``medsr infer --tta`` does, views batched into
+model calls as the memory budget allows; ``--views-per-call 1`` runs one view at a time, for comparison.
+
 Model FLOPs per voxel are counted with ``torch.utils.flop_counter`` on a small input (all convs are
 stride 1 "same", so FLOPs scale exactly with the voxel count) and cross-checked by the closed form
 2 * sum over convs of C_in * C_out * k^3.
@@ -30,6 +33,7 @@ import sys
 import time
 
 from benchmarks.shape_arg import add_shape_argument
+from medsr.utils.threads import parse_threads  # torch-free
 
 DEFAULT_CONFIGS = "auto,64:0.25"
 
@@ -47,7 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list of WINDOW:OVERLAP (WINDOW 0 = one pass) or 'auto' (the CLI default rule); "
         f"default {DEFAULT_CONFIGS}",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--threads", type=parse_threads, default="auto",
+                        help="torch threads: auto (the fastest count on a conv3d probe, chosen once for every "
+                             "config, default), a number, or 0 (torch's own count)")
+    parser.add_argument("--tta", choices=["none", "flip", "full"], default="none",
+                        help="test-time views per volume, as `medsr infer --tta` (default none)")
+    parser.add_argument("--views-per-call", type=int, default=None, metavar="N",
+                        help="with --tta: views per model call (default: as many as the memory budget allows, as "
+                             "`medsr infer`; 1 = one view at a time)")
     parser.add_argument("--memory-limit-gb", type=float, default=4.0, help="peak RSS target (default 4)")
     parser.add_argument("--target-fraction", type=float, default=0.5, help="throughput target (default 0.5)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -64,6 +75,8 @@ def _build(args: dict):
     kwargs = dict(in_channels=args["channels"], width=args["width"], depth=args["depth"], norm=args["norm"])
     if args["model"] == "srcnn3d":
         kwargs.pop("depth")
+    if args["norm"] == "none":  # every model's default; not every model takes the argument (rev_espcn3d)
+        kwargs.pop("norm")
     model = create_model(args["model"], **kwargs)
     # Random non-zero weights everywhere (the zero-initialised branch convs would be an untrained model).
     with torch.no_grad():
@@ -154,7 +167,7 @@ def _child(spec: str) -> int:
     plan = pred.plan(shape, window, a["overlap"])  # LR-grid models plan on the LR grid
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0, c0 = time.perf_counter(), time.process_time()
-    out = pred.predict(vol, plan=plan)
+    out = pred.predict(vol, plan=plan, tta=a.get("tta", "none"), views_per_call=a.get("views_per_call"))
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     assert out.data.shape == vol.data.shape and np.isfinite(out.data).all()
@@ -219,9 +232,13 @@ def run(args: argparse.Namespace) -> int:
         return _child(args.child)
     import torch
 
+    from medsr.utils.threads import bench_threads
+
+    chosen = bench_threads(args.threads) or None  # every child runs with this count (None: torch's own)
     shape = tuple(args.shape)
     base = {"shape": shape, "channels": args.channels, "model": args.model, "depth": args.depth,
-            "width": args.width, "norm": args.norm, "threads": args.threads}
+            "width": args.width, "norm": args.norm, "threads": chosen, "tta": args.tta,
+            "views_per_call": args.views_per_call}
     configs = _parse_configs(args.configs)
     configs = _print_plans(shape, base, configs)
     if args.plan_only:
@@ -229,11 +246,17 @@ def run(args: argparse.Namespace) -> int:
     model, _ = _build(base)
     fpv, closed = flops_per_voxel(model, args.channels)
     del model
-    threads = args.threads or torch.get_num_threads()
+    if args.views_per_call is not None and args.views_per_call < 1:
+        raise ValueError(f"--views-per-call {args.views_per_call}: must be >= 1")
+    from medsr.data.augment import symmetries
+
+    n_views = len(symmetries(args.tta))  # the compute per output voxel is n_views times one pass
+    threads = chosen or torch.get_num_threads()
     print(f"model {args.model} R={args.depth} K={args.width} norm={args.norm}; volume {shape}x{args.channels}; "
-          f"{threads} torch threads")
+          f"{threads} torch threads; tta {args.tta} ({n_views} view(s), "
+          f"{args.views_per_call or 'automatic'} per call)")
     print(f"FLOPs per output voxel: {fpv / 1e6:.3f} M (counted), {closed / 1e6:.3f} M (closed form)")
-    probe1 = probe_gflops(args.width, args.threads)
+    probe1 = probe_gflops(args.width, chosen)
     print(f"conv3d probe: {probe1[0]:.1f} GFLOP/s wall, {probe1[1]:.1f} GFLOP per CPU-second")
     n_out = float(shape[0] * shape[1] * shape[2])
     results = []
@@ -250,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         r["config"] = f"{window}:{overlap if overlap is not None else 'auto'}"
         results.append(r)
-    probe2 = probe_gflops(args.width, args.threads)
+    probe2 = probe_gflops(args.width, chosen)
     probe = (max(probe1[0], probe2[0]), max(probe1[1], probe2[1]))
     print(f"conv3d probe after: {probe2[0]:.1f} GFLOP/s wall, {probe2[1]:.1f} GFLOP per CPU-second "
           f"(the limit uses the larger of each: {probe[0]:.1f}, {probe[1]:.1f})")
@@ -264,9 +287,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         vps = n_out / r["seconds"]
         r["voxels_per_s"] = vps
-        r["fraction"] = vps * fpv / (probe[0] * 1e9)
+        r["fraction"] = vps * n_views * fpv / (probe[0] * 1e9)
         # The same ratio per CPU-second: robust when other processes share the cores.
-        r["fraction_cpu"] = (n_out * fpv / r["cpu_seconds"]) / (probe[1] * 1e9)
+        r["fraction_cpu"] = (n_out * n_views * fpv / r["cpu_seconds"]) / (probe[1] * 1e9)
         r["ok"] = r["peak_rss"] <= limit_rss and max(r["fraction"], r["fraction_cpu"]) >= args.target_fraction
         w = "x".join(str(v) for v in r["window"])
         print(f"{r['config']:<12}{w:<14}{r['overlap']:>5.2f}{r['n_windows']:>6}{r['overlap_factor']:>7.2f}"

@@ -85,6 +85,7 @@ def measure(cfg, batches: int, steps: int) -> dict:
     from medsr.data import build_dataset
     from medsr.training.distributed import env_dist_info, select_device
     from medsr.training.trainer import Trainer, configure_determinism
+    from medsr.utils.threads import choose_threads
 
     info = env_dist_info()
     device = select_device(cfg.train.device, info)
@@ -115,6 +116,8 @@ def measure(cfg, batches: int, steps: int) -> dict:
         batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
         del loader  # stops persistent workers, so their peak memory is counted below
         gc.collect()
+        # train.threads auto: the count timed on this very step (the loader above ran with torch's own).
+        choose_threads(cfg.train.threads, lambda: trainer.mode.train_step(batch))
         for _ in range(3):
             trainer.mode.train_step(batch)
         if device.type == "cuda":

@@ -42,6 +42,7 @@ from benchmarks.memory_common import (  # noqa: F401 - re-exported: the 3D bench
     conv_probe_gflops, make_case, measure_in_subprocess, measure_memory, measure_times, memcnn_available,
     plot_vs_depth, saved_tensor_bytes, step_flops, training_step, write_csv)
 from medsr.utils.device import resolve_device
+from medsr.utils.threads import bench_threads, parse_threads
 
 
 def run_benchmark(
@@ -182,7 +183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: all available)")
     parser.add_argument("--channels-last", action="store_true", help="run in channels_last(_3d) memory layout")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per config (0 = torch default)")
+    parser.add_argument("--threads", type=parse_threads, default="auto",
+                        help="torch threads per config: auto (the fastest count on a conv3d probe, chosen once, "
+                             "default), a number, or 0 (torch's own count)")
     parser.add_argument("--2d", dest="two_d", action="store_true", help="benchmark the 2D generators instead (when registered)")
     parser.add_argument("--size", type=int, default=256, help="--2d: image side (default %(default)s, Maps)")
     parser.add_argument("--width-cyclegan", type=int, default=32, help="--2d: CycleGAN ResNet width (default %(default)s)")
@@ -234,11 +237,11 @@ def run(args: argparse.Namespace) -> int:
     rows, probes = run_benchmark(
         case=case, depths=depths, width=args.width, channels=args.channels, patch=args.patch,
         repeats=args.repeats, device=device, variants=variants, channels_last=args.channels_last,
-        threads=args.threads,
+        threads=bench_threads(args.threads),
     )
     mem = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS of a fresh subprocess"
     print(f"medsr bench memory: {case}, K={args.width}, C={args.channels}, patch {args.patch}, batch 1, "
-          f"device {device}, threads {args.threads or torch.get_num_threads()}, "
+          f"device {device}, threads {torch.get_num_threads()}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}; peak = {mem}")
     print(format_table(rows))
     print("conv probe (forward, 3^d, reflect padding, same layout; wall and CPU clocks): " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in probes.items()))

@@ -13,6 +13,7 @@ from benchmarks.memory_common import (CASES, MEMORY_PANELS, MIB, VARIANTS, Gener
                                       measure_in_subprocess, measure_memory, plot_vs_depth, write_csv)
 from medsr.networks import create_model
 from medsr.utils.device import resolve_device
+from medsr.utils.threads import bench_threads
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def run_2d(args: argparse.Namespace) -> int:
         if out is not None and not out.parent.is_dir():
             raise FileNotFoundError(f"{out}: output folder does not exist")
     rows = run_benchmark_2d(depths=depths, size=args.size, width_cyclegan=args.width_cyclegan,
-                            width_revgan=args.width_revgan, device=device, threads=args.threads)
+                            width_revgan=args.width_revgan, device=device, threads=bench_threads(args.threads))
     mem = "CUDA max_memory_allocated" if device.startswith("cuda") else "peak RSS of a fresh subprocess"
     print(f"medsr bench memory --2d: {args.size}x{args.size} RGB, batch 1, one step through both directions; "
           f"CycleGAN K={args.width_cyclegan}, RevGAN K={args.width_revgan}; device {device}; "

@@ -41,6 +41,7 @@ from medsr.normalise import brain_stats
 from medsr.precision import autocast, check_precision
 from medsr.utils.device import resolve_device
 from benchmarks.shape_arg import add_shape_argument
+from medsr.utils.threads import bench_threads, parse_threads
 
 DEFAULT_DEPTHS = "8,32"
 
@@ -223,7 +224,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"],
                         help="low precision to compare with fp32 (fp16: CUDA only; default %(default)s)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--threads", type=parse_threads, default="auto",
+                        help="torch CPU threads: auto (the fastest count on a conv3d probe, default), a number, "
+                             "or 0 (torch's own count)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -239,8 +242,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--shape {' '.join(map(str, shape))}: three even sizes >= 8")
     if not depths or min(depths) < 1 or args.width % 2 or args.width < 2:
         raise ValueError("--depths must be integers >= 1 and --width even")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bench_threads(args.threads)
     core = [measure_core(d, args.width, args.patch, device, args.seed, args.precision) for d in depths]
     infer = [measure_inference(m, kw, shape, device, args.seed, args.precision) for m, kw in INFER_MODELS]
     print(f"medsr bench precision: {args.precision} autocast vs fp32 on {device} "

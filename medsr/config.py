@@ -18,7 +18,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -130,7 +130,9 @@ class TrainConfig:
         samples: write ``samples/epoch_XXX.png`` at each epoch end (and ``samples/final.png`` when the run
             stops mid-epoch).
         progress: show a tqdm bar (only on a terminal, rank 0).
-        threads: torch CPU threads (0 = leave torch's default).
+        threads: torch CPU threads: ``auto`` (measured: the count giving the most steps per second on
+            the cores this process may use, rechecked as the machine's load changes; see
+            :mod:`medsr.utils.threads`), a number, or 0 (torch's default).
         precision: ``fp32``, ``bf16`` (autocast in bfloat16) or ``fp16`` (autocast in float16 with a
             gradient scaler; CUDA only). Weights, optimiser state and checkpoints stay float32; see
             :mod:`medsr.precision`.
@@ -159,7 +161,7 @@ class TrainConfig:
     device: str = "auto"
     samples: bool = True
     progress: bool = True
-    threads: int = 0
+    threads: int | Literal["auto"] = "auto"
     precision: Precision = "fp32"
 
 

@@ -73,8 +73,9 @@ def _check_range(key: str, value: Any) -> None:
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):  # a Literal among other types names its values: "int or 'auto'"
+        return " or ".join(" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is Literal
+                           else _type_name(a) for a in typing.get_args(tp))
     if origin is Literal:
         return " or ".join(sorted({type(a).__name__ for a in typing.get_args(tp)}))
     if tp is type(None):

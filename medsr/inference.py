@@ -27,11 +27,12 @@ precision (bf16 vs fp32 differences: README, "Reversible networks and memory").
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ from medsr.utils.device import resolve_device
 from medsr.volume import Volume
 from medsr.windows import (  # noqa: F401 - re-exported: the window plan is part of inference's API
     ACTIVATION_BYTES_PER_VOXEL_CHANNEL, DEFAULT_MEMORY_BUDGET, DEFAULT_OVERLAP_INSTANCE, DEFAULT_OVERLAP_LARGE,
-    WindowPlan, _as_roi, choose_window, fewest_voxels_roi, model_norm, model_width, plan_windows)
+    VIEW_BUFFER_BUDGET, WindowPlan, _as_roi, choose_window, fewest_voxels_roi, model_norm, model_width,
+    plan_windows)
 
 _LR_NAME = re.compile(r"^lr(?!_up)[^/]*\.nii(\.gz)?$", re.IGNORECASE)
 
@@ -214,6 +216,7 @@ class Predictor:
         sw_batch_size: int = 1,
         progress: bool = False,
         tta: str = "none",
+        views_per_call: int | None = None,
     ) -> Volume:
         """Run F (or G with ``reverse``) over a whole HR-grid volume.
 
@@ -222,11 +225,12 @@ class Predictor:
             reverse: run ``model.reverse`` (HR -> LR-up) instead of ``model.forward``.
             plan: precomputed windows (:meth:`plan`); else :meth:`plan` with ``window``/``overlap``.
             sw_batch_size: windows per model call.
-            progress: MONAI's tqdm bar over windows.
+            progress: one tqdm bar over the windows (of every view).
             tta: test-time augmentation: ``none``, ``flip`` (mean over the 8 axis flips), ``full``
                 (the 48 flips and axis permutations) or ``auto`` (:meth:`resolve_tta`); DTI tensors are
                 moved with the axes (:mod:`medsr.data.augment`), so every view is a physically valid
-                volume. Costs 8x / 48x.
+                volume. Costs 8x / 48x, less where views run in batches (:meth:`predict_views`).
+            views_per_call: views per model call with ``tta`` (default: :meth:`views_per_call`).
 
         Returns:
             (C, X, Y, Z) float32 volume on ``vol``'s grid, in original units.
@@ -243,26 +247,94 @@ class Predictor:
             views = symmetries(tta, allowed_permutations(vol.voxel_size, self.factor))
         if len(views) == 1:
             return check_finite_output(self._predict_view(vol, reverse, plan, sw_batch_size, progress))
-        dti = self.kind == "dti" and self.channels == 6
         total = np.zeros(vol.data.shape, np.float64)
-        for perm, axes in views:
-            # Each view is the volume moved by a symmetry of the cube; its prediction is moved
-            # back and averaged (the model was trained on such views with data.flip/permute).
-            view = Volume(symmetry_volume(vol.data, perm, axes, dti), vol.affine, name=vol.name)
-            view_plan = replace(plan, roi=tuple(plan.roi[p] for p in perm))
-            out = self._predict_view(view, reverse, view_plan, sw_batch_size, progress)
-            total += inverse_symmetry_volume(out.data, perm, axes, dti)
+        for _, out in self.predict_views(vol, views, reverse=reverse, plan=plan, progress=progress,
+                                         views_per_call=views_per_call):
+            total += out
         return check_finite_output(Volume((total / len(views)).astype(np.float32), vol.affine.copy(), name=vol.name,
                                           meta=dict(vol.meta)))
+
+    def views_per_call(self, plan: WindowPlan, n_views: int, voxels: int,
+                       memory_budget: float = DEFAULT_MEMORY_BUDGET) -> int:
+        """How many test-time views of a ``voxels``-voxel volume one model call may take.
+
+        As many as fit: their windows' activations within ``memory_budget`` (the rule
+        :func:`choose_window` sizes one window by), and their stitching buffers (input, output and
+        MONAI's accumulators, about ``2 * channels + 2`` float32 values per voxel and view) within
+        :data:`VIEW_BUFFER_BUDGET`. A batch is faster than one view at a time (CPU: torch's 3D convs
+        on a single small window take a slower path; GPU: fuller kernels).
+        """
+        per_voxel = ACTIVATION_BYTES_PER_VOXEL_CHANNEL * max(model_width(self.ck), 1)
+        by_activations = int(memory_budget / per_voxel) // max(math.prod(plan.roi), 1)
+        by_buffers = int(VIEW_BUFFER_BUDGET // (4.0 * (2 * self.channels + 2) * max(voxels, 1)))
+        return max(1, min(n_views, by_activations, by_buffers))
+
+    @torch.inference_mode()
+    def predict_views(
+        self,
+        vol: Volume,
+        views: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+        *,
+        reverse: bool = False,
+        plan: WindowPlan,
+        progress: bool = False,
+        views_per_call: int | None = None,
+    ) -> Iterator[tuple[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray]]:
+        """Predict every view of ``vol`` and move each prediction back onto ``vol``'s axes.
+
+        Each view is the volume moved by a symmetry of the cube, ``(perm, axes)`` of
+        :func:`medsr.data.augment.symmetries` (DTI tensors moved with the axes); the model was
+        trained on such views with ``data.flip`` / ``data.permute``. Views of one shape run
+        together, ``views_per_call`` at a time (default :meth:`views_per_call`), under one progress
+        bar over the windows of all views.
+
+        Yields:
+            ``((perm, axes), prediction)`` per view, grouped by view shape: (C, X, Y, Z) float32 on
+            ``vol``'s grid, in original units.
+        """
+        from tqdm import tqdm
+
+        dti = self.kind == "dti" and self.channels == 6
+        groups: dict[tuple, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+        for perm, axes in views:
+            roi = tuple(plan.roi[p] for p in perm)
+            shape = tuple(vol.spatial_shape[p] for p in perm)
+            groups.setdefault((shape, roi), []).append((perm, axes))
+        per_call = views_per_call or self.views_per_call(plan, len(views), int(np.prod(vol.spatial_shape)))
+        with tqdm(total=len(views) * plan.n_windows, unit="window", desc=f"{len(views)} views", leave=False,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for (_, roi), members in groups.items():
+                view_plan = replace(plan, roi=roi)
+                for i in range(0, len(members), per_call):
+                    chunk = members[i:i + per_call]
+                    datas = [symmetry_volume(vol.data, perm, axes, dti) for perm, axes in chunk]
+                    outs = self._predict_batch(datas, reverse, view_plan, len(chunk), bar)
+                    for (perm, axes), out in zip(chunk, outs):
+                        yield (perm, axes), inverse_symmetry_volume(out, perm, axes, dti)
 
     def _predict_view(self, vol: Volume, reverse: bool, plan: WindowPlan, sw_batch_size: int,
                       progress: bool) -> Volume:
         """One sliding-window pass of :meth:`predict` (checked input, windows planned)."""
+        from tqdm import tqdm
+
+        with tqdm(total=plan.n_windows, unit="window", leave=False, disable=not progress, dynamic_ncols=True) as bar:
+            (out,) = self._predict_batch([vol.data], reverse, plan, sw_batch_size, bar)
+        return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+
+    def _predict_batch(self, datas: list[np.ndarray], reverse: bool, plan: WindowPlan, sw_batch_size: int,
+                       bar: Any = None) -> list[np.ndarray]:
+        """One sliding-window pass over same-shaped (C, X, Y, Z) volumes, run as one batch.
+
+        ``sw_batch_size`` windows go into each model call (MONAI takes the windows of a batch in
+        order: with one window per volume, one call covers every volume). ``bar`` (tqdm) advances by
+        the windows of each call. Returns the de-normalised predictions, float32, in input order.
+        """
         from monai.inferers import sliding_window_inference
 
         s_in, s_out = (self.y_stats, self.x_stats) if reverse else (self.x_stats, self.y_stats)
         fn = self.model.reverse if reverse else self.model.forward
-        x = torch.from_numpy(np.ascontiguousarray(s_in.normalise(vol.data, channel_axis=0), dtype=np.float32))[None]
+        x = torch.from_numpy(np.stack([np.ascontiguousarray(s_in.normalise(d, channel_axis=0), dtype=np.float32)
+                                       for d in datas]))
         r = lr_grid_factor(self.model)
         if r != (1, 1, 1) and not reverse:
             # An LR-grid model: windows run on the LR grid (MONAI stitches the r-times larger
@@ -271,20 +343,28 @@ class Predictor:
 
             x = block_mean(x, r)
             fn = self.model.forward_lr
+        predictor = self._with_precision(fn)
+        if bar is not None:
+            inner = predictor
+
+            def predictor(window: torch.Tensor) -> torch.Tensor:
+                out = inner(window)
+                bar.update(int(window.shape[0]))
+                return out
+
         y = sliding_window_inference(
             x,
             roi_size=plan.roi,
-            sw_batch_size=sw_batch_size,
-            predictor=self._with_precision(fn),
+            sw_batch_size=max(int(sw_batch_size), 1),
+            predictor=predictor,
             overlap=(plan.overlap,) * 3,
             mode="gaussian",
             sw_device=self.device,
             device=torch.device("cpu"),  # stitch on the CPU: a whole volume need not fit on the GPU
-            progress=progress,
         )
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite_output
-            out = s_out.denormalise(y[0].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
-        return Volume(out, vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+            return [s_out.denormalise(y[i].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
+                    for i in range(len(datas))]
 
     def _with_precision(self, fn):
         """``fn`` under ``self.precision``'s autocast, its output cast back to float32 for blending."""

@@ -19,6 +19,8 @@ ACTIVATION_BYTES_PER_VOXEL_CHANNEL = 20.0
 # Bytes of activations an automatic window may use: with ~1 GB for the process and the volume's own
 # buffers (input, output, MONAI's accumulators) a whole HCP volume stays under 4 GB peak RSS.
 DEFAULT_MEMORY_BUDGET = 2.75e9
+# Bytes the stitching buffers of test-time views run in one batch may take (see Predictor.views_per_call).
+VIEW_BUFFER_BUDGET = 1.0e9
 DEFAULT_OVERLAP_LARGE = 0.25
 DEFAULT_OVERLAP_INSTANCE = 0.5
 

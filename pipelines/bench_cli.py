@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from types import ModuleType
 
 BENCHES: dict[str, str] = {
     "memory": "activation memory and step time vs reversible depth (3D; --2d for the 2D generators)",
@@ -19,7 +20,14 @@ BENCHES: dict[str, str] = {
     "precision": "bf16 vs fp32: reversible inverse and gradient errors at depth, whole-volume inference difference",
     "uncertainty": "calibration of per-voxel uncertainty on a held-out subject (Spearman, deciles) -> docs/uncertainty.md",
     "gpu": "the prepared GPU check (CUDA tests, training per mode, memory, fp32 vs bf16, HCP inference) -> docs/gpu.md",
+    "busy": "training steps/s alone, beside a busy core and beside a second training, per thread policy "
+            "-> docs/performance.md",
 }
+
+
+def bench_module(name: str) -> ModuleType:
+    """The module of benchmark ``name`` (``benchmarks.NAME``, imported only when chosen)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,12 +43,12 @@ def bench_parser(name: str) -> argparse.ArgumentParser:
     """The argument parser of ``medsr bench NAME`` (imports that benchmark's module only)."""
     from pipelines.cli import use_help_formatter
 
-    module = importlib.import_module(f"benchmarks.{name}")
+    module = bench_module(name)
     sub = argparse.ArgumentParser(prog=f"medsr bench {name}", description=BENCHES[name])
     module.add_arguments(sub)
     return use_help_formatter(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"benchmarks.{args.bench}")
+    module = bench_module(args.bench)
     return int(module.run(bench_parser(args.bench).parse_args(args.options)) or 0)

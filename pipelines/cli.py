@@ -24,6 +24,11 @@ Every failure is printed as one line, ``medsr VERB: error: ...``, without a trac
   any ``OSError`` such as a missing file, a permission error or a full disk, with the path named);
 * 130: interrupted.
 
+OpenMP threads waiting for work sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``, set by :func:`main`
+before torch loads unless the user set it, and inherited by every process a verb starts): spinning
+threads beside another busy process made a two-thread training step several times slower than a
+one-thread step.
+
 Notes added to an exception (``e.add_note``, e.g. which outputs a batch wrote before it failed)
 are appended to its line.
 """
@@ -34,6 +39,8 @@ import importlib
 import os
 import sys
 import traceback
+
+from medsr.utils.threads import passive_wait_policy
 
 # verb -> (module, one-line help). Nested verbs (prep hcp) are handled by the module itself.
 VERBS: dict[str, tuple[str, str]] = {
@@ -134,6 +141,8 @@ def error_line(e: BaseException) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any verb imports torch: libgomp reads its wait policy once, when it loads (see the module).
+    passive_wait_policy()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MEDSR_DEBUG", "").strip() not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

@@ -301,11 +301,11 @@ def run_demo(
                          "copy it elsewhere")
     with demo_folder(output, overwrite):
         return _run_demo(output, cfg, minutes=minutes, n_subjects=n_subjects, seed=seed, config=config,
-                         workers=workers, phantom_config=phantom_config, quiet=quiet)
+                         workers=workers, phantom_config=phantom_config, quiet=quiet, factor=factor)
 
 
 def _run_demo(output: Path, cfg: Config, *, minutes: float, n_subjects: int, seed: int, config: str | Path,
-              workers: int, phantom_config: Any, quiet: bool) -> DemoResult:
+              workers: int, phantom_config: Any, quiet: bool, factor: Any) -> DemoResult:
     """The demo's stages, run while this process holds ``output`` (:func:`demo_folder`)."""
     from data_prep.phantom_dataset import prepare_phantoms
     from pipelines.infer import run_inference

@@ -9,14 +9,16 @@ refused up front (before any compute) unless ``overwrite``.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from tqdm import tqdm
 
 from medsr.dti_maps import parse_maps
-from medsr.inference import Predictor
+from medsr.inference import Predictor, lr_grid_factor
 from medsr.model_card import uncertainty_scale
 from medsr.io import load_volume
 from medsr.manifest import read_manifest
@@ -24,6 +26,8 @@ from medsr.precision import check_precision
 from medsr.uncertainty import predict_with_std, uncertainty_views
 from medsr.utils.device import check_device, resolve_device
 from medsr.utils.paths import check_not_input, check_subject_name, inside
+from medsr.utils.threads import AUTO, ThreadSetting, choose_threads, parse_threads
+from medsr.volume import Volume
 from pipelines import bids_derivatives as bids_out
 from pipelines.infer_outputs import (
     MASK_FROM_MANIFEST, ItemOutputs, check_domain, item_mask, plain_outputs, write_item,
@@ -32,6 +36,10 @@ from pipelines.infer_outputs import (
 TTA_CHOICES = ("auto", "none", "flip", "full")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# threads auto: the probe is a crop of at most this edge (voxels), and is repeated for a batch's next
+# subject once this many seconds have passed since the last (the machine's load may have changed).
+PROBE_EDGE = 32
+PROBE_EVERY_S = 60.0
 
 
 @dataclass
@@ -137,6 +145,7 @@ def run_inference(
     mask: str | None = None,
     strict: bool = False,
     bids: str | Path | None = None,
+    threads: ThreadSetting = AUTO,
 ) -> list[Path]:
     """Run a checkpoint over one or many volumes and write float32 NIfTIs on the HR grid.
 
@@ -148,6 +157,9 @@ def run_inference(
     ``mask``: a mask file, or ``"manifest"`` for the manifest's masks: outputs are 0 outside it.
     ``strict``: refuse an input outside the model card instead of warning.
     ``bids``: the BIDS root a ``prep bids`` manifest came from: ``out`` becomes a derivatives dataset.
+    ``threads``: torch CPU threads, ``auto`` (timed on a small crop of the volume at each candidate
+    count, see :func:`medsr.utils.threads.choose_threads`), a number or 0 (torch's default); torch's
+    count is restored on return.
 
     Returns:
         The prediction paths written, in input order.
@@ -175,6 +187,10 @@ def run_inference(
     check_precision(precision, resolve_device(device), "--precision")  # before any file is read
     if tta not in TTA_CHOICES:
         raise ValueError(f"--tta {tta}: choose one of {', '.join(TTA_CHOICES)}")
+    try:
+        threads = parse_threads(threads)
+    except ValueError as e:
+        raise ValueError(f"--threads: {e}") from None
     if not overwrite:
         existing = [str(p) for o in plans for p in o.paths() if p.exists()]
         if existing:
@@ -193,26 +209,36 @@ def run_inference(
             for content in o.sidecars.values():
                 content.update(facts)
     written: list[Path] = []
+    threads_before = torch.get_num_threads()
     try:
         _run_items(predictor, items, plans, batch, written, window=window, overlap=overlap, reverse=reverse,
-                   overwrite=overwrite, quiet=quiet, tta=tta, uncertainty=uncertainty, mask=mask, strict=strict)
+                   overwrite=overwrite, quiet=quiet, tta=tta, uncertainty=uncertainty, mask=mask, strict=strict,
+                   threads=threads)
     except Exception as e:
         if batch:
             _note_written(e, written, len(items))
         raise
+    finally:
+        torch.set_num_threads(threads_before)  # --threads must not leak into a Python caller
     return written
 
 
 def _run_items(predictor, items: list[InferItem], plans: list[ItemOutputs], batch: bool, written: list[Path], *,
                window, overlap, reverse: bool, overwrite: bool, quiet: bool, tta: str, uncertainty: bool,
-               mask: str | None, strict: bool) -> None:
+               mask: str | None, strict: bool, threads: ThreadSetting = AUTO) -> None:
     """Predict and write each item in turn, appending each written prediction's path to ``written``."""
     shown_plan = None
+    probed = None  # when threads were last chosen
     for it, outputs in tqdm(list(zip(items, plans)), desc="subjects", unit="vol", disable=quiet or not batch):
         vol = load_volume(it.path)
         check_domain(predictor, vol, it.grid, reverse=reverse, strict=strict, where=str(it.path))
         hr_in = predictor.prepare(vol, it.grid, reverse, path=str(it.path))
         plan = predictor.plan(hr_in.spatial_shape, window, overlap, reverse)
+        if probed is None or (threads == AUTO and time.monotonic() - probed > PROBE_EVERY_S):
+            choice = choose_threads(threads, _probe(predictor, hr_in, reverse, tta))
+            probed = time.monotonic()
+            if not quiet and choice.how != "set":
+                tqdm.write(f"medsr infer: {choice.describe(f'{PROBE_EDGE}^3-crop predictions/s')}", file=sys.stderr)
         if not quiet and (plan.roi, plan.overlap) != shown_plan:
             shown_plan = (plan.roi, plan.overlap)
             tqdm.write(
@@ -236,6 +262,22 @@ def _run_items(predictor, items: list[InferItem], plans: list[ItemOutputs], batc
             outputs.sidecars[outputs.std]["StdScale"] = uncertainty_scale(predictor.card, views)
         write_item(outputs, pred, std, m, overwrite=overwrite)
         written.append(outputs.main)
+
+
+def _probe(predictor: Predictor, vol: Volume, reverse: bool, tta: str):
+    """A small piece of the run's own work for ``threads: auto`` to time: the prediction (same model,
+    direction and test-time views) of a central crop of ``vol`` of at most :data:`PROBE_EDGE` voxels a
+    side, on the model's grid."""
+    r = (1, 1, 1) if reverse else lr_grid_factor(predictor.model)
+    edge = [max(min(s, PROBE_EDGE) // f * f, f) for s, f in zip(vol.spatial_shape, r)]
+    lo = [(s - e) // 2 for s, e in zip(vol.spatial_shape, edge)]
+    crop = Volume(vol.data[:, lo[0]:lo[0] + edge[0], lo[1]:lo[1] + edge[1], lo[2]:lo[2] + edge[2]], vol.affine,
+                  name=vol.name)
+
+    def run() -> None:
+        predictor.predict(crop, reverse=reverse, tta=tta)
+
+    return run
 
 
 def _note_written(e: BaseException, written: list[Path], total: int) -> None:

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import argparse
 
+from medsr.utils.threads import parse_threads  # torch-free
+
 EPILOG = """\
 Input grid (--input-grid auto): with the training HR voxel size stored in the checkpoint
 (data.voxel_size), an input whose voxels are the training factor times larger, axis by axis, is on
 the LR grid (a 1x1x4 mm input of a 1 mm model trained at factor 1 1 4); without it,
 files named lr*.nii[.gz] (not lr_up*) are LR and all others HR. LR inputs are NN-upsampled
 (as prep's lr_up) so the output lies on the HR grid prep would have written.
+
+Threads (--threads auto): the prediction of a small crop of the first volume is timed at each
+thread count the cores allow, and the fastest is used (again for a batch's next subject once a
+minute has passed); OpenMP threads wait without spinning (OMP_WAIT_POLICY=PASSIVE, unless set).
 
 Windows (--window, --overlap): a model with instance norm runs windows of its training patch size
 (overlap 0.5); any other model runs the largest windows that fit the memory budget (the whole volume
@@ -83,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the BIDS dataset a 'medsr prep bids' manifest (--input) was prepared from: write "
                              "--output as a BIDS derivatives dataset")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--threads", type=parse_threads, default="auto", metavar="N",
+                        help="torch CPU threads: auto (measured, see below), a number, or 0 (torch's own count)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or window report")
 
 
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.input, args.output, reverse=args.reverse, device=args.device, window=window,
         overlap=args.overlap, input_grid=args.input_grid, overwrite=args.overwrite, subjects=subjects,
         quiet=args.quiet, precision=args.precision, tta=args.tta, maps=args.maps or (),
-        uncertainty=args.uncertainty, mask=args.mask, strict=args.strict, bids=args.bids,
+        uncertainty=args.uncertainty, mask=args.mask, strict=args.strict, bids=args.bids, threads=args.threads,
     )
     if not args.quiet:
         print(f"wrote {len(written)} volume(s)" + (f": {written[0]}" if len(written) == 1 else f" to {args.output}"))

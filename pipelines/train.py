@@ -18,6 +18,7 @@ import torch.distributed as dist
 from medsr.checkpoint import check_finite_weights, load_checkpoint
 from medsr.config import Config, load_config, save_config
 from medsr.data import build_dataset
+from medsr.factor import factor_triple, format_factor
 from medsr.precision import check_precision
 from medsr.training.distributed import (
     DistInfo, barrier, broadcast_object, env_dist_info, init_distributed, select_device, shutdown_distributed,
@@ -232,15 +233,12 @@ def check_relations(cfg: Config, trainer: Trainer) -> None:
         ValueError: naming the config key(s).
     """
     gen = trainer.mode.generator
-    r = int(getattr(gen, "input_factor", 1) or 1)
+    r = factor_triple(getattr(gen, "input_factor", 1) or 1)
     factor = trainer.data.info.get("factor")
-    p = cfg.data.patch_size
-    if r > 1 and factor is not None and int(factor) != r:
-        raise ValueError(f"config key 'model.kwargs.factor': {r} differs from the factor of the data "
-                         f"({cfg.data.manifest}: {factor}); set it to auto or {factor}")
-    if r > 1 and cfg.data.type == "patches3d" and p % r:
-        raise ValueError(f"config key 'data.patch_size': {p} is not a multiple of {r}, the factor {cfg.model.name} "
-                         f"computes on (the data's LR grid); use {max(p - p % r, r)} or {p - p % r + r}")
+    if r != (1, 1, 1) and factor is not None and factor_triple(factor) != r:
+        raise ValueError(f"config key 'model.kwargs.factor': {format_factor(r, ' ')} differs from the factor of the "
+                         f"data ({cfg.data.manifest}: {format_factor(factor, ' ')}); set it to auto")
+    # data.patch_size needs no check here: the patch dataset rounds it up to a multiple of every factor.
     sample = trainer.data.dataset[0]
     x, y = sample["x"][None].to(trainer.device), sample["y"]
     nets = [("model", gen), *[("discriminator", d) for d in trainer.mode.discriminators.values()]]

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+
+from medsr.utils.threads import passive_wait_policy
+
+passive_wait_policy()  # before torch loads, as `medsr` does: waiting OpenMP threads sleep on a shared machine
+import torch  # noqa: E402
 
 torch.set_num_threads(2)
 

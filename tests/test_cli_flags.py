@@ -34,6 +34,17 @@ def test_every_help_shows_the_defaults(name, parser):
     parser.format_help()  # renders (a stray % in a help text would raise here)
 
 
+def test_infer_help_names_only_its_own_flags():
+    """Every ``--flag`` in ``medsr infer --help`` (option helps, the grid/threads/windows notes, the
+    examples: all infer command lines) is one of infer's options."""
+    import re
+
+    parser = verb_parser("infer")
+    own = {s for action in parser._actions for s in action.option_strings}
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", parser.format_help()))
+    assert named and named <= own, f"medsr infer --help names {sorted(named - own)}, which it does not have"
+
+
 def test_help_imports_no_heavy_library():
     """``medsr --help`` and every verb's ``--help`` start fast: no torch, MONAI, dipy, pandas or matplotlib
     (the lazy imports pipelines/cli.py's docstring describes)."""

@@ -307,3 +307,36 @@ def test_window_count_is_the_one_monai_runs(shape, roi, overlap):
     clamped = tuple(min(r, s) for r, s in zip(roi, shape))
     sliding_window_inference(torch.zeros(1, 1, *shape), clamped, 1, predictor, overlap=overlap)
     assert plan_windows(shape, roi, overlap).n_windows == sum(calls)
+
+
+@pytest.mark.parametrize("window", [0, 8])
+def test_tta_views_in_batches_equal_one_view_at_a_time(window, monkeypatch) -> None:
+    """Views batched into one model call give the same predictions as one view per call (views of a
+    non-cubic volume: several view shapes; windowed and whole-volume passes), under one progress bar
+    that counts every window of every view."""
+    import tqdm
+
+    from medsr.data.augment import symmetries
+
+    pred = Predictor(_model(), X_STATS, Y_STATS, {"model": {"kwargs": KW}, "data": {"factor": 2, "channels": C}},
+                     "cpu")
+    vol = Volume(np.random.default_rng(3).normal(size=(C, 12, 10, 11)).astype(np.float32), np.eye(4), name="v")
+    plan = pred.plan(vol.spatial_shape, window)
+    views = [v for v in symmetries("full") if v[1] in ((), (0, 2))][:4]  # 2 permutations x 2 flips: 2 shapes
+    one = dict(pred.predict_views(vol, views, plan=plan, views_per_call=1))
+    bars = []
+
+    class Bar(tqdm.tqdm):
+        def close(self) -> None:
+            if not bars or bars[-1][2] is not self:
+                bars.append((self.total, self.n, self))
+            super().close()
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    batched = dict(pred.predict_views(vol, views, plan=plan, views_per_call=3, progress=True))
+    assert batched.keys() == one.keys() == set(views)
+    for v in views:
+        np.testing.assert_allclose(batched[v], one[v], rtol=1e-5, atol=1e-5)
+    assert [b[:2] for b in bars] == [(4 * plan.n_windows, 4 * plan.n_windows)]
+    assert pred.views_per_call(plan, 48, 12 * 10 * 11) == 48  # small volume: every view in one call
+    assert pred.views_per_call(plan, 8, 145 * 174 * 145) == 4  # HCP size: 4 x 205 MB of stitching buffers

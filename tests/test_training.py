@@ -53,7 +53,8 @@ def test_run_folder_checkpoint_and_generator(manifest, tmp_path):
     assert run_dir == out
     assert {"last.pt", "log.csv", "config.yaml", "samples"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader(open(out / "log.csv")))
-    assert list(rows[0]) == ["step", "epoch", "gan_F", "gan_G", "l1_F", "l1_G", "D_Y", "D_X", "lr", "patches_per_s", "train_s"]
+    assert list(rows[0]) == ["step", "epoch", "gan_F", "gan_G", "l1_F", "l1_G", "D_Y", "D_X", "lr", "patches_per_s", "train_s",
+                            "threads"]
     ck = load_checkpoint(out / "last.pt")  # weights_only=True
     steps = ck["step"]
     assert steps == int(rows[-1]["step"]) and ck["epoch"] == 1 and (out / "samples" / "epoch_001.png").is_file()
@@ -175,3 +176,19 @@ def test_a_schedule_resumes_from_a_lambdalr_state():
     schedule.step(RunPoint(step=20, epoch=2))
     assert opt.param_groups[0]["lr"] == old.optimizer.param_groups[0]["lr"] == 0.1 * LinearDecay(1, 3)(2)
     assert schedule.state_dict() == {"base_lrs": [0.1], "last_epoch": 2}
+
+
+def test_threads_auto_is_chosen_while_training_and_logged(manifest, tmp_path, monkeypatch, capsys):
+    """``train.threads: auto`` times the counts the cores allow in the first steps and says its choice;
+    ``log.csv`` records the count of every row (whichever count is fastest here: nothing is timed)."""
+    from medsr.utils.threads import candidates, usable_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    train(train_config(manifest, tmp_path, max_steps=16, threads="auto", batch_size=2))
+    assert torch.get_num_threads() == before  # not leaked into the caller
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert {int(r["threads"]) for r in rows} <= set(candidates(usable_cores()))
+    err = capsys.readouterr().err
+    if usable_cores() > 1:
+        assert "medsr train: threads auto: " in err and "steps/s)" in err

@@ -32,6 +32,7 @@ from medsr.training.names import check_names
 from medsr.training.networks import DataFacts
 from medsr.training.schedule import RunPoint
 from medsr.utils.atomic import atomic_path
+from medsr.utils.threads import training_tuner
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,6 +108,9 @@ class Trainer:
         # counts over every run that led to this checkpoint, as max_steps does.
         self.train_seconds = 0.0
         self.log_rows: list[dict[str, Any]] = []
+        # train.threads: the count in use, measured and rechecked with auto; it also watches the step rate.
+        self.threads = training_tuner(t.threads, device_type=device.type, deterministic=t.deterministic,
+                                      world_size=dist.world_size)
         self.last_good: tuple[int, Path] | None = None
         self._step_lr = 0.0
         self._tb = None
@@ -249,6 +253,7 @@ class Trainer:
         show = self.cfg.train.progress and self.dist.is_main and sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not show, dynamic_ncols=True, unit="step")
         speed = _Throughput(self.cfg.train.batch_size * self.dist.world_size, self.step)
+        self._say(self.threads.start())
         try:
             while self.step < self.total_steps and not self.out_of_time():
                 epoch = self.step // self.steps_per_epoch
@@ -305,6 +310,7 @@ class Trainer:
             bar: the tqdm bar to annotate, or None when it is not shown.
         """
         t = self.cfg.train
+        self._say(self.threads.tick(self.step))
         end_of_epoch = self.step % self.steps_per_epoch == 0
         last = self.step >= self.total_steps or self.out_of_time()
         if self.step % t.log_every == 0 or end_of_epoch or last:
@@ -313,19 +319,28 @@ class Trainer:
             bar.update(1)
             name = self.mode.loss_names[0]
             bar.set_postfix({name: f"{values[name]:.4g}", "patches/s": f"{speed.rate:.1f}",
-                             "epoch": self.step // self.steps_per_epoch})
+                             "epoch": self.step // self.steps_per_epoch, "threads": self.threads.threads})
         if end_of_epoch:
             self._end_of_epoch()
         if self.step % t.checkpoint_every == 0 or last:
             self.save()
         return last
 
+    def _say(self, lines: list[str]) -> None:
+        """Show the thread tuner's lines (the choice, a change, a slowdown) above the progress bar (rank 0)."""
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            for line in lines:
+                tqdm.write(f"medsr train: {line}", file=sys.stderr)
+
     def _log_step(self, values: dict[str, float], rate: float) -> None:
         """Append a ``log.csv`` row (and TensorBoard scalars) for the step just taken."""
         lr = self._step_lr
         row = {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch}
         row.update({k: f"{v:.6g}" for k, v in values.items()})
-        row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}", "train_s": f"{self.train_seconds:.1f}"})
+        row.update({"lr": f"{lr:.6g}", "patches_per_s": f"{rate:.4g}", "train_s": f"{self.train_seconds:.1f}",
+                    "threads": self.threads.threads})
         self.log_rows.append(row)
         tb = self._tensorboard()
         if tb:
@@ -361,9 +376,10 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
-def configure_determinism(deterministic: bool, threads: int = 0) -> None:
-    """Deterministic kernels (strict on CPU; warn-only on CUDA where a few 3D ops lack them)."""
-    if threads > 0:
+def configure_determinism(deterministic: bool, threads: int | str = 0) -> None:
+    """Deterministic kernels (strict on CPU; warn-only on CUDA where a few 3D ops lack them); an explicit
+    thread count (``auto`` is the Trainer's :class:`medsr.utils.threads.ThreadTuner`)."""
+    if isinstance(threads, int) and threads > 0:
         torch.set_num_threads(threads)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
