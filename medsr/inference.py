@@ -23,7 +23,7 @@ CPU, so a whole HCP volume never has to fit in GPU memory (MONAI's ``sw_device``
 
 ``precision`` (``fp32``, ``bf16``, ``fp16``; :mod:`medsr.precision`) runs the model under autocast; each
 window's output is cast back to float32 before blending, so the volume written is float32 whatever the
-precision (bf16 vs fp32 differences: README, "Reversible networks and memory").
+precision (bf16 vs fp32 differences: docs/memory.md, "Mixed precision").
 """
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def test_infer_bf16_float32_within_tolerance_cuda():
 
     r = measure_inference("rev_srcnn3d", {"width": 16, "depth": 4}, (32, 32, 32), "cuda", precision="bf16")
     assert r["dtype"] == "float32"
-    # The documented tolerance (README, "Reversible networks and memory").
+    # The documented tolerance (docs/memory.md, "Mixed precision").
     assert r["rms_sd"] <= 1e-2 and r["max_sd"] <= 1e-1, r
 
 
