@@ -40,7 +40,7 @@ from tqdm import tqdm
 from benchmarks.memory_common import (  # noqa: F401 - re-exported: the 3D benchmark's measuring functions
     CASES, MEMORY_PANELS, MIB, RECOMPUTE, VARIANTS, GeneratorCase, MemcnnCore, _build, _vm_rss_bytes, conv_flops,
     conv_probe_gflops, make_case, measure_in_subprocess, measure_memory, measure_times, memcnn_available,
-    plot_vs_depth, saved_tensor_bytes, step_flops, training_step, write_csv)
+    plot_vs_depth, report, saved_tensor_bytes, step_flops, training_step, write_csv)
 from medsr.utils.device import resolve_device
 from medsr.utils.threads import bench_threads, parse_threads
 
@@ -243,14 +243,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"medsr bench memory: {case}, K={args.width}, C={args.channels}, patch {args.patch}, batch 1, "
           f"device {device}, threads {torch.get_num_threads()}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}; peak = {mem}")
-    print(format_table(rows))
-    print("conv probe (forward, 3^d, reflect padding, same layout; wall and CPU clocks): " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in probes.items()))
-    for line in check_targets(rows):
-        print(line)
-    if args.csv is not None:
-        write_csv(rows, args.csv)
-        print(f"wrote {args.csv}")
-    if args.png is not None:
-        write_png(rows, args.png, png_title(case, args.width, args.patch, device))
-        print(f"wrote {args.png}")
+    probe = "conv probe (forward, 3^d, reflect padding, same layout; wall and CPU clocks): " + ", ".join(
+        f"{k}: {v:.1f} GFLOP/s" for k, v in probes.items())
+    report(rows, [format_table(rows), probe, *check_targets(rows)],
+           args.csv, args.png, lambda png: write_png(rows, png, png_title(case, args.width, args.patch, device)))
     return 0

@@ -10,7 +10,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from benchmarks.memory_common import (CASES, MEMORY_PANELS, MIB, VARIANTS, GeneratorCase, MemcnnCore,
-                                      measure_in_subprocess, measure_memory, plot_vs_depth, write_csv)
+                                      measure_in_subprocess, measure_memory, plot_vs_depth, report)
 from medsr.networks import create_model
 from medsr.utils.device import resolve_device
 from medsr.utils.threads import bench_threads
@@ -157,13 +157,6 @@ def run_2d(args: argparse.Namespace) -> int:
     print(f"medsr bench memory --2d: {args.size}x{args.size} RGB, batch 1, one step through both directions; "
           f"CycleGAN K={args.width_cyclegan}, RevGAN K={args.width_revgan}; device {device}; "
           f"activations = bytes saved for backward; peak = {mem}")
-    print(format_table_2d(rows))
-    for line in check_targets_2d(rows):
-        print(line)
-    if args.csv is not None:
-        write_csv(rows, args.csv)
-        print(f"wrote {args.csv}")
-    if args.png is not None:
-        write_png_2d(rows, args.png, f"2D generator memory vs depth ({args.size}x{args.size}, {device})")
-        print(f"wrote {args.png}")
+    report(rows, [format_table_2d(rows), *check_targets_2d(rows)], args.csv, args.png,
+           lambda png: write_png_2d(rows, png, f"2D generator memory vs depth ({args.size}x{args.size}, {device})"))
     return 0

@@ -389,6 +389,19 @@ MEMORY_PANELS = [("saved_MiB", "activations saved for backward (MiB)"),
                  ("step_MiB", "rise of memory during the step (MiB)")]
 
 
+def report(rows: list[dict[str, Any]], lines: list[str], csv: Path | None, png: Path | None,
+           draw: Callable[[Path], object]) -> None:
+    """Print ``lines`` (the table and its checks), then write the CSV and the figure (``draw(png)``) when asked."""
+    for line in lines:
+        print(line)
+    if csv is not None:
+        write_csv(rows, csv)
+        print(f"wrote {csv}")
+    if png is not None:
+        draw(png)
+        print(f"wrote {png}")
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
