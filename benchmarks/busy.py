@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SITUATIONS = ("alone", "busy", "pair")
 WARMUP_STEPS = 2
-# Done-when targets of the thread policy (issue 25), checked in the report.
+# What the thread policy must reach, as ratios of steps/s, checked in the report.
 TARGET_AUTO_BUSY = 0.9
 TARGET_AUTO_IDLE = 0.95
 TARGET_PAIR = 0.4
