@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.hcp import CHUNK_VOXELS, prep_dwi
+from medsr.factor import FactorLike
 from medsr.utils.paths import check_subject_name
 
 DWI_EXTENSIONS = (".nii.gz", ".nii")
@@ -263,8 +264,8 @@ def b0_brain_mask(b0s: np.ndarray) -> np.ndarray:
 
 
 def prep_series(name: str, out_dir: Path, progress: bool = False, *, series: dict[str, Series], input_dir: str,
-                mask_pattern: str | None = None, shell: float = 1000.0, tolerance: float = 100.0, factor: int = 2,
-                pad: bool = False, overwrite: bool = True, chunk: int = CHUNK_VOXELS) -> dict:
+                mask_pattern: str | None = None, shell: float = 1000.0, tolerance: float = 100.0, factor: FactorLike = 2,
+                pad: bool = False, overwrite: bool = True, chunk: int = CHUNK_VOXELS, profile: str = "box") -> dict:
     """Prepare one BIDS dwi series; returns its manifest row. Raises a one-line error naming the file."""
     s = series[name]
     if s.error:
@@ -279,4 +280,5 @@ def prep_series(name: str, out_dir: Path, progress: bool = False, *, series: dic
         if not mask.is_file():
             raise FileNotFoundError(f"{mask}: file not found (--mask-pattern {mask_pattern!r})")
     return prep_dwi(name, out_dir, progress, data_path=s.data, bvals_path=s.bval, bvecs_path=s.bvec, mask=mask,
-                    shell=shell, tolerance=tolerance, factor=factor, pad=pad, overwrite=overwrite, chunk=chunk)
+                    shell=shell, tolerance=tolerance, factor=factor, pad=pad, overwrite=overwrite, chunk=chunk,
+                    profile=profile)

@@ -12,10 +12,11 @@ Per subject (the image-quality-transfer protocol, Alexander et al. 2017, used by
 1. keep the b0 volumes (b <= ``B0_MAX``) and the chosen shell (``|b - shell| <= tolerance``); only those
    volumes are read, one at a time from the (compressed) stream, straight into one float32 array
    (N_sel, X, Y, Z) -- no float64 copy of the DWI ever exists;
-2. crop (or edge-pad) the grid to a multiple of the factor r, as :mod:`medsr.degrade` documents;
+2. crop (or edge-pad) the grid to a multiple of the factor r (per axis), as :mod:`medsr.degrade` documents;
 3. **HR DTI**: dipy ``TensorModel(fit_method="WLS")`` inside the mask, in chunks of voxels;
-4. **LR DTI**: block-average the *DWIs* over r^3 blocks, then fit the same way inside the LR mask
-   (an LR voxel is brain when at least half its HR block is brain);
+4. **LR DTI**: block-average the *DWIs* over rx x ry x rz blocks (or, with ``profile="gaussian"``,
+   weight the slice axis with a Gaussian slice profile: :mod:`medsr.slice_profile`), then fit the same
+   way inside the LR mask (an LR voxel is brain when at least half its HR block is brain);
 5. ``lr_up`` = the LR tensors nearest-neighbour upsampled back to the HR grid (the network input).
 
 Tensors are 6 channels in FSL order (Dxx, Dxy, Dxz, Dyy, Dyz, Dzz), in mm^2/s (b in s/mm^2), zero
@@ -34,7 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from medsr.degrade import block_mean_array, downsample_mask, fit_array, lr_affine, nn_upsample_array
+from medsr.degrade import degrade_array, downsample_mask, fit_array, lr_affine, nn_upsample_array
+from medsr.factor import FactorLike, factor_triple, factor_value, format_factor
 from medsr.dti import lower_to_fsl
 from medsr.io import (
     check_affine, check_binary_mask, check_fits_in_memory, check_grid, check_real, read_array, read_nifti_image,
@@ -192,13 +194,13 @@ def fit_dti(dwi: np.ndarray, mask: np.ndarray, bvals: np.ndarray, bvecs: np.ndar
 
 
 def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_dir: str, shell: float = 1000.0,
-                 tolerance: float = 100.0, factor: int = 2, pad: bool = False, overwrite: bool = True,
-                 chunk: int = CHUNK_VOXELS) -> dict:
+                 tolerance: float = 100.0, factor: FactorLike = 2, pad: bool = False, overwrite: bool = True,
+                 chunk: int = CHUNK_VOXELS, profile: str = "box") -> dict:
     """Prepare one HCP subject; returns its manifest row. Raises ValueError/FileNotFoundError naming the file."""
     files = subject_files(Path(input_dir) / subject)
     return prep_dwi(subject, out_dir, progress, data_path=files["data"], bvals_path=files["bvals"],
                     bvecs_path=files["bvecs"], mask=files["mask"], shell=shell, tolerance=tolerance, factor=factor,
-                    pad=pad, overwrite=overwrite, chunk=chunk)
+                    pad=pad, overwrite=overwrite, chunk=chunk, profile=profile)
 
 
 # b0 volumes (n_b0, X, Y, Z) float32 on the prepared grid -> brain mask (X, Y, Z) bool. Module-level
@@ -206,7 +208,7 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
 MaskFromB0 = Callable[[np.ndarray], np.ndarray]
 
 
-def _read_mask(path: Path, img, data_path: Path, factor: int, pad: bool) -> np.ndarray:
+def _read_mask(path: Path, img, data_path: Path, factor: FactorLike, pad: bool) -> np.ndarray:
     """A user's 3D brain mask on the DWI grid, checked (grid, 3D, 0/1) and cropped/padded like the DWI."""
     mask_img = read_nifti_image(path)
     check_grid(path, mask_img.shape, mask_img.affine, img.shape, img.affine, ref_name=data_path.name)
@@ -222,7 +224,8 @@ def _read_mask(path: Path, img, data_path: Path, factor: int, pad: bool) -> np.n
 
 def prep_dwi(name: str, out_dir: Path, progress: bool = False, *, data_path: Path, bvals_path: Path,
              bvecs_path: Path, mask: Path | MaskFromB0, shell: float = 1000.0, tolerance: float = 100.0,
-             factor: int = 2, pad: bool = False, overwrite: bool = True, chunk: int = CHUNK_VOXELS) -> dict:
+             factor: FactorLike = 2, pad: bool = False, overwrite: bool = True, chunk: int = CHUNK_VOXELS,
+             profile: str = "box") -> dict:
     """One DWI series (4D NIfTI + FSL bvals/bvecs) -> ``<out_dir>/<name>/{hr,lr,lr_up,mask}.nii.gz``; its manifest row.
 
     The one DTI path of ``medsr prep``: ``prep hcp`` and ``prep bids`` differ only in where the files are.
@@ -230,6 +233,9 @@ def prep_dwi(name: str, out_dir: Path, progress: bool = False, *, data_path: Pat
     Args:
         mask: a brain-mask file on the DWI grid (checked before the DWI is read), or a function computing
             the mask from the selected b0 volumes (n_b0, X, Y, Z) on the cropped/padded grid.
+        factor: the downsampling factor, an int or one per axis.
+        profile: ``box`` (block mean, the IQT protocol) or ``gaussian`` (a Gaussian slice profile along
+            the axis of the largest factor: :mod:`medsr.slice_profile`).
 
     Raises:
         ValueError / FileNotFoundError: one line naming the file and the problem.
@@ -250,7 +256,7 @@ def prep_dwi(name: str, out_dir: Path, progress: bool = False, *, data_path: Pat
         found = ", ".join(str(int(round(b))) for b in np.unique(np.round(bvals, -1)))
         raise ValueError(f"{bvals_path}: need >= 1 b0 and >= 6 volumes within {shell:g}+-{tolerance:g} s/mm^2 "
                          f"(found {n_b0} b0 and {len(sel) - n_b0}; b-values present: {found})")
-    crop = None if pad else tuple(s - s % factor for s in img.shape[:3])
+    crop = None if pad else tuple(s - s % f for s, f in zip(img.shape[:3], factor_triple(factor)))
     dwi = read_volumes(data_path, img, sel, crop=crop, progress=progress)
     if pad:
         dwi = fit_array(dwi, factor, pad=True)
@@ -263,11 +269,11 @@ def prep_dwi(name: str, out_dir: Path, progress: bool = False, *, data_path: Pat
     mask_name = mask if isinstance(mask, (str, Path)) else data_path
 
     hr = fit_dti(dwi, mask_arr, bvals[sel], bvecs[sel], chunk=chunk, progress=progress, desc="fit HR DTI")
-    dwi_lr = block_mean_array(dwi, factor)  # IQT: average the DWIs, then fit
+    dwi_lr = degrade_array(dwi, factor, profile=profile)  # IQT: degrade the DWIs, then fit
     del dwi
     mask_lr = downsample_mask(mask_arr, factor)
     if not mask_lr.any():
-        raise ValueError(f"{mask_name}: no LR voxel is at least half brain at factor {factor}")
+        raise ValueError(f"{mask_name}: no LR voxel is at least half brain at factor {format_factor(factor, ' ')}")
     lr = fit_dti(dwi_lr, mask_lr, bvals[sel], bvecs[sel], chunk=chunk, progress=progress, desc="fit LR DTI")
     del dwi_lr
     lr_up = nn_upsample_array(lr, factor)
@@ -283,5 +289,5 @@ def prep_dwi(name: str, out_dir: Path, progress: bool = False, *, data_path: Pat
         "shape": format_triple(mask_arr.shape, "d"),
         "voxel_size": format_triple(np.round(np.linalg.norm(affine[:3, :3], axis=0), 6)),
         "brain_voxels": int(mask_arr.sum()), "n_patches": count_brain_patches(mask_arr),
-        "status": "ok", "error": "", "factor": int(factor), "kind": "dti",
+        "status": "ok", "error": "", "factor": factor_value(factor), "kind": "dti",
     }

@@ -67,12 +67,19 @@ frame, which is what ``dtifit`` or dipy returns when fitted with those ``bvecs``
     <out>/<subject>/phantom/tensor.nii.gz                   (X, Y, Z, 6) truth, FSL order
     <out>/<subject>/phantom/labels.nii.gz                   (X, Y, Z) uint8, see LABELS
 
+With ``layout="bids"`` (``--layout bids``) the same subjects are a BIDS dataset instead, the input of
+``medsr prep bids`` (no ground truth, no mask: prep computes one)::
+
+    <out>/dataset_description.json
+    <out>/sub-<NN>/dwi/sub-<NN>_dwi.nii.gz, .bval, .bvec   (b-values / 3 rows of unit vectors, FSL format)
+
 Use it from Python with :func:`make_subject` / :func:`generate`, or from the shell with
-``python -m data_prep.phantom --output DIR --n-subjects N``. Statistics: ``docs/phantom.md``.
+``python -m data_prep.phantom --output DIR --n-subjects N [--layout bids]``. Statistics: ``docs/phantom.md``.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -816,14 +823,31 @@ def write_hcp_subject(ph: Phantom, root: str | Path, *, overwrite: bool = False,
     return subj
 
 
+def write_bids_subject(ph: Phantom, root: str | Path, label: str, *, overwrite: bool = False) -> Path:
+    """Write ``ph``'s DWI as ``root/sub-<label>/dwi/sub-<label>_dwi.{nii.gz,bval,bvec}`` (and the dataset's
+    ``dataset_description.json`` when missing); returns the subject folder."""
+    root = Path(root)
+    desc = root / "dataset_description.json"
+    if not desc.exists():
+        _save_text('{"Name": "medsr DTI phantom", "BIDSVersion": "1.10.0", "DatasetType": "raw"}\n', desc, overwrite)
+    dwi = root / f"sub-{label}" / "dwi"
+    stem = dwi / f"sub-{label}_dwi"
+    _save_nifti(ph.dwi.astype(np.float32), ph.affine, stem.with_name(stem.name + ".nii.gz"), overwrite)
+    _save_text(" ".join(f"{b:g}" for b in ph.bvals) + "\n", stem.with_name(stem.name + ".bval"), overwrite)
+    _save_text("\n".join(" ".join(f"{v:.6f}" for v in row) for row in ph.bvecs.T) + "\n",
+               stem.with_name(stem.name + ".bvec"), overwrite)
+    return dwi.parent
+
+
 def subject_names(n: int) -> list[str]:
     """Folder names of ``n`` phantom subjects: ``phantom01``, ``phantom02``, ..."""
     return [f"phantom{i + 1:02d}" for i in range(n)]
 
 
 def generate(output: str | Path, subjects: int = 4, *, seed: int = 0, config: PhantomConfig = PhantomConfig(),
-             overwrite: bool = False, progress: bool = True) -> list[Path]:
-    """Simulate ``subjects`` phantoms (seeds ``seed*1000 + i``) and write them as HCP subjects.
+             overwrite: bool = False, progress: bool = True, layout: str = "hcp") -> list[Path]:
+    """Simulate ``subjects`` phantoms (seeds ``seed*1000 + i``) and write them as HCP subjects (or, with
+    ``layout="bids"``, as ``sub-01``, ``sub-02``, ... of a BIDS dataset).
 
     Returns:
         The subject folders, in order.
@@ -834,6 +858,11 @@ def generate(output: str | Path, subjects: int = 4, *, seed: int = 0, config: Ph
     """
     if subjects < 1:
         raise ValueError(f"--subjects must be >= 1, got {subjects}")
+    for name, value in (("--voxel-size", config.voxel_size), ("--snr", config.snr)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number, got {value:g}")
+    if layout not in ("hcp", "bids"):
+        raise ValueError(f"--layout {layout}: choose hcp or bids")
     if min(config.shape) < 16:
         raise ValueError(f"phantom shape {config.shape} is too small (each side must be >= 16 voxels)")
     if config.n_dirs < 6 or config.n_b0 < 1:
@@ -844,7 +873,10 @@ def generate(output: str | Path, subjects: int = 4, *, seed: int = 0, config: Ph
     names = subject_names(subjects)
     for i, name in enumerate(tqdm(names, desc="phantom", unit="subject", disable=not progress)):
         ph = make_subject(name, seed * 1000 + i, config)
-        out.append(write_hcp_subject(ph, output, overwrite=overwrite))
+        if layout == "bids":
+            out.append(write_bids_subject(ph, output, f"{i + 1:02d}", overwrite=overwrite))
+        else:
+            out.append(write_hcp_subject(ph, output, overwrite=overwrite))
     return out
 
 
@@ -875,6 +907,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", type=int, default=d.n_dirs, help=f"b={d.bval:g} directions (default {d.n_dirs})")
     p.add_argument("--b0", type=int, default=d.n_b0, help=f"number of b0 volumes (default {d.n_b0})")
     p.add_argument("--snr", type=float, default=d.snr, help=f"white-matter b0 SNR (default {d.snr:g})")
+    p.add_argument("--layout", choices=["hcp", "bids"], default="hcp",
+                   help="hcp: <subject>/T1w/Diffusion/... with the ground truth; bids: a BIDS dataset of "
+                        "sub-NN/dwi series (the input of 'medsr prep bids') (default hcp)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     return p
 
@@ -884,11 +919,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(PhantomConfig(), shape=tuple(args.shape), voxel_size=args.voxel_size, n_dirs=args.directions,
                   n_b0=args.b0, snr=args.snr)
     try:
-        paths = generate(args.output, args.n_subjects, seed=args.seed, config=cfg, overwrite=args.overwrite)
+        paths = generate(args.output, args.n_subjects, seed=args.seed, config=cfg, overwrite=args.overwrite,
+                         layout=args.layout)
     except (ValueError, FileExistsError) as e:
         print(f"phantom: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(paths)} HCP-layout subjects under {args.output}")
+    print(f"wrote {len(paths)} {args.layout.upper()}-layout subjects under {args.output}")
     return 0
 
 

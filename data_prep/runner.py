@@ -16,12 +16,15 @@ Guarantees:
 * any number of runs (``medsr prep ... --subjects ...`` jobs, e.g. a SLURM array) can prepare
   disjoint subjects into one output folder at once: each merges its own rows into the manifest
   under a lock (:func:`medsr.manifest.update_manifest`), so the manifest ends up with every subject;
+* a full output disk stops the run at once (the file named, exit code 2): it is not the subject's fault
+  and every other subject would fail the same way;
 * a rerun skips subjects whose row is ``ok`` and whose files all exist, and retries the others
   (``overwrite=True`` redoes every subject);
 * the return value is 0 when every subject is ``ok``, 1 otherwise.
 """
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import sys
@@ -31,6 +34,7 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from medsr.factor import FactorLike, factor_triple, format_factor
 from medsr.manifest import PATH_COLUMNS, empty_row, read_manifest_raw, update_manifest
 from medsr.utils.paths import check_subject_name, inside
 
@@ -117,7 +121,7 @@ def _identity(p: Path) -> "tuple[int, int, int, int] | None":
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def run_one(process: Process, subject: str, out_dir: Path, kind: str, factor: int, progress: bool = False,
+def run_one(process: Process, subject: str, out_dir: Path, kind: str, factor: FactorLike, progress: bool = False,
             before: Snapshot | None = None) -> dict:
     """Run ``process`` for one subject; never raises (a failure becomes a ``failed`` row).
 
@@ -133,9 +137,16 @@ def run_one(process: Process, subject: str, out_dir: Path, kind: str, factor: in
         return row
     except Exception as e:  # noqa: BLE001 - one bad subject must not stop the others
         _remove_outputs(out_dir, subject, before)
+        if disk_full(e):
+            raise  # the output disk, not this subject: every other would fail too (exit 2, the file named)
         row = empty_row(subject)
         row.update(status="failed", error=f"subject {subject}: {one_line(e)}", kind=kind, factor=factor)
         return row
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is the output disk refusing a write (full, over quota, a file-size limit)."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _remove_outputs(out_dir: Path, subject: str, before: Snapshot) -> None:
@@ -169,7 +180,7 @@ def run_subjects(
     out_dir: str | Path,
     *,
     kind: str,
-    factor: int,
+    factor: FactorLike,
     workers: int = 1,
     overwrite: bool = False,
     desc: str = "prep",
@@ -193,6 +204,7 @@ def run_subjects(
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / MANIFEST_NAME
     rows = _read_rows(manifest, out_dir)
+    _check_same_factor(rows, manifest, factor, overwrite)
     todo = [s for s in subjects if overwrite or not _is_done(rows.get(s), out_dir, s)]
     skipped = len(subjects) - len(todo)
     _unmark(rows, [s for s in todo if s in rows], manifest, kind, factor)
@@ -221,6 +233,15 @@ def run_subjects(
     return 1 if n_failed else 0
 
 
+def _check_same_factor(rows: dict[str, dict], manifest: Path, factor: FactorLike, overwrite: bool) -> None:
+    """Refuse to add subjects at one factor to a manifest of subjects prepared at another (unless ``overwrite``)."""
+    other = sorted({format_factor(r["factor"], " ") for r in rows.values()
+                    if r.get("status") == "ok" and r.get("factor") and factor_triple(r["factor"]) != factor_triple(factor)})
+    if other and not overwrite:
+        raise ValueError(f"{manifest}: holds subjects prepared at factor {', '.join(other)}, not "
+                         f"{format_factor(factor, ' ')}; choose another --output (or --overwrite to redo them)")
+
+
 def _read_rows(manifest: Path, out_dir: Path) -> dict[str, dict]:
     """The manifest's rows by subject (none when it does not exist yet), with absolute paths."""
     if not manifest.exists():
@@ -233,7 +254,7 @@ def _read_rows(manifest: Path, out_dir: Path) -> dict[str, dict]:
     return rows
 
 
-def _unmark(rows: dict[str, dict], stale: list[str], manifest: Path, kind: str, factor: int) -> None:
+def _unmark(rows: dict[str, dict], stale: list[str], manifest: Path, kind: str, factor: FactorLike) -> None:
     """Mark ``stale`` subjects (about to be redone) unfinished in ``rows`` and the manifest.
 
     So a run interrupted half-way through rewriting a subject can never leave an "ok" row over a mix of
@@ -246,7 +267,7 @@ def _unmark(rows: dict[str, dict], stale: list[str], manifest: Path, kind: str, 
         update_manifest(manifest, [rows[s] for s in stale])
 
 
-def _run_in_workers(todo: list[str], process: Process, out_dir: Path, kind: str, factor: int,
+def _run_in_workers(todo: list[str], process: Process, out_dir: Path, kind: str, factor: FactorLike,
                     workers: int) -> Iterator[dict]:
     """Run ``todo`` in worker processes; yield each subject's row as it finishes (a dead worker: a failed row)."""
     # spawn: a fresh interpreter per worker, safe with BLAS threads and any imported library
@@ -264,6 +285,9 @@ def _run_in_workers(todo: list[str], process: Process, out_dir: Path, kind: str,
                     row = fut.result()
                 except Exception as e:  # noqa: BLE001 - a worker died (e.g. killed for memory)
                     _remove_outputs(out_dir, s, before[s])
+                    if disk_full(e):
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
                     row = empty_row(s)
                     row.update(status="failed", error=f"subject {s}: worker died: {one_line(e)}",
                                kind=kind, factor=factor)

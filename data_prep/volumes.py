@@ -3,8 +3,9 @@
 Input: ``<input>/<subject>/image.nii.gz`` and ``<input>/<subject>/mask.nii.gz`` (``.nii``, ``.nrrd`` or
 ``.mha`` also accepted for both), a 3D image and a brain mask on the same grid.
 
-Per subject: the image is cropped (or edge-padded) to a multiple of the factor, ``lr`` is its r^3 block
-mean, ``lr_up`` the nearest-neighbour upsampling of ``lr`` back to the HR grid. The image is kept whole
+Per subject: the image is cropped (or edge-padded) to a multiple of the factor (per axis), ``lr`` is its
+block mean (or, with ``profile="gaussian"``, block mean in plane and a Gaussian slice profile through
+plane: :mod:`medsr.slice_profile`), ``lr_up`` the nearest-neighbour upsampling of ``lr`` back to the HR grid. The image is kept whole
 (not multiplied by the mask): the mask only selects training patches and evaluation voxels. Outputs and
 manifest are those of ``medsr prep hcp`` with ``kind = scalar`` and one channel (stored 3D).
 """
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medsr.degrade import block_mean, fit_array, fit_to_factor, nn_upsample
+from medsr.degrade import degrade, fit_array, fit_to_factor, nn_upsample
+from medsr.factor import FactorLike, factor_value
 from medsr.io import load_mask, load_volume, save_mask, save_volume
 from data_prep.runner import subject_folders
 from medsr.manifest import format_triple
@@ -36,8 +38,8 @@ def _find(folder: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{folder / (stem + '.nii.gz')}: file not found")
 
 
-def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_dir: str, factor: int = 2,
-                 pad: bool = False, overwrite: bool = True) -> dict:
+def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_dir: str, factor: FactorLike = 2,
+                 pad: bool = False, overwrite: bool = True, profile: str = "box") -> dict:
     """Prepare one scalar subject; returns its manifest row. Raises ValueError/FileNotFoundError naming the file."""
     folder = Path(input_dir) / subject
     image_path, mask_path = _find(folder, "image"), _find(folder, "mask")
@@ -52,7 +54,7 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
     mask = fit_array(mask, factor, pad=pad)  # the same crop/pad as the image, on the bool array itself
     if not mask.any():
         raise ValueError(f"{mask_path}: mask is empty (no brain voxels)")
-    lr = block_mean(hr, factor)
+    lr = degrade(hr, factor, profile=profile)
     lr_up = nn_upsample(lr, factor)
 
     out = {k: Path(out_dir) / subject / f"{k}.nii.gz" for k in ("hr", "lr", "lr_up", "mask")}
@@ -65,5 +67,5 @@ def prep_subject(subject: str, out_dir: Path, progress: bool = False, *, input_d
         "shape": format_triple(hr.spatial_shape, "d"),
         "voxel_size": format_triple(np.round(hr.voxel_size, 6)),
         "brain_voxels": int(mask.sum()), "n_patches": count_brain_patches(mask),
-        "status": "ok", "error": "", "factor": int(factor), "kind": "scalar",
+        "status": "ok", "error": "", "factor": factor_value(factor), "kind": "scalar",
     }

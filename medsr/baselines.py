@@ -2,8 +2,9 @@
 
 Grid alignment decides who looks better (a baseline off by a fraction of a voxel shifts every edge),
 so all three share prep's geometry (``medsr.degrade``): LR voxel (0, 0, 0) is the block mean of HR
-voxels (0..r-1)^3, so its centre sits at that block's centre. HR voxel index ``i`` therefore lies at
-the LR continuous coordinate::
+voxels (0..r-1) along each axis, so its centre sits at that block's centre. Along an axis of factor
+``r`` (per axis: a factor of 1 1 4 leaves x and y as they are), HR voxel index ``i`` lies at the LR
+continuous coordinate::
 
     u(i) = (i - (r - 1) / 2) / r
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from medsr.factor import FactorLike, factor_triple
 from medsr.volume import Volume
 
 METHODS: dict[str, int] = {"nn": 0, "linear": 1, "cubic": 3}
@@ -40,6 +42,8 @@ def _weights_shape(w: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 def _interp_axis(a: np.ndarray, axis: int, n_out: int, factor: int, order: int) -> np.ndarray:
     """Resample ``a`` along ``axis`` from the LR to the HR grid (float64 out)."""
     n_in = a.shape[axis]
+    if factor == 1 and n_out == n_in:  # every interpolation is the identity on an unscaled axis
+        return a.astype(np.float64) if order else a
     if order == 0:
         # u(i) rounds to i // r for every r (u is never exactly k + 1/2), matching nn_upsample.
         idx = np.minimum(np.arange(n_out) // factor, n_in - 1)
@@ -77,13 +81,13 @@ def _interp_axis(a: np.ndarray, axis: int, n_out: int, factor: int, order: int) 
 
 
 def upsample_array(
-    data: np.ndarray, factor: int, method: str, out_shape: tuple[int, int, int] | None = None
+    data: np.ndarray, factor: FactorLike, method: str, out_shape: tuple[int, int, int] | None = None
 ) -> np.ndarray:
     """Upsample an LR array to the HR grid.
 
     Args:
         data: (C, x, y, z) LR array.
-        factor: integer upsampling factor r.
+        factor: upsampling factor r (an int, or one per axis).
         method: ``"nn"``, ``"linear"`` or ``"cubic"``.
         out_shape: HR spatial shape; default (x, y, z) * r. A larger shape extends past the LR edge
             (edge value), a smaller one crops, always keeping HR voxel 0 aligned.
@@ -93,32 +97,30 @@ def upsample_array(
     """
     if method not in METHODS:
         raise ValueError(f"unknown baseline {method!r}; choose from {', '.join(METHODS)}")
-    if int(factor) != factor or factor < 1:
-        raise ValueError(f"upsampling factor must be a positive integer, got {factor}")
-    factor = int(factor)
+    r = factor_triple(factor)
     data = np.asarray(data)
     if data.ndim == 3:
         data = data[None]
     if out_shape is None:
-        out_shape = tuple(int(s) * factor for s in data.shape[1:])
+        out_shape = tuple(int(s) * f for s, f in zip(data.shape[1:], r))
     order = METHODS[method]
     out = np.empty((data.shape[0],) + tuple(out_shape), dtype=np.float32)
     for c in range(data.shape[0]):  # one channel at a time keeps the float64 temporaries small
         a = data[c]
         for axis in range(3):
-            a = _interp_axis(a, axis, out_shape[axis], factor, order)
+            a = _interp_axis(a, axis, out_shape[axis], r[axis], order)
         out[c] = a
     return out
 
 
-def upsample(lr: Volume, factor: int, method: str, out_shape: tuple[int, int, int] | None = None) -> Volume:
+def upsample(lr: Volume, factor: FactorLike, method: str, out_shape: tuple[int, int, int] | None = None) -> Volume:
     """Upsample an LR volume to the HR grid prep writes (``medsr.degrade.hr_affine``).
 
     Args:
         lr: LR volume (C, x, y, z).
-        factor: r, the factor used by prep (``data.factor`` / the manifest's ``factor``).
+        factor: r, the factor used by prep (``data.factor`` / the manifest's ``factor``; int or per axis).
         method: ``"nn"``, ``"linear"`` or ``"cubic"``.
-        out_shape: HR spatial shape (default LR shape * r).
+        out_shape: HR spatial shape (default LR shape * r per axis).
 
     Returns:
         Volume (C, X, Y, Z) on the HR grid, named ``"<lr name> [method]"``.

@@ -11,14 +11,18 @@ Layout of a checkpoint file (a plain dict, loadable with ``torch.load(weights_on
       "step": int, "epoch": int, "rng": {...},
       "precision": "fp32" | "bf16" | "fp16", "amp": {...},           # train.precision, fp16 loss scales
       "norm": {"x": {"mean": [...], "std": [...]}, "y": {...}},    # x = LR-up input, y = HR target
-      "data": {"factor": int, "patch_size": int, "channels": int, "kind": "dti" | "scalar"},
+      "data": {"factor": int | [rx, ry, rz], "patch_size": int, "channels": int, "kind": "dti" | "scalar"},
       "config": dict,                                                 # the resolved training config
     }
 
-Only plain containers, tensors, numbers and strings go in, so ``weights_only=True`` loads it.
+Only plain containers, tensors, numbers and strings go in, so ``weights_only=True`` loads it. A factor is
+stored as an int when it is the same on every axis (as every checkpoint before per-axis factors) and as a list
+of three otherwise; :func:`medsr.factor.factor_triple` reads both.
 """
 from __future__ import annotations
 
+import io
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -35,8 +39,14 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     state = dict(state)
     state.setdefault("format", 1)
     state.setdefault("medsr_version", __version__)
+    # Serialised in memory, then written by Python: torch's own file writer reports a full disk as
+    # "RuntimeError: [enforce fail at inline_container.cc]", where a Python write raises OSError(ENOSPC),
+    # which names the file and exits with code 2 like every other full disk.
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -52,6 +62,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         msg = str(e).split("WeightsUnpickler error:", 1)[-1].split("Check the documentation of torch.load")[0]
         detail = " ".join(msg.split())[:200] or type(e).__name__
         raise ValueError(f"{path}: not a readable medsr checkpoint ({type(e).__name__}: {detail})") from e
+
+
+def check_finite_weights(entry: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a network record whose weights hold NaN or inf, naming the first such tensor.
+
+    Such weights can only produce NaN outputs (inference) or NaN losses (a resumed training), so they
+    are refused when the checkpoint is read, before any work.
+    """
+    for name, t in entry.get("state_dict", {}).items():
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path}: weight {name!r} of {entry.get('name', 'the model')} holds NaN or inf values; "
+                             "this checkpoint cannot produce finite outputs")
 
 
 def model_entry(name: str, kwargs: dict[str, Any], module: torch.nn.Module) -> dict[str, Any]:
@@ -90,4 +112,10 @@ def load_generator(path: str | os.PathLike, map_location: str | torch.device = "
         # A foreign or incomplete checkpoint: missing entries, weights of another shape, unknown model.
         detail = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:200]
         raise ValueError(f"{path}: not a complete medsr checkpoint ({type(e).__name__}: {detail})") from e
+    check_finite_weights(ck["model"], path)
+    for key, stats in (("x", sx), ("y", sy)):
+        values = [*stats.mean, *stats.std]
+        if not all(math.isfinite(float(v)) for v in values) or not all(float(v) > 0 for v in stats.std):
+            raise ValueError(f"{path}: normalisation norm.{key} is not finite and positive "
+                             f"(mean {stats.mean}, std {stats.std}); this checkpoint cannot produce finite outputs")
     return model, sx, sy, ck

@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, NewType, Union
 
 import yaml
 
 # Closed value sets: a field annotated with one accepts only its listed strings.
 from medsr.choices import Direction, GanLoss, LossRegion, LrDecay, NormStats, Precision, Sampling
+from medsr.utils.paths import subject_id, subject_list
+
+# A subject ID: the manifest's ``subject`` (a folder name such as HCP's ``100307`` or BIDS's ``sub-01``).
+# In YAML and ``--set`` it is the text as typed (``[100307, 01]`` -> "100307", "01"), never a number.
+SubjectId = NewType("SubjectId", str)
 
 
 @dataclass
@@ -40,7 +46,8 @@ class DataConfig:
         direction: ``AtoB`` or ``BtoA`` (2D datasets: which side is the input).
         dataset: ``maps`` or ``cityscapes`` (2D datasets; ``null`` = told by the root folder's name).
         subjects: training subjects (manifest ``subject`` column); ``null`` = every ``ok`` subject.
-        patch_size: edge of the cubic patches (the paper: 24).
+        patch_size: edge of the cubic patches (the paper: 24); rounded up to a multiple of every axis's
+            downsampling factor (16 -> 18 at factor 3), so patches tile whole LR blocks.
         stride: grid stride; ``null`` = ``patch_size`` (non-overlapping, about 112 per HCP volume).
         sampling: ``grid`` (fixed grid positions), ``random`` (random positions) or ``both``.
         random_per_subject: random positions drawn per subject and epoch (``random``/``both``).
@@ -50,8 +57,9 @@ class DataConfig:
             ``shared`` (both by the target's: an interpolation of the input is then already in the
             target's units, which residual models over an interpolation base rely on).
         flip: random axis flips as augmentation (DTI off-diagonal signs are flipped accordingly).
-        permute: random axis permutations as augmentation (isotropic voxels only; DTI components
-            are reordered accordingly). With ``flip``: the 48 symmetries of the cube.
+        permute: random axis permutations as augmentation, among axes of equal voxel size and factor
+            (x <-> y at factor 1 1 4; DTI components are reordered accordingly). With ``flip`` on isotropic
+            data: the 48 symmetries of the cube.
         num_workers: DataLoader worker processes (0 = in the training process).
     """
 
@@ -61,7 +69,7 @@ class DataConfig:
     image_size: int = 256
     direction: Direction = "AtoB"
     dataset: str | None = None
-    subjects: list[str] | None = None
+    subjects: list[SubjectId] | None = None
     patch_size: int = 24
     stride: int | None = None
     sampling: Sampling = "grid"
@@ -208,7 +216,8 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.max_steps": (1, None, True, True),
     "train.max_minutes": (0, None, False, True),
     "train.lambda_reverse": (0, None, True, True),
-    "train.lr": (0, None, False, True),
+    # Adam at a learning rate above 1 only diverges; a huge one overflows float32 before the first step.
+    "train.lr": (0, 1, False, True),
     "train.beta1": (0, 1, True, False),
     "train.beta2": (0, 1, True, False),
     "train.lambda_l1": (0, None, True, True),
@@ -217,13 +226,19 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.checkpoint_every": (1, None, True, True),
     "train.log_every": (1, None, True, True),
     "train.threads": (0, None, True, True),
+    # Every RNG medsr seeds (Python, NumPy, torch) takes a seed in [0, 2^32).
+    "train.seed": (0, 2**32 - 1, True, True),
 }
+
+
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def _range_text(lo: float | None, hi: float | None, lo_inc: bool, hi_inc: bool) -> str:
     if hi is None:
-        return f"{'>=' if lo_inc else '>'} {lo:g}"
-    return f"in {'[' if lo_inc else '('}{lo:g}, {hi:g}{']' if hi_inc else ')'}"
+        return f"{'>=' if lo_inc else '>'} {_num(lo)}"
+    return f"in {'[' if lo_inc else '('}{_num(lo)}, {_num(hi)}{']' if hi_inc else ')'}"
 
 
 def _check_range(key: str, value: Any) -> None:
@@ -249,8 +264,11 @@ def _type_name(tp: Any) -> str:
         return " or ".join(sorted({type(a).__name__ for a in typing.get_args(tp)}))
     if tp is type(None):
         return "null"
+    if tp is SubjectId:
+        return "subject ID (a name or a number)"
     if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
+        inner = typing.get_args(tp)[0]
+        return "list of subject IDs" if inner is SubjectId else f"list of {_type_name(inner)}"
     if origin is dict:
         return "mapping"
     return getattr(tp, "__name__", str(tp))
@@ -260,11 +278,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Return ``value`` checked against annotation ``tp``; raise ValueError naming ``key``."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _coerce(arg, value, key)
-            except ValueError:
-                continue
+            except ValueError as e:
+                errors.append((arg, e))
+        for arg, e in errors:  # a list with a bad entry (a subject listed twice): that entry's message
+            if typing.get_origin(arg) is list and isinstance(value, (list, tuple)):
+                raise e
         raise ValueError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -287,8 +309,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif tp is SubjectId:
+        return subject_id(value, f"config key {key!r}")
     elif origin is list:
         (inner,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and inner is SubjectId:
+            return subject_list(value, f"config key {key!r}")
         if isinstance(value, (list, tuple)):
             return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
     elif origin is dict:
@@ -331,20 +357,170 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def apply_override(d: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override to the nested dict ``d`` in place.
+# ---------------------------------------------------------------------------- YAML and --set values
 
-    The value is parsed with ``yaml.safe_load`` (``3`` -> int, ``1e-3`` -> float, ``[a, b]`` -> list,
-    ``null`` -> None). Keys are checked later by :meth:`Config.from_dict`, except inside the
-    free-form ``kwargs`` dicts where new keys are allowed.
+_TAG = "tag:yaml.org,2002:"
+# Plain scalars YAML would read as these, where the config wants text, stay the text as typed.
+_NOT_TEXT = {_TAG + t for t in ("int", "float", "bool", "timestamp")}
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping gives one key twice (YAML would keep the last silently)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` plus: a key given twice in one mapping is refused (key and lines named), and
+    ``1e-3`` is a float (YAML 1.2; YAML 1.1 wants ``1.0e-3``)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _TAG + "merge":
+                continue  # keys brought in by "<<" may be overridden, as YAML allows
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in first:
+                raise DuplicateKeyError(None, None, f"duplicate key {key!r} at line {line} (first at line "
+                                                    f"{first[key]})", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    _TAG + "float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _keep_text(node: yaml.Node, tp: Any) -> None:
+    """Retag, in place, the plain scalars of ``node`` that the config type ``tp`` wants as text.
+
+    ``data.subjects: [100307, 01]`` then reads as ``["100307", "01"]`` (not 100307 and 1), and
+    ``output_dir: 2024-01-01`` as that name (not a date): what the user typed, for every str key.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(rest) == 1:
+            _keep_text(node, rest[0])
+    elif dataclasses.is_dataclass(tp) and isinstance(node, yaml.MappingNode):
+        hints = typing.get_type_hints(tp)
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value in hints:
+                _keep_text(value_node, hints[key_node.value])
+    elif origin is list and isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _keep_text(item, typing.get_args(tp)[0])
+    elif tp in (str, SubjectId) and isinstance(node, yaml.ScalarNode) and node.style is None:
+        if node.tag in _NOT_TEXT:
+            node.tag = _TAG + "str"
+
+
+def _type_at(key: str) -> Any:
+    """The config type at dotted ``key`` (None inside ``kwargs`` or for an unknown key)."""
+    tp: Any = Config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+def parse_yaml(text: str, tp: Any = None) -> Any:
+    """Parse one YAML document the way every config text is parsed (files and ``--set`` values).
+
+    Args:
+        text: the YAML text.
+        tp: the config type the document fills (``Config`` for a file, a field's type for ``--set``);
+            its text fields keep the text as typed (:func:`_keep_text`).
+
+    Raises:
+        yaml.YAMLError: invalid YAML or a duplicate key (with its line).
+    """
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if tp is not None:
+            _keep_text(node, tp)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: the problem and where, not the YAML excerpt."""
+    if isinstance(e, DuplicateKeyError):
+        return f" {e.problem}"
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where} ({getattr(e, 'problem', None) or type(e).__name__})"
+
+
+def _comment_in(text: str) -> bool:
+    """Whether YAML would read part of ``text`` as a comment (a ``#`` after a space, outside quotes)."""
+    try:
+        tokens = list(yaml.scan(text, Loader=_Loader))
+    except yaml.YAMLError:
+        return False  # reported when the value is parsed
+    spans = [(t.start_mark.index, t.end_mark.index) for t in tokens]
+    return any(c == "#" and not any(a <= i < b for a, b in spans) for i, c in enumerate(text))
+
+
+def _plain_text(text: str) -> bool:
+    """Whether ``text`` (a comment included) is at most one plain scalar: a name, a path, a number."""
+    try:
+        tokens = [t for t in yaml.scan(text, Loader=_Loader)
+                  if not isinstance(t, (yaml.StreamStartToken, yaml.StreamEndToken))]
+    except yaml.YAMLError:
+        return False
+    return len(tokens) <= 1 and all(isinstance(t, yaml.ScalarToken) and t.plain for t in tokens)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b.c=value"`` -> ``("a.b.c", value)``: the one parser of ``--set`` values.
+
+    The value is YAML (``3`` -> int, ``1e-3`` -> float, ``[a, b]`` -> list, ``null`` -> None), read
+    for the key's type: a text key keeps the text as typed (``data.subjects=[100307, 01]``,
+    ``output_dir=2024-01-01``). A ``#`` is never a comment here: a single value keeps it
+    (``output_dir=runs/run #2``), and a list or mapping holding one is refused (quote it).
+
+    Raises:
+        ValueError: naming the item: no ``=``, an empty key part, invalid YAML, a ``#`` in a list.
     """
     if "=" not in item:
         raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=100")
     key, raw = item.split("=", 1)
     key = key.strip()
-    value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    # YAML 1.1 reads 1e-3 as a string; accept it as the float a user means.
-    value = _yaml_floats(value)
+    if not key or not all(p.strip() for p in key.split(".")):
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.max_steps=100")
+    if raw.strip() == "":
+        return key, ""
+    if _comment_in(raw):
+        if _plain_text(raw):
+            return key, raw.strip()
+        raise ValueError(f"--set {item!r}: '#' would start a YAML comment and drop the rest of the value; "
+                         "quote the item holding it, e.g. 'data.subjects=[\"a #1\", b]'")
+    try:
+        return key, parse_yaml(raw, _type_at(key))
+    except yaml.YAMLError as e:
+        what = "" if isinstance(e, DuplicateKeyError) else " invalid YAML value"
+        raise ValueError(f"--set {item!r}:{what}{_yaml_problem(e)}") from None
+
+
+def apply_override(d: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override (:func:`parse_override`) to the nested dict ``d`` in place.
+
+    Keys are checked later by :meth:`Config.from_dict`, except inside the free-form ``kwargs`` dicts
+    where new keys are allowed.
+    """
+    key, value = parse_override(item)
     parts = key.split(".")
     node = d
     for i, p in enumerate(parts[:-1]):
@@ -362,7 +538,7 @@ def apply_override(d: dict[str, Any], item: str) -> None:
 
 
 def _yaml_floats(obj: Any) -> Any:
-    """Convert strings that YAML 1.1 leaves unparsed (``2e-4``) into floats."""
+    """Convert strings that YAML 1.1 leaves unparsed (``2e-4``) into floats (dict configs from Python)."""
     if isinstance(obj, dict):
         return {k: _yaml_floats(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -375,6 +551,34 @@ def _yaml_floats(obj: Any) -> Any:
             except ValueError:
                 return obj
     return obj
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in the config file ``path`` (:func:`parse_yaml`).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a folder, not UTF-8 text (a binary file), invalid
+            YAML, a duplicate key (with its line) or not a mapping; each names the file.
+    """
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a YAML config file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a YAML text file (byte {e.object[e.start]:#04x} at offset {e.start} "
+                         "is not UTF-8 text)") from None
+    try:
+        d = parse_yaml(text, Config)
+    except yaml.YAMLError as e:
+        what = "" if isinstance(e, DuplicateKeyError) else " invalid YAML"
+        raise ValueError(f"{path}:{what}{_yaml_problem(e)}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
+    return d
 
 
 def load_config(
@@ -393,18 +597,7 @@ def load_config(
         d = _yaml_floats(dict(source))
     else:
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)  # one line: the problem and where, not the YAML excerpt
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or type(e).__name__
-            raise ValueError(f"{path}: invalid YAML{where} ({problem})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
-        d = _yaml_floats(d)
+        d = read_config_file(path)
     # Validate first so an unknown section is reported before an override is applied to it.
     try:
         base = Config.from_dict(d).to_dict()

@@ -4,7 +4,7 @@ The user hands a checkpoint and a volume and gets back a volume on the HR grid, 
 Three things must match training exactly, and each is read from the checkpoint:
 
 * **Grid.** The network maps ``lr_up`` (the LR volume NN-upsampled onto the HR grid) to ``hr``. An
-  input on the LR grid is NN-upsampled here with ``data.factor`` (:func:`medsr.degrade.nn_upsample`,
+  input on the LR grid is NN-upsampled here with ``data.factor`` (per axis; :func:`medsr.degrade.nn_upsample`,
   affine :func:`medsr.degrade.hr_affine`), so the output lies on the HR grid prep would have written;
   an input already on the HR grid is used as is. See :func:`detect_grid` for ``input_grid="auto"``.
 * **Normalisation.** ``norm.x`` (stats of ``lr_up``) normalise the input and ``norm.y`` (stats of
@@ -37,7 +37,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from medsr.data.augment import inverse_symmetry_volume, symmetries, symmetry_volume
+from medsr.data.augment import allowed_permutations, inverse_symmetry_volume, symmetries, symmetry_volume
+from medsr.factor import Factor, FactorLike, factor_triple, format_factor
+from medsr.model_card import model_card
 from medsr.normalise import ChannelStats
 from medsr.utils.device import resolve_device
 from medsr.volume import Volume
@@ -205,11 +207,13 @@ def _as_roi(window: int | Sequence[int]) -> tuple[int, int, int]:
 _LR_NAME = re.compile(r"^lr(?!_up)[^/]*\.nii(\.gz)?$", re.IGNORECASE)
 
 
-def detect_grid(vol: Volume, factor: int, train_voxel_size: Sequence[float] | None = None, path: str = "") -> str:
+def detect_grid(vol: Volume, factor: FactorLike, train_voxel_size: Sequence[float] | None = None,
+                path: str = "") -> str:
     """Decide whether ``vol`` is on the LR or the HR grid (``input_grid="auto"``).
 
     With the training HR voxel size stored in the checkpoint (``data.voxel_size``), the input's voxel
-    size is compared with it and with ``factor`` times it (within 10%); a size matching neither is an
+    size is compared, axis by axis, with it and with ``factor`` times it (per axis, within 10%: a
+    1 x 1 x 4 mm input is the LR grid of a 1 mm model at factor 1 1 4); a size matching neither is an
     error asking for an explicit ``--input-grid``. Without it, a file named ``lr*.nii[.gz]`` (but not
     ``lr_up*``, prep's HR-grid input) is LR and anything else HR.
 
@@ -222,16 +226,19 @@ def detect_grid(vol: Volume, factor: int, train_voxel_size: Sequence[float] | No
         hr = np.asarray(train_voxel_size, dtype=float)
         if np.allclose(vs, hr, rtol=0.1):
             return "hr"
-        if np.allclose(vs, hr * factor, rtol=0.1):
+        r = np.asarray(factor_triple(factor), dtype=float)
+        if np.allclose(vs, hr * r, rtol=0.1):
             return "lr"
         raise ValueError(
             f"{path or vol.name}: voxel size {tuple(round(v, 3) for v in vs)} mm matches neither the training HR "
-            f"grid {tuple(round(float(v), 3) for v in hr)} nor its LR grid (x{factor}); pass --input-grid lr or hr"
+            f"grid {tuple(round(float(v), 3) for v in hr)} nor its LR grid "
+            f"{tuple(round(float(v), 3) for v in hr * r)} (factor {format_factor(factor, ' ')}); "
+            "pass --input-grid lr or hr"
         )
     return "lr" if _LR_NAME.match(name) else "hr"
 
 
-def to_hr_grid(vol: Volume, factor: int, grid: str) -> Volume:
+def to_hr_grid(vol: Volume, factor: FactorLike, grid: str) -> Volume:
     """The network input on the HR grid: NN-upsampled (prep's ``lr_up``) when ``grid == "lr"``."""
     if grid == "hr":
         return vol
@@ -242,10 +249,29 @@ def to_hr_grid(vol: Volume, factor: int, grid: str) -> Volume:
     return nn_upsample(vol, factor)
 
 
-def lr_grid_factor(model: torch.nn.Module) -> int:
-    """r for a model that computes on the LR grid (``input_factor`` and ``forward_lr``), else 1."""
-    r = int(getattr(model, "input_factor", 1) or 1)
-    return r if r > 1 and hasattr(model, "forward_lr") else 1
+def lr_grid_factor(model: torch.nn.Module) -> Factor:
+    """r per axis for a model that computes on the LR grid (``input_factor`` and ``forward_lr``), else (1, 1, 1)."""
+    r = factor_triple(getattr(model, "input_factor", 1) or 1)
+    return r if r != (1, 1, 1) and hasattr(model, "forward_lr") else (1, 1, 1)
+
+
+def check_finite_output(pred: Volume) -> Volume:
+    """Return ``pred`` when every voxel is finite; a NaN or inf is an error, never a written volume.
+
+    The input was checked finite, so a non-finite output means the model itself is broken (NaN
+    weights, a normalisation with zero spread, an overflow in reduced precision): writing it would hand
+    the user a silent all-NaN volume.
+
+    Raises:
+        ValueError: naming the input and how many voxels are not finite.
+    """
+    bad = ~np.isfinite(pred.data)
+    if bad.any():
+        n_vox = int(bad.any(axis=0).sum())
+        raise ValueError(f"{pred.name}: the prediction has {n_vox} of {bad[0].size} voxel(s) NaN or inf "
+                         "(the checkpoint's weights or normalisation are not finite, or reduced precision "
+                         "overflowed)")
+    return pred
 
 
 class Predictor:
@@ -275,12 +301,13 @@ class Predictor:
         self.model = model.eval().to(self.device)
         self.x_stats, self.y_stats, self.ck = x_stats, y_stats, ck
         data = ck.get("data", {}) or {}
-        self.factor = int(data.get("factor", 2))
+        self.factor: Factor = factor_triple(data.get("factor", 2))
         self.channels = int(data.get("channels", len(x_stats.mean)))
         self.kind = str(data.get("kind", "dti" if self.channels == 6 else "scalar"))
         vs = data.get("voxel_size")
         self.train_voxel_size = tuple(float(v) for v in vs) if vs is not None else None
         self.norm = model_norm(ck)
+        self.card = model_card(ck)  # what the model was trained on: infer's domain checks read it
         # Symmetries the model was trained on (data.flip / data.permute): what --tta auto averages over.
         self.trained_flip = bool(data.get("flip", False) or data.get("permute", False))
 
@@ -317,18 +344,20 @@ class Predictor:
         """The windows for an HR-grid volume of spatial ``shape``, on the grid the model runs on.
 
         An LR-grid model (:func:`lr_grid_factor`) runs its forward windows on the LR grid: the shape
-        and a requested ``window`` (HR voxels) are divided by r, and the plan is in LR voxels.
+        and a requested ``window`` (HR voxels) are divided by r per axis, and the plan is in LR voxels.
         """
         r = lr_grid_factor(self.model)
-        if r > 1 and not reverse:
-            if any(int(s) % r for s in shape):
-                raise ValueError(f"volume size {tuple(shape)} is not a multiple of the model's factor {r} "
-                                 "(prep crops or pads to a multiple; pass an HR grid prep wrote)")
-            shape = tuple(int(s) // r for s in shape)
+        if r != (1, 1, 1) and not reverse:
+            if any(int(s) % f for s, f in zip(shape, r)):
+                raise ValueError(f"volume size {tuple(shape)} is not a multiple of the model's factor "
+                                 f"{format_factor(r, ' ')} (prep crops or pads to a multiple; pass an HR grid "
+                                 "prep wrote)")
+            shape = tuple(int(s) // f for s, f in zip(shape, r))
             if window is not None:
-                window = tuple(max(-(-int(w) // r), 1) if int(w) > 0 else 0 for w in _as_roi(window))
+                window = tuple(max(-(-int(w) // f), 1) if int(w) > 0 else 0 for w, f in zip(_as_roi(window), r))
             plan = choose_window(shape, self.ck, window, overlap)
-            return replace(plan, reason=f"{plan.reason}; LR grid, x{r} output")
+            scale = f"x{r[0]}" if len(set(r)) == 1 else f"factor {format_factor(r, ' ')}"
+            return replace(plan, reason=f"{plan.reason}; LR grid, {scale} output")
         return choose_window(shape, self.ck, window, overlap)
 
     @torch.inference_mode()
@@ -370,17 +399,16 @@ class Predictor:
             plan = self.plan(vol.spatial_shape, window, overlap, reverse)
         tta = self.resolve_tta(tta)
         views = symmetries(tta)
-        vox = vol.voxel_size
-        if tta == "full" and max(vox) > 1.05 * min(vox):
-            raise ValueError(f"{vol.name}: --tta full permutes axes, which needs isotropic voxels "
-                             f"({' x '.join(f'{v:.3g}' for v in vox)} mm); use --tta flip")
+        if tta == "full":  # only axes of equal voxel size and factor swap (x <-> y at factor 1 1 4)
+            views = symmetries(tta, allowed_permutations(vol.voxel_size, self.factor))
         if len(views) == 1:
-            return self._predict_view(vol, reverse, plan, sw_batch_size, progress)
+            return check_finite_output(self._predict_view(vol, reverse, plan, sw_batch_size, progress))
         total = np.zeros(vol.data.shape, np.float64)
         for _, out in self.predict_views(vol, views, reverse=reverse, plan=plan, progress=progress,
                                          views_per_call=views_per_call):
             total += out
-        return Volume((total / len(views)).astype(np.float32), vol.affine.copy(), name=vol.name, meta=dict(vol.meta))
+        return check_finite_output(Volume((total / len(views)).astype(np.float32), vol.affine.copy(), name=vol.name,
+                                          meta=dict(vol.meta)))
 
     def views_per_call(self, plan: WindowPlan, n_views: int, voxels: int,
                        memory_budget: float = DEFAULT_MEMORY_BUDGET) -> int:
@@ -464,7 +492,7 @@ class Predictor:
         x = torch.from_numpy(np.stack([np.ascontiguousarray(s_in.normalise(d, channel_axis=0), dtype=np.float32)
                                        for d in datas]))
         r = lr_grid_factor(self.model)
-        if r > 1 and not reverse:
+        if r != (1, 1, 1) and not reverse:
             # An LR-grid model: windows run on the LR grid (MONAI stitches the r-times larger
             # outputs), so every window starts on an LR block boundary whatever the overlap.
             from medsr.networks.interpolate import block_mean
@@ -490,8 +518,9 @@ class Predictor:
             sw_device=self.device,
             device=torch.device("cpu"),  # stitch on the CPU: a whole volume need not fit on the GPU
         )
-        return [s_out.denormalise(y[i].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
-                for i in range(len(datas))]
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite_output
+            return [s_out.denormalise(y[i].float().numpy(), channel_axis=0).astype(np.float32, copy=False)
+                    for i in range(len(datas))]
 
     def _with_precision(self, fn):
         """``fn`` under ``self.precision``'s autocast, its output cast back to float32 for blending."""

@@ -6,8 +6,10 @@ In memory every image is a :class:`~medsr.volume.Volume`: float32, channel-first
 Conventions and conversions (each one explicit, so a file never silently changes meaning):
 
 * **NIfTI** (``.nii``, ``.nii.gz``): 3D -> C = 1; 4D (X, Y, Z, C) -> channel-first; 5D (X, Y, Z, 1, C)
-  -> C channels. The affine is nibabel's ``img.affine`` (sform if set, else qform). Written channel-last,
-  one channel as 3D, float32, with sform and qform code 1 (scanner) and units mm.
+  -> C channels. The affine is nibabel's ``img.affine`` (sform if set, else qform); the header's sform and
+  qform codes travel in ``meta["xform_codes"]``. Written channel-last, one channel as 3D, float32, units mm,
+  ``descrip`` = ``medsr <version>``, and the same matrix in sform and qform (tools that read one or the
+  other then agree) under the codes the input had (:func:`xform_codes`: scanner, aligned, template...).
 * **NRRD / MetaImage** (``.nrrd``, ``.mha``; ``.mhd`` read only): ITK stores geometry in LPS+ (x to
   the left, y to the back) as origin + spacing + direction. The RAS+ affine is
   ``diag(-1, -1, 1) @ (direction @ diag(spacing))`` with origin ``diag(-1, -1, 1) @ origin``: the
@@ -35,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medsr import __version__
 from medsr.dti import fsl_to_full9, fsl_to_lower, full9_to_fsl, lower_to_fsl
-from medsr.utils.atomic import atomic_path
+from medsr.utils.atomic import atomic_path, write_failed
 from medsr.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -198,6 +201,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
             meta["kind"] = "dti"
     else:
         raise ValueError(f"{path}: expected a 3D, 4D or (X, Y, Z, 1, C) 5D image, got shape {shape}")
+    meta["xform_codes"] = (int(img.header["sform_code"]), int(img.header["qform_code"]))
     return data, np.asarray(img.affine, dtype=np.float64), meta
 
 
@@ -348,7 +352,7 @@ def save_volume(
     with atomic_path(path, overwrite=overwrite) as tmp:
         if suffix in NIFTI_SUFFIXES:
             arr = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
-            _write_nifti(tmp, arr, vol.affine)
+            _write_nifti(tmp, arr, vol.affine, codes=vol.meta.get("xform_codes"))
         elif suffix in ITK_WRITE_SUFFIXES:
             _write_itk(tmp, data, vol.affine)
         else:
@@ -378,17 +382,31 @@ def save_dti(vol: Volume, path: str | os.PathLike, *, layout: str = "fsl", overw
         raise ValueError(f"{path}: the symmetric-matrix intent is a NIfTI feature; use .nii or .nii.gz")
     arr = np.moveaxis(fsl_to_lower(vol.data, 0), 0, -1)[:, :, :, None, :]  # (X, Y, Z, 1, 6)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        _write_nifti(tmp, arr, vol.affine, intent=NIFTI_INTENT_SYMMATRIX)
+        _write_nifti(tmp, arr, vol.affine, intent=NIFTI_INTENT_SYMMATRIX, codes=vol.meta.get("xform_codes"))
     return path
 
 
-def _write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray, intent: int | None = None) -> None:
+def xform_codes(codes: tuple[int, int] | None) -> tuple[int, int]:
+    """The (sform, qform) codes to write for an input's ``codes`` (None: not read from a NIfTI).
+
+    Both get the same matrix, so a code the input lacked (0, "unknown") takes the other one's, and an
+    input with neither (or a NRRD/MHA, which has no codes) is written as scanner space (1).
+    """
+    s, q = (int(c) for c in codes) if codes else (0, 0)
+    s, q = (s or q), (q or s)
+    return (s or 1), (q or 1)
+
+
+def _write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray, intent: int | None = None,
+                 codes: tuple[int, int] | None = None) -> None:
     import nibabel as nib
 
+    sform_code, qform_code = xform_codes(codes)
     img = nib.Nifti1Image(np.asarray(arr), np.asarray(affine, dtype=np.float64))
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=sform_code)
+    img.set_qform(affine, code=qform_code)
     img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = f"medsr {__version__}".encode()[:80]
     if intent is not None:
         img.header.set_intent(intent, ())
     nib.save(img, str(path))
@@ -407,4 +425,7 @@ def _write_itk(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     img.SetSpacing([float(s) for s in spacing])
     img.SetDirection([float(v) for v in direction.reshape(-1)])
     img.SetOrigin([float(v) for v in lps[:3, 3]])
-    sitk.WriteImage(img, str(path), True)
+    try:
+        sitk.WriteImage(img, str(path), True)
+    except RuntimeError as e:  # ITK reports a failed write (a full disk) as text, not as an OS error
+        raise write_failed(path, e) from None

@@ -9,7 +9,10 @@ Columns (fixed; others code against them)::
 * ``shape`` is the HR spatial shape as ``"XxYxZ"``, ``voxel_size`` the HR voxel size in mm as
   ``"1.25x1.25x1.25"`` (see :func:`parse_triple`);
 * ``status`` is ``ok`` or ``failed`` (then ``error`` holds the one-line reason and paths may be empty);
-* ``kind`` is ``dti`` (6 channels, FSL order) or ``scalar`` (1 channel).
+* ``kind`` is ``dti`` (6 channels, FSL order) or ``scalar`` (1 channel);
+* ``factor`` is the downsampling factor: ``2`` when it is the same on every axis (the only form older
+  manifests hold), ``1x1x4`` per axis otherwise; read back as an int or that text
+  (:func:`medsr.factor.factor_triple` takes either).
 
 Several writers (prep jobs of a SLURM array sharing one output folder) go through
 :func:`update_manifest`: it merges their rows into the manifest on disk under a lock, so no job
@@ -23,6 +26,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from medsr.factor import factor_value, format_factor
 from medsr.utils.atomic import atomic_path
 from medsr.utils.lock import file_lock
 from medsr.utils.paths import check_subject_name
@@ -34,7 +38,7 @@ COLUMNS: tuple[str, ...] = (
 PATH_COLUMNS: tuple[str, ...] = ("hr", "lr", "lr_up", "mask")
 LOCK_NAME = "manifest.lock"  # beside the manifest; held while a writer merges its rows
 _STR_COLUMNS = ("subject", "hr", "lr", "lr_up", "mask", "shape", "voxel_size", "status", "error", "kind")
-_INT_COLUMNS = ("brain_voxels", "n_patches", "factor")
+_INT_COLUMNS = ("brain_voxels", "n_patches")
 
 
 def format_triple(values: Iterable[float], fmt: str = "g") -> str:
@@ -45,6 +49,15 @@ def format_triple(values: Iterable[float], fmt: str = "g") -> str:
 def parse_triple(text: str, cast: type = float) -> tuple:
     """``"145x174x145"`` -> (145, 174, 145) with ``cast`` applied to each entry."""
     return tuple(cast(float(p)) if cast is int else cast(p) for p in str(text).split("x"))
+
+
+def _stored_factor(value) -> int | str:
+    """A factor as the manifest holds it: an int when isotropic, ``"1x1x4"`` per axis, 0 when unknown."""
+    try:
+        v = factor_value(value)
+    except ValueError:
+        return 0  # a failed row written before its factor was known
+    return v if isinstance(v, int) else format_factor(v)
 
 
 def empty_row(subject: str) -> dict:
@@ -67,6 +80,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     for r in rows:
         row = empty_row(r.get("subject", ""))
         row.update({k: r[k] for k in COLUMNS if k in r and r[k] is not None})
+        row["factor"] = _stored_factor(row["factor"])
         for c in PATH_COLUMNS:
             if row[c]:
                 p = Path(row[c]).resolve()  # relative = relative to the working directory
@@ -119,8 +133,13 @@ def read_manifest_raw(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").fillna(0).astype(int)
+    df["factor"] = [_stored_factor(f) for f in df["factor"].astype(str)]
+    seen: set[str] = set()
     for s in df["subject"]:  # subject names become file names downstream (infer, evaluate, report)
         check_subject_name(s, path)
+        if s in seen:  # two rows would write one output file: say so before any work
+            raise ValueError(f"subject {s} is listed twice in {path}")
+        seen.add(s)
     return df[list(COLUMNS)]
 
 

@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "prep": "HCP-size preprocessing: seconds and peak RSS per subject",
     "quality": "train configs at an equal budget and score held-out volumes against cubic",
     "precision": "bf16 vs fp32: reversible inverse and gradient errors at depth, whole-volume inference difference",
+    "uncertainty": "calibration of per-voxel uncertainty on a held-out subject (Spearman, deciles) -> docs/uncertainty.md",
     "gpu": "the prepared GPU check (CUDA tests, training per mode, memory, fp32 vs bf16, HCP inference) -> docs/gpu.md",
     "busy": "training steps/s alone, beside a busy core and beside a second training, per thread policy "
             "-> docs/performance.md",

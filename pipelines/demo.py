@@ -32,7 +32,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from medsr.config import Config, load_config
+from medsr.factor import format_factor
 from medsr.utils.atomic import atomic_path
+from medsr.utils.lock import LockHeld, file_lock
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 DEFAULT_MINUTES = 7.0
@@ -98,17 +100,21 @@ def _fmt_s(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
-def prepare_output(output: Path, overwrite: bool) -> None:
-    """Make OUTPUT ready for a demo run, never deleting anything but a previous demo's own files.
+@contextlib.contextmanager
+def demo_folder(output: Path, overwrite: bool) -> Iterator[None]:
+    """Hold OUTPUT for one demo run, never deleting anything but a previous demo's own files.
 
     * empty or missing: used as it is;
-    * a folder marked as the demo's own (finished, failed or interrupted): replaced, so rerunning the
-      same command just works;
+    * a folder marked as the demo's own (finished, failed or interrupted): its contents replaced, so
+      rerunning the same command just works;
     * an unmarked folder with the demo's layout (an older medsr's demo): replaced only with ``overwrite``;
-    * anything else (or a demo folder holding other files): refused, naming what is in the way.
+    * anything else (or a demo folder holding other files): refused, naming what is in the way;
+    * a folder another demo is running in: refused (the marker file is that run's lock,
+      :func:`medsr.utils.lock.file_lock`), so one demo never deletes another's files under it.
     """
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output}: exists and is not a folder")
+    replace = False
     if output.is_dir() and any(output.iterdir()):
         entries = sorted(p.name for p in output.iterdir())
         is_demo = (output / MARKER).exists() or any((output / p).exists() for p in DEMO_PARTS)
@@ -120,14 +126,26 @@ def prepare_output(output: Path, overwrite: bool) -> None:
         if foreign:
             raise FileExistsError(f"{output}: holds files the demo did not write ({', '.join(foreign[:5])}); "
                                   "refusing to replace it, choose another --output")
-        marked = (output / MARKER).exists()
-        if not (overwrite or marked):
+        if not (overwrite or (output / MARKER).exists()):
             raise FileExistsError(f"{output}: exists and is not empty (pass --overwrite to replace a previous demo run)")
-        state = "finished" if (output / "summary.txt").exists() else "unfinished"
-        print(f"demo: replacing the previous {state} demo run in {output}", file=sys.stderr)
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / MARKER).write_text("medsr demo folder\n")
+        replace = True
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(output / MARKER, wait=False))
+        except LockHeld:
+            raise ValueError(f"{output}: in use by another medsr demo (it holds {output / MARKER}); wait for it "
+                             "to finish or choose another --output") from None
+        if replace:
+            state = "finished" if (output / "summary.txt").exists() else "unfinished"
+            print(f"demo: replacing the previous {state} demo run in {output}", file=sys.stderr)
+            for p in output.iterdir():
+                if p.name == MARKER:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        yield
 
 
 def train_for(config: Any, minutes: float) -> tuple[Path, int]:
@@ -181,13 +199,14 @@ def _phantom_figure(subject_dir: Path, path: Path) -> Path:
 def _components_figure(row: Any, prediction: Path, path: Path, label: str = "model") -> Path:
     """The six tensor components of LR input, truth, the model and cubic (medsr.figures.tensors)."""
     from medsr.baselines import upsample
+    from medsr.factor import factor_triple
     from medsr.figures.tensors import tensor_components_figure
     from medsr.io import load_mask, load_volume
 
     hr = load_volume(row["hr"])
     mask = load_mask(row["mask"], like=hr)
     lr = load_volume(row["lr"])
-    cubic = upsample(lr, int(row["factor"]), "cubic", out_shape=hr.spatial_shape)
+    cubic = upsample(lr, factor_triple(row["factor"]), "cubic", out_shape=hr.spatial_shape)
     return tensor_components_figure(path, hr=hr, mask=mask, lr=lr, methods=[(label, load_volume(prediction)),
                                                                           ("cubic", cubic)],
                                     title=f"tensor components, subject {row['subject']}, axial slice "
@@ -246,6 +265,7 @@ def run_demo(
     workers: int = 2,
     phantom_config: Any = None,
     quiet: bool = False,
+    factor: Any = 2,
 ) -> DemoResult:
     """Run the whole demo into ``output`` and return what it made (see the module docstring).
 
@@ -258,25 +278,46 @@ def run_demo(
         workers: processes for prep.
         phantom_config: a :class:`data_prep.phantom.PhantomConfig` (default: the phantom's defaults).
         quiet: no stage headers (the tools' own progress bars still follow their settings).
+        factor: prep's downsampling factor, an int or one per axis (``[1, 1, 4]``: thick slices along z).
     """
-    from data_prep.phantom_dataset import prepare_phantoms
-    from pipelines.infer import run_inference
+    from data_prep.phantom import subject_names
+    from medsr.training.names import check_names
 
     if n_subjects < 2:
         raise ValueError(f"--n-subjects must be at least 2 (training subjects + 1 held out), got {n_subjects}")
-    if minutes <= 0:
-        raise ValueError(f"--minutes must be positive, got {minutes:g}")
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise ValueError(f"--minutes must be a positive number, got {minutes:g}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
     output = Path(output)
-    prepare_output(output, overwrite)
-    stages = _Stages(total=5, quiet=quiet)
-
-    with stages.stage(f"generating {n_subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
-                      "(HR DTI fit, block-averaged LR DTI fit, manifest)", timing="phantom + prep"):
-        manifest, names = prepare_phantoms(output, n_subjects, seed=seed, config=phantom_config, workers=workers,
-                                           progress=not quiet)
+    names = subject_names(n_subjects)
     train_subjects, test_subject = names[:-1], names[-1]
+    # The whole config is checked (keys, ranges, names, the seed) before the demo writes anything.
+    cfg = load_demo_config(config, output / "prep" / "manifest.csv", output / "run", train_subjects, seed)
+    d = cfg.to_dict()
+    check_names(load_config(dict(d, train=dict(d["train"], max_minutes=minutes))))
+    if output.resolve() in Path(config).resolve().parents:  # the demo replaces its folder: never its input
+        raise ValueError(f"--config {config}: lies inside the demo folder {output}, which the demo replaces; "
+                         "copy it elsewhere")
+    with demo_folder(output, overwrite):
+        return _run_demo(output, cfg, minutes=minutes, n_subjects=n_subjects, seed=seed, config=config,
+                         workers=workers, phantom_config=phantom_config, quiet=quiet, factor=factor)
 
-    cfg = load_demo_config(config, manifest, output / "run", train_subjects, seed)
+
+def _run_demo(output: Path, cfg: Config, *, minutes: float, n_subjects: int, seed: int, config: str | Path,
+              workers: int, phantom_config: Any, quiet: bool, factor: Any) -> DemoResult:
+    """The demo's stages, run while this process holds ``output`` (:func:`demo_folder`)."""
+    from data_prep.phantom_dataset import prepare_phantoms
+    from pipelines.infer import run_inference
+
+    stages = _Stages(total=5, quiet=quiet)
+    with stages.stage(f"generating {n_subjects} DTI brain phantoms (HCP layout) in {output / 'hcp'}, then prep hcp "
+                      f"at factor {format_factor(factor, ' ')} (HR DTI fit, block-averaged LR DTI fit, manifest)",
+                      timing="phantom + prep"):
+        manifest, names = prepare_phantoms(output, n_subjects, seed=seed, config=phantom_config, workers=workers,
+                                           progress=not quiet, factor=factor)
+    train_subjects, test_subject = names[:-1], names[-1]
+    cfg.data.manifest = str(manifest)
     label = cfg.model.name
     with stages.stage(f"training {label} on {', '.join(train_subjects)} for {minutes:g} min ({config})",
                       timing="train"):

@@ -5,11 +5,12 @@ import argparse
 from pathlib import Path
 
 from pipelines.demo import DEFAULT_CONFIG, DEFAULT_MINUTES, run_demo  # light: its heavy imports are lazy
+from pipelines.factor_flag import add_factor_flags, factor_from_args
 
 EPILOG = """\
 stages:
   1. data       N phantom subjects in the HCP layout (OUTPUT/hcp), b0s + a b=1000 shell, Rician noise;
-                prep hcp: HR DTI fit, LR DTI from block-averaged DWIs, manifest (OUTPUT/prep)
+                prep hcp at --factor: HR DTI fit, LR DTI from block-averaged DWIs, manifest (OUTPUT/prep)
   2. train      paired model (configs/demo.yaml) on N-1 subjects, stopped at --minutes (OUTPUT/run)
   3. infer      full volume of the held-out subject (OUTPUT/predictions)
   4. evaluate   interior/total RMSE, PSNR, SSIM, MD/FA errors vs nn/linear/cubic (OUTPUT/evaluation.csv),
@@ -44,13 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="training config (default configs/demo.yaml)")
     parser.add_argument("--workers", type=int, default=2, help="processes for prep (default 2)")
+    add_factor_flags(parser, profile=False)
     parser.add_argument("--overwrite", action="store_true", help="also replace a demo folder written by an older medsr (no .medsr-demo marker)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    factor = factor_from_args(args.factor)
     res = run_demo(args.output, minutes=args.minutes, n_subjects=args.n_subjects, seed=args.seed, config=args.config,
-                   overwrite=args.overwrite, workers=args.workers)
+                   overwrite=args.overwrite, workers=args.workers, factor=factor)
     print(res.summary)
     return 0

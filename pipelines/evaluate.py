@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from medsr.baselines import upsample
+from medsr.factor import factor_triple
 from medsr.figures import figure_paths, subject_figures
 from medsr.io import load_mask, load_volume
 from medsr.manifest import read_manifest
@@ -128,13 +130,22 @@ def manifest_volumes(
     """
     for _, r in tqdm(df.iterrows(), total=len(df), desc=desc, unit="subj", disable=quiet):
         subject = str(r["subject"])
-        factor = int(r["factor"]) or 2
+        factor = factor_triple(r["factor"] or 2)  # an int or "1x1x4" (per axis)
         hr = load_volume(r["hr"])
         mask = load_mask(r["mask"], like=hr)
-        methods = [(name, load_volume(paths[subject])) for name, paths in predictions if subject in paths]
+        methods = [(name, _finite(load_volume(paths[subject]), paths[subject]))
+                   for name, paths in predictions if subject in paths]
         lr = load_volume(r["lr"]) if baselines or need_lr else None
         methods += [(b, upsample(lr, factor, b, out_shape=hr.spatial_shape)) for b in baselines]
         yield SubjectVolumes(subject, str(r["kind"]) or None, str(r["mask"]), hr, mask, lr, methods)
+
+
+def _finite(vol: Any, path: Path) -> Any:
+    """A prediction scored or drawn must be finite: a NaN voxel would silently become a NaN score or a hole."""
+    bad = ~np.isfinite(vol.data)
+    if bad.any():
+        raise ValueError(f"{path}: prediction has {int(bad.any(axis=0).sum())} voxel(s) with NaN or inf values")
+    return vol
 
 
 def evaluate_manifest(

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.evaluate2d import evaluate2d
 
+    from medsr.utils.paths import check_not_input
+
+    check_not_input([p for p in (args.csv, args.per_image) if p is not None],
+                    {"the --checkpoint": args.checkpoint, "the --fcn checkpoint": args.fcn})
     if not args.overwrite:  # refuse before the evaluation, not after it
         for p in (args.csv, args.per_image):
             if p is not None and p.exists():

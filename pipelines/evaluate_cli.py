@@ -52,12 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsr.utils.paths import check_not_input, subject_list
     from pipelines.evaluate import (
-        check_outputs, evaluate_manifest, evaluate_single, parse_baselines, write_results,
+        check_outputs, evaluate_manifest, evaluate_single, parse_baselines, summary_path, write_results,
     )
     from pipelines.comparison import MM2S, format_comparison
 
+    subjects = subject_list(args.subjects, "--subjects") if args.subjects else None
     if args.csv:  # refuse before minutes of scoring, not after
+        check_not_input([args.csv, summary_path(args.csv)],
+                        {"the --manifest": args.manifest, "the --pred": args.pred, "the --target": args.target,
+                         "the --mask": args.mask})
         check_outputs(args.csv, overwrite=args.overwrite)
     single = [args.pred, args.target, args.mask]
     if any(single):
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if args.csv is None and args.figures is None:
             raise UserError("give --output (and/or --figures) for the results")
         df = evaluate_manifest(args.manifest, args.predictions, model_name=args.model_name,
-                               baselines=baselines, figures=args.figures, subjects=args.subjects,
+                               baselines=baselines, figures=args.figures, subjects=subjects,
                                quiet=args.quiet, overwrite_figures=args.overwrite)
     if args.csv:
         csv, summ = write_results(df, args.csv, overwrite=args.overwrite)

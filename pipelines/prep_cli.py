@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 from pathlib import Path
+
+from pipelines.factor_flag import add_factor_flags, factor_from_args
 
 LAYOUT_HCP = """\
 input layout (HCP):
@@ -34,11 +37,13 @@ input layout:
 OUTPUT = """\
 output:
   OUTPUT/<subject>/hr.nii.gz     HR target (DTI: X,Y,Z,6 in FSL order Dxx,Dxy,Dxz,Dyy,Dyz,Dzz; scalar: 3D)
-  OUTPUT/<subject>/lr.nii.gz     LR (block mean of r^3 voxels; DTI fitted on block-averaged DWIs)
+  OUTPUT/<subject>/lr.nii.gz     LR (block mean of rx x ry x rz voxels, or --slice-profile gaussian;
+                                 DTI fitted on the degraded DWIs)
   OUTPUT/<subject>/lr_up.nii.gz  LR nearest-neighbour upsampled to the HR grid (network input)
   OUTPUT/<subject>/mask.nii.gz   brain mask on the HR grid (uint8)
   OUTPUT/manifest.csv            one row per subject (status ok/failed, error, shape, n_patches, ...)
-Sizes that are not a multiple of the factor are cropped at the far end (or edge-padded with --pad).
+Sizes that are not a multiple of the factor are cropped at the far end (or edge-padded with --pad), per axis.
+Thick-slice data: --factor 1 1 4 keeps x and y and makes 4x thicker slices along z (README, "Thick-slice data").
 A rerun skips subjects already done and retries failed ones. Exit code 1 if any subject failed.
 """
 
@@ -46,7 +51,7 @@ A rerun skips subjects already done and retries failed ones. Exit code 1 if any 
 def _common(p: argparse.ArgumentParser, input_help: str = "folder of subject folders", subjects: bool = True) -> None:
     p.add_argument("--input", required=True, type=Path, help=input_help)
     p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--factor", type=int, default=2, help="downsampling factor r (r^3 blocks; default 2)")
+    add_factor_flags(p)
     p.add_argument("--pad", action="store_true", help="edge-pad sizes that are not a multiple of r (default: crop)")
     p.add_argument("--workers", type=int, default=1,
                    help="subjects prepared in parallel (one HCP subject peaks at about 2.1 GB of memory, "
@@ -91,12 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from data_prep.runner import check_output_folder, run_subjects
+    from medsr.utils.paths import subject_list
 
-    if args.factor < 1:
-        raise ValueError(f"--factor must be a positive integer, got {args.factor}")
+    args.factor = factor_from_args(args.factor, args.slice_profile)  # 2 for "2" and "2 2 2"; [1, 1, 4] per axis
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if args.source in ("hcp", "bids") and not args.shell > 0:
+    if args.source in ("hcp", "bids") and not (args.shell > 0 and math.isfinite(args.shell)):
         raise ValueError(f"--shell must be a positive b-value (s/mm^2), got {args.shell:g}")
     if args.source in ("hcp", "bids") and not args.shell_tolerance >= 0:
         raise ValueError(f"--shell-tolerance must be >= 0, got {args.shell_tolerance:g}")
@@ -106,12 +111,14 @@ def run(args: argparse.Namespace) -> int:
         from data_prep import hcp as mod
 
         process = functools.partial(mod.prep_subject, input_dir=str(args.input), shell=args.shell,
-                                    tolerance=args.shell_tolerance, factor=args.factor, pad=args.pad)
+                                    tolerance=args.shell_tolerance, factor=args.factor, pad=args.pad,
+                                    profile=args.slice_profile)
         kind = "dti"
     else:
         from data_prep import volumes as mod
 
-        process = functools.partial(mod.prep_subject, input_dir=str(args.input), factor=args.factor, pad=args.pad)
+        process = functools.partial(mod.prep_subject, input_dir=str(args.input), factor=args.factor, pad=args.pad,
+                                    profile=args.slice_profile)
         kind = "scalar"
     subjects = mod.find_subjects(args.input)
     # An output folder placed inside the input folder (written by an earlier prep: it holds the
@@ -120,10 +127,11 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir() and ((out / "manifest.csv").is_file() or not any(out.iterdir())):
         subjects = [s for s in subjects if (args.input / s).resolve() != out]
     if args.subjects:
-        unknown = sorted(set(args.subjects) - set(subjects))
+        wanted = subject_list(args.subjects, "--subjects")
+        unknown = sorted(set(wanted) - set(subjects))
         if unknown:
             raise ValueError(f"{args.input}: no subject folder(s) {', '.join(unknown)}")
-        subjects = [s for s in subjects if s in set(args.subjects)]
+        subjects = [s for s in subjects if s in set(wanted)]
     check_output_folder(args.input, subjects, args.output)
     return run_subjects(subjects, process, args.output, kind=kind, factor=args.factor, workers=args.workers,
                         overwrite=args.overwrite, desc=f"prep {args.source}")
@@ -131,12 +139,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_bids(args: argparse.Namespace) -> int:
     from data_prep import bids
-    from data_prep.runner import check_output_folder, run_subjects
+    from data_prep.runner import check_output_folder, run_subjects, subject_outputs
+    from medsr.utils.paths import check_not_input, subject_list
 
     bids.check_dataset(args.input)
     if args.mask_pattern:
         bids.check_mask_pattern(args.mask_pattern)
-    found = bids.find_series(args.input, args.participant_label, args.session)
+    labels = subject_list(args.participant_label, "--participant-label") if args.participant_label else None
+    sessions = subject_list(args.session, "--session") if args.session else None
+    found = bids.find_series(args.input, labels, sessions)
     if found.no_dwi:
         where = f" in session(s) {', '.join(args.session)}" if args.session else ""
         print(f"prep bids: {len(found.no_dwi)} subject(s) without a dwi series{where}, skipped: "
@@ -151,8 +162,15 @@ def _run_bids(args: argparse.Namespace) -> int:
         folders.append(out.name)  # it would be read as a subject folder by the next run
     check_output_folder(args.input, folders, args.output)
     series = {s.name: s for s in found.series}
+    if args.mask_pattern:  # --overwrite redoes a subject's outputs: never over the mask it reads
+        for s in found.series:
+            try:
+                mask = bids.mask_path(args.input, s, args.mask_pattern)
+            except ValueError:
+                continue  # a series lacking an entity of the pattern fails on its own, by name
+            check_not_input(subject_outputs(args.output, s.name).values(), {"the --mask-pattern file": mask})
     process = functools.partial(bids.prep_series, series=series, input_dir=str(args.input),
                                 mask_pattern=args.mask_pattern, shell=args.shell, tolerance=args.shell_tolerance,
-                                factor=args.factor, pad=args.pad)
+                                factor=args.factor, pad=args.pad, profile=args.slice_profile)
     return run_subjects(list(series), process, args.output, kind="dti", factor=args.factor, workers=args.workers,
                         overwrite=args.overwrite, desc="prep bids")

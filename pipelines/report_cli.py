@@ -39,13 +39,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from medsr.figures import subject_figures
     from medsr.manifest import read_manifest
+    from medsr.utils.paths import subject_list
     from pipelines.evaluate import (
         check_figure_paths, manifest_volumes, parse_baselines, prediction_paths, select_subjects,
     )
 
-    df = select_subjects(read_manifest(args.manifest), args.subjects, args.manifest)
+    wanted = subject_list(args.subjects, "--subjects") if args.subjects else None
+    df = select_subjects(read_manifest(args.manifest), wanted, args.manifest)
     subjects = [str(s) for s in df["subject"]]
-    pred_dirs = [(Path(d).resolve().name, prediction_paths(subjects, d)) for d in args.predictions]
+    names = [Path(d).resolve().name for d in args.predictions]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:  # one column per folder, labelled by its name: two of one name would be one
+        raise ValueError(f"--predictions: two folders are named {twice!r} ({', '.join(args.predictions)}); "
+                         "the folder name labels its column, rename one")
+    pred_dirs = [(name, prediction_paths(subjects, d)) for name, d in zip(names, args.predictions)]
     baselines = parse_baselines(args.baselines)
     clash = [n for n, _ in pred_dirs if n in baselines]
     if clash:

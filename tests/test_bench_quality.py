@@ -37,6 +37,14 @@ def test_two_variants_at_equal_steps_on_a_manifest(tmp_path, monkeypatch):
     assert sorted(base["model"]) == ["cubic", "linear", "nn"]
     assert (tmp_path / "bq" / "predictions" / "tiny" / "sub02.nii.gz").is_file()
     assert "tiny__depth=2" in (tmp_path / "bq" / "quality.txt").read_text()
+    # the held-out metrics are in the model card of the checkpoint it trained (medsr info)
+    from medsr.checkpoint import load_checkpoint
+    from medsr.model_card import model_card
+
+    card = model_card(load_checkpoint(tmp_path / "bq" / "runs" / "tiny" / "last.pt"))
+    assert card["heldout_metrics"]["subjects"] == ["sub02"]
+    assert card["heldout_metrics"]["mean"]["rmse_interior"] == pytest.approx(float(table["rmse_interior"].iloc[0]))
+    assert card["n_subjects"] == 2 and card["intensity"]["y"]["abs_p99"] > 0 and "heldout_metrics" not in card["unknown"]
     # the same command again refuses at once (before any training), naming the way out
     before = (tmp_path / "bq" / "quality.csv").read_bytes()
     assert main(["bench", "quality", "--steps", "2", "--manifest", str(manifest), "--train", "sub00", "sub01",
@@ -63,3 +71,22 @@ def test_spec_parsing():
     assert spec_name(*parse_spec("x/demo.yaml train.lr=0.002")) == "demo__lr=0.002"  # the value kept whole
     with pytest.raises(ValueError, match="not a key=value"):
         parse_spec("a.yaml depth")
+
+
+def test_factor_prepares_the_phantom_in_its_own_cache_folder(tmp_path, monkeypatch, capsys):
+    import pipelines.bench.quality as quality
+
+    calls = []
+    monkeypatch.setattr("data_prep.phantom_dataset.prepare_phantoms",
+                        lambda folder, n, **kw: calls.append((folder, kw)) or (folder / "m.csv", ["a", "b"]))
+    for factor, profile in ((2, "box"), ([1, 1, 4], "box"), ([1, 1, 4], "gaussian"), (3, "box")):
+        quality.phantom_data(tmp_path, 1, 1, 0, 1, factor, profile)
+    folders = [c[0].name for c in calls]
+    assert len(set(folders)) == 4  # one cached dataset per factor and profile
+    assert [(c[1]["factor"], c[1]["profile"]) for c in calls][1] == ([1, 1, 4], "box")
+    quality.phantom_data(tmp_path, 1, 1, 0, 1)  # factor 2 keeps the folder it had before per-axis factors
+    assert calls[-1][0].name == folders[0]
+    cfg = _config(tmp_path)
+    assert main(["bench", "quality", "--steps", "2", "--manifest", "m.csv", "--train", "a", "--test", "b",
+                 "--factor", "1", "1", "4", "--configs", str(cfg), "--output", str(tmp_path / "o")]) == 2
+    assert "a --manifest keeps the factor" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_yaml_overrides_and_round_trip(tmp_path):
     ({"train": {"batch_size": "two"}}, [], r"'train.batch_size': expected int, got str 'two'"),
     ({"train": {"batch_size": 1.5}}, [], r"'train.batch_size': expected int"),
     ({"train": {"deterministic": "yes"}}, [], r"'train.deterministic': expected bool"),
-    ({"data": {"subjects": "s1"}}, [], r"'data.subjects': expected list of str or null"),
+    ({"data": {"subjects": "s1"}}, [], r"'data.subjects': expected list of subject IDs or null"),
     ({"data": {"sampling": "everywhere"}}, [], r"'data.sampling': 'everywhere' is not one of grid, random, both"),
     ({"train": {"gan_loss": "wgan"}}, [], r"'train.gan_loss'.*vanilla, lsgan"),
     ({"model": {"kwargs": [1]}}, [], r"'model.kwargs': expected mapping"),
@@ -89,6 +89,56 @@ def test_every_choice_field_rejects_a_wrong_value_by_name(key, allowed):
         assert getattr(getattr(load_config({section: {name: value}}), section), name) == value
 
 
+@pytest.mark.parametrize("item, key, value", [
+    ("data.subjects=[100307, 100408]", "data.subjects", ["100307", "100408"]),  # HCP IDs are numbers
+    ("data.subjects=[01, 007, 0x1F, 1e5, yes]", "data.subjects", ["01", "007", "0x1F", "1e5", "yes"]),
+    ("output_dir=runs/run #2", "output_dir", "runs/run #2"),  # a '#' is never a comment in --set
+    ("output_dir=#2", "output_dir", "#2"),
+    ("output_dir=2024-01-01", "output_dir", "2024-01-01"),  # not a date
+    ("output_dir=1e-3", "output_dir", "1e-3"),
+    ("data.manifest=null", "data.manifest", None),
+    ("train.lr=1e-3", "train.lr", 1e-3),
+    ("train.lr=5E-4", "train.lr", 5e-4),
+    ("model.kwargs.width=16", "model.kwargs", {"in_channels": "auto", "width": 16}),
+])
+def test_set_values_are_what_was_typed(item, key, value):
+    cfg = load_config({}, [item])
+    section, _, name = key.partition(".")
+    got = getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
+    assert got == value
+
+
+def test_yaml_files_keep_typed_ids_and_refuse_duplicate_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  subjects: [100307, 0100408]\ntrain:\n  lr: 1e-3\n")
+    cfg = load_config(p)
+    assert cfg.data.subjects == ["100307", "0100408"] and cfg.train.lr == pytest.approx(1e-3)
+    assert load_config({"data": {"subjects": [100307]}}).data.subjects == ["100307"]  # Python ints too
+    p.write_text("train:\n  lr: 1e-3\n  seed: 1\n  lr: 2e-3\n")
+    with pytest.raises(ValueError, match=r"c.yaml: duplicate key 'lr' at line 4 \(first at line 2\)$"):
+        load_config(p)
+    p.write_text("train:\n  <<: {lr: 1.0e-3, seed: 3}\n  lr: 2.0e-3\n")  # a merged key may be overridden
+    cfg = load_config(p)
+    assert cfg.train.lr == pytest.approx(2e-3) and cfg.train.seed == 3
+
+
+@pytest.mark.parametrize("source, overrides, pattern", [
+    ({}, ["data.subjects=[a, b, a]"], r"^config key 'data.subjects': subject a is listed twice$"),
+    ({}, ["data.subjects=[../x]"], r"^config key 'data.subjects': subject name '../x' contains a path separator"),
+    ({"data": {"subjects": [True]}}, [], r"^config key 'data.subjects': subject ID True is not a name or a number"),
+    ({}, ["data.subjects=[a #1, b]"], r"'#' would start a YAML comment"),
+    ({}, ["data.subjects=[a"], r"^--set 'data.subjects=\[a': invalid YAML value"),
+    ({}, ["=3"], r"expected KEY=VALUE with a dotted key"),
+    ({}, ["train..lr=3"], r"expected KEY=VALUE with a dotted key"),
+    ({}, ["train.seed=-1"], r"'train.seed': -1 is out of range; allowed: in \[0, 4294967295\]"),
+    ({}, ["train.seed=4294967296"], r"'train.seed'"),
+    ({}, ["train.lr=1e300"], r"'train.lr': 1e\+300 is out of range; allowed: in \(0, 1\]"),
+])
+def test_bad_values_name_what_was_typed(source, overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        load_config(source, overrides)
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
@@ -96,6 +146,12 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ValueError, match="bad.yaml: invalid YAML"):
         load_config(bad)
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04\xd0\x00\xff")
+    with pytest.raises(ValueError, match=r"model.pt: not a YAML text file"):
+        load_config(binary)
+    with pytest.raises(ValueError, match=r"is a folder, not a YAML config file"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_twins
+from conftest import randomise, random_twins
 from medsr.baselines import upsample_array
 from medsr.networks import create_model
 from medsr.networks.interpolate import block_mean, upsample
@@ -98,3 +98,135 @@ def test_windowed_inference_runs_on_the_lr_grid_and_stitches_in_place():
     np.testing.assert_allclose(out.data, vol.data, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="not a multiple of the model's factor 2"):
         pred.plan((9, 8, 8))
+
+
+# ----------------------------------------------------------------------------- per-axis factors
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_per_axis_pixel_shuffle_is_monais_at_equal_factors(r):
+    from monai.networks.utils import pixelshuffle, pixelunshuffle
+
+    from medsr.networks.shuffle import pixel_shuffle, pixel_unshuffle
+
+    x = torch.randn(2, 3 * r**3, 3, 4, 5)
+    torch.testing.assert_close(pixel_shuffle(x, r), pixelshuffle(x, 3, r), rtol=0, atol=0)
+    torch.testing.assert_close(pixel_shuffle(x, (r, r, r)), pixelshuffle(x, 3, r), rtol=0, atol=0)
+    y = torch.randn(2, 3, 3 * r, 2 * r, 4 * r)
+    torch.testing.assert_close(pixel_unshuffle(y, (r, r, r)), pixelunshuffle(y, 3, r), rtol=0, atol=0)
+    x2 = torch.randn(1, 2 * r**2, 3, 4)  # 2D too, MONAI's layout
+    torch.testing.assert_close(pixel_shuffle(x2, (r, r)), pixelshuffle(x2, 2, r), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("factor", [(1, 1, 4), (2, 2, 4), (1, 3, 2)])
+def test_per_axis_pixel_shuffle_places_each_phase_and_inverts(factor):
+    from medsr.networks.shuffle import pixel_shuffle, pixel_unshuffle
+
+    rx, ry, rz = factor
+    x = torch.randn(2, 3 * rx * ry * rz, 3, 2, 4)
+    y = pixel_shuffle(x, factor)
+    assert y.shape == (2, 3, 3 * rx, 2 * ry, 4 * rz)
+    for c, px, py, pz in [(0, 0, 0, 0), (2, rx - 1, ry - 1, rz - 1), (1, rx // 2, 0, rz - 1)]:
+        ch = c * rx * ry * rz + (px * ry + py) * rz + pz  # the documented channel layout
+        torch.testing.assert_close(y[:, c, px::rx, py::ry, pz::rz], x[:, ch], rtol=0, atol=0)
+    torch.testing.assert_close(pixel_unshuffle(y, factor), x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not a multiple of the factor"):
+        pixel_unshuffle(torch.zeros(1, 1, 4, 4, 6), (1, 1, 4))
+
+
+def _keys_reference(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Keys' cubic convolution (a = -0.5) written as explicit loops over HR voxels and taps, edge-extended."""
+    def keys(t: float) -> float:
+        t = abs(t)
+        if t <= 1:
+            return 1.5 * t**3 - 2.5 * t**2 + 1
+        return -0.5 * t**3 + 2.5 * t**2 - 4 * t + 2 if t < 2 else 0.0
+
+    a = np.moveaxis(a, axis, -1)
+    n = a.shape[-1]
+    out = np.zeros(a.shape[:-1] + (n * r,))
+    for i in range(n * r):
+        u = (i - (r - 1) / 2) / r  # block-centre geometry: HR voxel i at LR coordinate u
+        k0 = int(np.floor(u))
+        for k in range(k0 - 2, k0 + 3):
+            out[..., i] += keys(u - k) * a[..., min(max(k, 0), n - 1)]
+    return np.moveaxis(out, -1, axis)
+
+
+@pytest.mark.parametrize("factor", [2, 3, (1, 1, 4), (2, 2, 4)])
+def test_per_axis_cubic_base_equals_an_explicit_reference(factor):
+    r = (factor,) * 3 if isinstance(factor, int) else factor
+    lr = np.random.default_rng(5).normal(size=(1, 2, 4, 3, 5))
+    ref = lr[0]
+    for axis, f in enumerate(r):
+        if f > 1:
+            ref = _keys_reference(ref, f, axis + 1)
+    got = upsample(torch.from_numpy(lr), factor, "cubic")[0].numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    for mode in ("nn", "linear"):  # and the torch nn / linear bases are the baselines' per axis
+        np.testing.assert_allclose(upsample(torch.from_numpy(lr), factor, mode)[0].numpy(),
+                                   upsample_array(lr[0], factor, mode), atol=1e-5)
+    torch.testing.assert_close(block_mean(upsample(torch.from_numpy(lr), factor, "nn"), factor), torch.from_numpy(lr))
+
+
+@pytest.mark.parametrize("factor", [(1, 1, 4), (2, 2, 4), 3])
+def test_per_axis_model_starts_as_its_base_and_reverse_is_blockwise_constant(factor):
+    r = (factor,) * 3 if isinstance(factor, int) else factor
+    net = create_model("rev_espcn3d", in_channels=6, width=8, depth=2, factor=list(r) if len(set(r)) > 1 else factor)
+    assert net.input_factor == r
+    lr = torch.randn(2, 6, 3, 4, 2)
+    x = upsample(lr, factor, "nn")
+    y = net(x)
+    assert y.shape == x.shape == (2, 6, 3 * r[0], 4 * r[1], 2 * r[2])
+    torch.testing.assert_close(y, upsample(lr, factor, "cubic"))
+    torch.testing.assert_close(net.forward_lr(lr), y)
+    randomise(net)
+    g = net.reverse(torch.randn_like(x))
+    torch.testing.assert_close(upsample(block_mean(g, factor), factor, "nn"), g)
+
+
+def test_factor_two_checkpoint_written_before_per_axis_factors_gives_the_same_output(tmp_path):
+    """An old checkpoint (``factor: 2``, MONAI's pixel shuffle) loads and computes what the old model did."""
+    from monai.networks.utils import pixelshuffle
+
+    from medsr.checkpoint import load_generator, model_entry, save_checkpoint
+
+    kwargs = {"in_channels": 2, "factor": 2, "width": 8, "depth": 2, "base": "cubic"}
+    net = create_model("rev_espcn3d", **kwargs)
+    randomise(net)
+    save_checkpoint({"model": model_entry("rev_espcn3d", kwargs, net),
+                     "data": {"factor": 2, "patch_size": 16, "channels": 2, "kind": "scalar"}}, tmp_path / "old.pt")
+    loaded, *_ = load_generator(tmp_path / "old.pt")
+    lr = torch.randn(1, 2, 4, 5, 3)
+    with torch.no_grad():
+        old = upsample(lr, 2, "cubic") + pixelshuffle(net.dec_y(net.core(net.enc_x(lr))), 3, 2)
+        torch.testing.assert_close(loaded.forward_lr(lr), old, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("factor", [(1, 1, 4), (2, 2, 4), 3])
+def test_per_axis_windows_run_on_the_lr_grid_and_stitch_in_place(factor):
+    """LR-grid windows per axis (MONAI stitches outputs r_a times larger along each axis): a fresh nn-base
+    model gives back its NN-upsampled input exactly, whatever window each voxel fell in."""
+    from medsr.inference import Predictor, detect_grid
+    from medsr.normalise import ChannelStats
+    from medsr.volume import Volume
+
+    r = (factor,) * 3 if isinstance(factor, int) else factor
+    net = create_model("rev_espcn3d", in_channels=2, width=4, depth=1, base="nn", factor=factor)
+    ck = {"model": {"name": "rev_espcn3d", "kwargs": {"width": 4}},
+          "data": {"factor": list(r), "channels": 2, "voxel_size": [1.0, 1.0, 1.0]}}
+    pred = Predictor(net, ChannelStats.identity(2), ChannelStats.identity(2), ck, "cpu")
+    lr = torch.randn(1, 2, 9, 7, 6)
+    vol = Volume(upsample(lr, factor, "nn")[0].numpy(), np.eye(4))
+    plan = pred.plan(vol.spatial_shape, window=(4 * r[0], 4 * r[1], 4 * r[2]), overlap=0.25)
+    assert plan.roi == (4, 4, 4) and plan.n_windows > 1 and "LR grid" in plan.reason
+    np.testing.assert_allclose(pred.predict(vol, plan=plan).data, vol.data, rtol=0, atol=1e-5)
+    # --input-grid auto compares voxel sizes axis by axis: 1 x 1 x 4 mm is the LR grid of 1 mm at 1 1 4.
+    lr_vol = Volume(lr[0].numpy(), np.diag([float(f) for f in r] + [1.0]))
+    assert detect_grid(lr_vol, factor, [1.0, 1.0, 1.0]) == "lr" and detect_grid(vol, factor, [1.0, 1.0, 1.0]) == "hr"
+    hr_in = pred.prepare(lr_vol, "auto")
+    np.testing.assert_allclose(hr_in.data, vol.data)
+    with pytest.raises(ValueError, match="matches neither"):
+        detect_grid(Volume(lr[0].numpy(), np.diag([2.0, 3.0, 5.0, 1.0])), factor, [1.0, 1.0, 1.0])
+    if r[2] > 1:
+        with pytest.raises(ValueError, match="not a multiple of the model's factor"):
+            pred.plan((r[0] * 4, r[1] * 4, r[2] * 4 + 1))

@@ -74,8 +74,9 @@ def test_no_import_circle_among_medsr_modules():
 
 
 def test_config_is_a_leaf_that_loads_no_torch():
-    # Only what lies below it: the value sets and the atomic file writer.
-    assert _import_graph()["medsr.config"] <= {"medsr", "medsr.choices", "medsr.utils.atomic"}
+    # Only what lies below it: the value sets, the atomic file writer and the subject ID checks.
+    assert _import_graph()["medsr.config"] <= {"medsr", "medsr.choices", "medsr.utils.atomic", "medsr.utils.paths"}
+    assert _import_graph()["medsr.utils.paths"] <= {"medsr"}
     code = ("import sys, medsr.config as c; c.load_config({'train': {'mode': 'paired'}}); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

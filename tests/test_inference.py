@@ -9,6 +9,7 @@ import torch
 
 from conftest import randomise
 from medsr.checkpoint import model_entry, save_checkpoint
+from medsr.data.augment import allowed_permutations, symmetries
 from medsr.degrade import hr_affine, nn_upsample, nn_upsample_array
 from medsr.inference import Predictor, choose_window, detect_grid, fewest_voxels_roi, plan_windows
 from medsr.io import load_volume, save_volume
@@ -280,9 +281,13 @@ def test_tta_auto_follows_the_training_augmentation() -> None:
     pred.ck["data"]["flip"] = True
     assert Predictor(pred.model, Y_STATS, Y_STATS, pred.ck, "cpu").resolve_tta("auto") == "flip"
     vol = _lr_up()
+    # --tta full on anisotropic voxels swaps only the axes that look alike: x <-> y here (16 views).
     aniso = Volume(vol.data, np.diag([1.0, 1.0, 2.0, 1.0]), name="aniso.nii.gz")
-    with pytest.raises(ValueError, match="aniso.nii.gz.*isotropic"):
-        pred.predict(aniso, window=0, tta="full")
+    views = symmetries("full", allowed_permutations(aniso.voxel_size, pred.factor))
+    assert len(views) == 16
+    plan = pred.plan(aniso.spatial_shape, 0, None, False)
+    moved = [perm for (perm, _), _ in pred.predict_views(aniso, views, plan=plan)]
+    assert sorted({p for p in moved}) == [(0, 1, 2), (1, 0, 2)] and len(moved) == 16
 
 
 @pytest.mark.parametrize("shape, roi, overlap", [

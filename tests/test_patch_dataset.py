@@ -204,17 +204,32 @@ def test_dataset_permute_moves_input_target_and_mask_together(manifest):
     np.testing.assert_array_equal(ds[(3, 3, seed, seed)]["y"].numpy(), sample["y"].numpy())
 
 
-def test_permute_refuses_anisotropic_voxels(tmp_path):
+@pytest.mark.parametrize("voxel, factor, perms", [
+    ((1.0, 1.0, 2.0), 2, [(0, 1, 2), (1, 0, 2)]),          # anisotropic voxels: x <-> y only
+    ((1.25, 1.25, 1.25), (1, 1, 4), [(0, 1, 2), (1, 0, 2)]),  # thick slices of isotropic HR: x <-> y only
+    ((1.25, 1.25, 1.25), (2, 3, 4), [(0, 1, 2)]),             # no two axes alike: flips only
+])
+def test_permute_swaps_only_axes_of_equal_voxel_size_and_factor(tmp_path, voxel, factor, perms):
     import nibabel as nib
 
-    m = make_prepared_dataset(tmp_path, 1, (16, 16, 16), "scalar", patch_size=8)
+    m = make_prepared_dataset(tmp_path, 1, (24, 24, 24), "dti", factor=factor, patch_size=12)
     for f in ("hr", "lr_up", "mask"):
         path = tmp_path / "sub00" / f"{f}.nii.gz"
         img = nib.load(path)
-        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([1.0, 1.0, 2.0, 1.0])), path)
-    with pytest.raises(ValueError, match=r"data\.permute.*sub00.*anisotropic"):
-        build_dataset(_cfg(m, permute=True), SINGLE)
-    build_dataset(_cfg(m, permute=False), SINGLE)  # without permute the same data is fine
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag(list(voxel) + [1.0])), path)
+    td = build_dataset(_cfg(m, permute=True, flip=True, patch_size=12), SINGLE)
+    ds = td.dataset
+    assert [tuple(p) for p in ds.permutations] == perms
+    drawn = {ds._symmetry(seed)[0] for seed in range(64)}
+    assert drawn == set(perms)  # every allowed permutation is drawn, no other
+    # A drawn x <-> y swap moves the DTI components with the axes (Dxz <-> Dyz, Dxx <-> Dyy).
+    if (1, 0, 2) in perms:
+        seed = next(s for s in range(64) if ds._symmetry(s) == ((1, 0, 2), ()))
+        si, o = ds.position(0, seed)
+        raw = load_volume(tmp_path / "sub00" / "hr.nii.gz").data[(slice(None),) + tuple(slice(int(a), int(a) + 12) for a in o)]
+        want = np.transpose(raw, (0, 2, 1, 3))[[3, 1, 4, 0, 2, 5]]
+        got = td.norm["y"].denormalise(ds[(0, 0, seed, seed)]["y"].numpy())
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
 
 
 def test_bad_inputs_are_named(manifest, tmp_path):

@@ -2,21 +2,24 @@
 
 A shell block of README.md is *runnable* when the line before its fence is ``<!-- runnable -->``. Each
 such block runs with ``bash -e`` in a fresh folder holding a link to the clone's ``configs/``, with
-``medsr`` and ``python`` on the PATH running this checkout (so the test does not depend on how medsr is
-installed). Only sizes shrink, never the commands: :data:`SMALL` appends arguments to lines starting
+``medsr`` and ``python`` on the PATH running this checkout with the interpreter running the tests (so the
+test does not depend on how medsr is installed, and a virtual environment stays active: each is a script
+that execs ``sys.executable``, which a link to it would not do). Only sizes shrink, never the commands: :data:`SMALL` appends arguments to lines starting
 with a prefix (before any trailing comment), so the block stays the real recipe and runs in seconds:
 
 * ``python -m data_prep.phantom``: a 32x36x30 grid with 12 directions (default 56x64x52, 60);
 * ``medsr train``: 4 steps, one thread, no progress bar (the recipe's config trains 1500 steps).
 
-After the study block the test checks what the README says it leaves: the held-out subject's prediction,
-the metrics CSV, and the same three figures from ``evaluate --figures`` and ``report`` (byte for byte:
-one implementation draws both).
+After the study block the test checks what the README says it leaves: everything in ``study/``, the
+held-out subject's prediction, the metrics CSV, and the same three figures from ``evaluate --figures`` and
+``report`` (byte for byte: one implementation draws both); then that the block runs again in the same
+folder.
 """
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from data_prep.phantom import main as phantom_main
 from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,9 +79,10 @@ def shrink(block: str) -> str:
 
 def _shims(bin_dir: Path) -> dict[str, str]:
     bin_dir.mkdir()
-    (bin_dir / "medsr").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pipelines.cli "$@"\n')
-    (bin_dir / "medsr").chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # Scripts, not links: an interpreter started through a link elsewhere does not find its venv's pyvenv.cfg.
+    for name, args in (("medsr", " -m pipelines.cli"), ("python", "")):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}"{args} "$@"\n')
+        (bin_dir / name).chmod(0o755)
     env = dict(os.environ)
     env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
                MPLBACKEND="Agg")
@@ -100,7 +105,7 @@ def test_markers_find_the_blocks():
         f"medsr train c.yaml --set a=1 {SMALL['medsr train']} # note")
 
 
-def test_readme_runnable_blocks(tmp_path):
+def test_readme_runnable_blocks(tmp_path, monkeypatch):
     """Every runnable block passes; the study leaves what the README promises."""
     env = _shims(tmp_path / "bin")
     work = tmp_path / "work"
@@ -115,18 +120,35 @@ def test_readme_runnable_blocks(tmp_path):
     for number in ("145x174x83", "1.14", "2.42", "7.62"):
         assert number in plan and number in text, number
     # The study: the held-out subject only, scored against the baselines, drawn twice the same way.
-    if not any("medsr report" in b for b in blocks):
+    block = next((b for b in blocks if "medsr report" in b), None)
+    if block is None:
         return
-    assert sorted(p.name for p in (work / "preds").iterdir()) == ["phantom03.nii.gz"]
-    df = pd.read_csv(work / "results.csv")
+    # Everything the study writes is in study/ (git ignores it), beside the configs link.
+    assert sorted(p.name for p in work.iterdir()) == ["configs", "study"]
+    assert "study/" in (ROOT / ".gitignore").read_text().split()
+    out = work / "study"
+    assert sorted(p.name for p in (out / "preds").iterdir()) == ["phantom03.nii.gz"]
+    df = pd.read_csv(out / "results.csv")
     assert list(dict.fromkeys(df["model"])) == ["preds", "nn", "linear", "cubic"] and set(df["subject"]) == {"phantom03"}
-    study = next(o for b, o in zip(blocks, outputs) if "medsr report" in b)
+    study = outputs[blocks.index(block)]
     assert "is better than cubic on" in study and "x cubic" in study
     names = ["phantom03_colour_fa.png", "phantom03_fa.png", "phantom03_md.png"]
-    assert sorted(p.name for p in (work / "figs").iterdir()) == names
-    assert sorted(p.name for p in (work / "report").iterdir()) == names
+    assert sorted(p.name for p in (out / "figs").iterdir()) == names
+    assert sorted(p.name for p in (out / "report").iterdir()) == names
     for n in names:
-        assert (work / "figs" / n).read_bytes() == (work / "report" / n).read_bytes(), n
+        assert (out / "figs" / n).read_bytes() == (out / "report" / n).read_bytes(), n
+    # A user reruns the block as it is: it replaces its own outputs. (Its commands run in this process
+    # this time, which saves a torch import per line; the first run above went through bash.)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    monkeypatch.chdir(work)
+    for line in shrink(block).splitlines():
+        args = shlex.split(line, comments=True)
+        if args[:1] == ["medsr"]:
+            assert main(args[1:]) == 0, line
+        else:
+            assert args[:3] == ["python", "-m", "data_prep.phantom"], line
+            assert phantom_main(args[3:]) == 0, line
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
 def test_bare_medsr_prints_help_and_exits_2(capsys):
@@ -147,3 +169,14 @@ def test_plan_only_with_instance_norm_needs_no_checkpoint(capsys):
     assert main(["bench", "infer", "--plan-only", "--norm", "instance"]) == 0
     out = capsys.readouterr().out
     assert "24x24x24" in out and "refused" in out and "checkpoint" not in out
+
+
+def test_ci_runs_the_readme_test_command_in_a_venv():
+    """``.ci/run`` runs exactly the README's test command, inside a fresh virtual environment."""
+    text = README.read_text()
+    command = re.search(r"Run the tests:\n\n```bash\n(.+)\n```", text).group(1)
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    marker = lines.index("# --- README test command (keep identical to README.md) ---")
+    assert lines[marker + 1:] == [command]
+    assert "python3 -m venv" in "\n".join(lines[:marker]) and 'activate"' in "\n".join(lines[:marker])
+    assert lines[0] == "#!/usr/bin/env bash" and "set -euo pipefail" in lines[:marker]  # a failure fails CI

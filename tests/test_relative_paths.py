@@ -81,10 +81,16 @@ def test_demo_with_a_relative_output_runs_again_after_success_and_failure(tmp_pa
     assert all(Path(p).exists() for p in res.paths.values()), res.paths  # the summary names only real outputs
     assert "timings: phantom + prep " in res.summary and "MD figure" in res.summary
 
-    # a failure half-way (bad config) leaves a marked, unfinished folder ...
+    # a bad config is refused before the demo writes anything: the finished demo stays as it was ...
     bad = tmp_path / "bad.yaml"
     bad.write_text(DEMO_CONFIG.read_text().replace("train:", "train:\n  not_a_key: 1", 1))
     with pytest.raises(ValueError, match="not_a_key"):
+        run_demo("demo_out", config=bad, **kw)
+    assert (tmp_path / "demo_out" / "summary.txt").is_file()
+    # ... a failure half-way (a patch the model cannot run on, found with the data) leaves a marked,
+    # unfinished folder ...
+    bad.write_text(DEMO_CONFIG.read_text().replace("patch_size: 16", "patch_size: 7", 1))
+    with pytest.raises(ValueError, match="'data.patch_size'"):
         run_demo("demo_out", config=bad, **kw)
     assert (tmp_path / "demo_out" / MARKER).exists() and not (tmp_path / "demo_out" / "summary.txt").exists()
     # ... that the same command replaces without --overwrite

@@ -15,6 +15,10 @@ Permuting the voxel axes (``data.permute``) is the rotation/reflection ``Q`` tha
 old ``D_perm[i],perm[j]``: a reordering of the six channels (no sign change). With flips, the
 48 symmetries of the cube: each is as likely a view of a brain-like texture as the original, so
 a few training subjects give the network 48x the local anatomy (docs/quality.md).
+
+A permutation is a symmetry of the data only when the axes it swaps look alike: the same voxel size
+and the same downsampling factor (:func:`allowed_permutations`). For thick-slice data (factor 1 1 4,
+or 0.9 x 0.9 x 4 mm voxels) that leaves x <-> y; flips are always allowed.
 """
 from __future__ import annotations
 
@@ -28,6 +32,28 @@ DTI_FLIP_SIGNS: dict[int, tuple[int, ...]] = {0: (1, 2), 1: (1, 4), 2: (2, 4)}
 _DTI_INDEX = {(0, 0): 0, (0, 1): 1, (0, 2): 2, (1, 1): 3, (1, 2): 4, (2, 2): 5}
 _DTI_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 PERMUTATIONS: tuple[tuple[int, int, int], ...] = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def allowed_permutations(voxel_size, factor=1, rtol: float = 0.05) -> tuple[tuple[int, int, int], ...]:
+    """The axis permutations that map the grid onto itself: only axes of equal voxel size and factor swap.
+
+    Args:
+        voxel_size: (3,) voxel edges in mm (or several subjects' (N, 3): every one must agree).
+        factor: the downsampling factor (an int or one per axis; :func:`medsr.factor.factor_triple`).
+        rtol: relative tolerance of "equal voxel size".
+
+    Returns:
+        A subset of :data:`PERMUTATIONS` in its order, the identity always first.
+    """
+    from medsr.factor import factor_triple
+
+    r = factor_triple(factor)
+    vox = np.atleast_2d(np.asarray(voxel_size, dtype=np.float64))
+
+    def alike(a: int, b: int) -> bool:
+        return r[a] == r[b] and bool(np.allclose(vox[:, a], vox[:, b], rtol=rtol))
+
+    return tuple(p for p in PERMUTATIONS if all(alike(i, p[i]) for i in range(3)))
 
 
 def permute_channel_order(perm: tuple[int, ...]) -> list[int]:
@@ -115,13 +141,15 @@ def inverse_symmetry_volume(data: np.ndarray, perm: tuple[int, ...], axes: tuple
     return symmetry_volume(flip_volume(data, axes, dti), inv, (), dti)
 
 
-def symmetries(kind: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """The (perm, axes) set of test-time augmentation ``kind``: ``none`` (1), ``flip`` (8) or ``full`` (48)."""
+def symmetries(kind: str, permutations: tuple[tuple[int, ...], ...] = PERMUTATIONS
+               ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The (perm, axes) set of test-time augmentation ``kind``: ``none`` (1), ``flip`` (8) or ``full``
+    (the 8 flips times ``permutations``: 48 on an isotropic grid, see :func:`allowed_permutations`)."""
     flips = [flip_axes_from_bits(b) for b in range(8)]
     if kind == "none":
         return [(PERMUTATIONS[0], ())]
     if kind == "flip":
         return [(PERMUTATIONS[0], f) for f in flips]
     if kind == "full":
-        return [(p, f) for p in PERMUTATIONS for f in flips]
+        return [(p, f) for p in permutations for f in flips]
     raise ValueError(f"test-time augmentation must be none, flip, full or auto, got {kind!r}")

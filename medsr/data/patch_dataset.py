@@ -14,17 +14,22 @@ positions drawn per epoch around random brain voxels and held to the same rule.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medsr.data.augment import PERMUTATIONS, flip_axes_from_bits, symmetry_mask, symmetry_normalised
+from medsr.data.augment import (
+    PERMUTATIONS, allowed_permutations, flip_axes_from_bits, symmetry_mask, symmetry_normalised,
+)
 from medsr.data.cache import ARRAYS as CACHE_ARRAYS, CacheEntry, cached_origins, ensure as ensure_cache
 from medsr.data.mapped import MappedGroup
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
+from medsr.factor import factor_triple, factor_value, format_factor, round_up_to_factor
+from medsr.model_card import data_card
 from medsr.normalise import ChannelStats, stats_from_sums
 from medsr.patches import brain_patch_origins
 
@@ -128,7 +133,8 @@ def load_subjects(manifest: str | Path, subjects: list[str] | None = None, rank:
     one subject's lock after another.
 
     Returns:
-        (subjects, info) with info = {"factor", "kind", "channels", "manifest"}.
+        (subjects, info) with info = {"factor", "kind", "channels", "manifest"}; ``factor`` in its stored
+        form (an int, or a list of three per axis: :func:`medsr.factor.factor_triple` reads either).
 
     Raises:
         FileNotFoundError: the manifest or a file it names is missing (subject and file named).
@@ -149,10 +155,11 @@ def load_subjects(manifest: str | Path, subjects: list[str] | None = None, rank:
         df = df[df["subject"].isin(subjects)]
     if len(df) == 0:
         raise ValueError(f"{manifest}: no subject with status ok to train on")
-    factors = sorted(set(int(f) for f in df["factor"]))
+    factors = sorted(set(factor_triple(f) for f in df["factor"]))
     kinds = sorted(set(str(k) for k in df["kind"]))
     if len(factors) > 1 or len(kinds) > 1:
-        raise ValueError(f"{manifest}: subjects mix factors {factors} / kinds {kinds}; train on one kind and factor")
+        shown = ", ".join(format_factor(f, " ") for f in factors)
+        raise ValueError(f"{manifest}: subjects mix factors [{shown}] / kinds {kinds}; train on one kind and factor")
     out: list[Subject] = []
     rows = list(df.itertuples(index=False))
     start = rank * len(rows) // max(world_size, 1)
@@ -167,7 +174,8 @@ def load_subjects(manifest: str | Path, subjects: list[str] | None = None, rank:
         elif entry.channels != channels:
             raise ValueError(f"subject {row.subject}: {entry.channels} channels, other subjects have {channels}")
         out.append(Subject(str(row.subject), entry))
-    info = {"factor": factors[0], "kind": kinds[0], "channels": int(channels or 0), "manifest": str(manifest)}
+    info = {"factor": factor_value(factors[0]), "kind": kinds[0], "channels": int(channels or 0),
+            "manifest": str(manifest)}
     return out, info
 
 
@@ -187,13 +195,15 @@ class PatchDataset(torch.utils.data.Dataset):
         random_per_subject: random positions per subject per epoch.
         min_fraction: minimum brain fraction of a kept patch.
         flip: random flip augmentation.
-        permute: random axis permutation augmentation (for isotropic voxels).
+        permute: random axis permutation augmentation, among ``permutations``.
         dti: the channels are FSL-ordered tensors (flips change off-diagonal signs).
         norm_x, norm_y: normalisation statistics (default: the subjects' own); set on every subject.
-        align: patch origins are multiples of this (``data.factor``), so every patch starts on an LR
-            block boundary: LR-grid models recover the LR voxels from ``lr_up`` exactly, and every
-            model sees the blocks in one phase, as whole-volume inference does.
+        align: patch origins are multiples of this (``data.factor``: an int or one per axis), so every
+            patch starts on an LR block boundary: LR-grid models recover the LR voxels from ``lr_up``
+            exactly, and every model sees the blocks in one phase, as whole-volume inference does.
         with_mask: also return the brain mask of paired patches (for ``train.loss_region: brain``).
+        permutations: the axis permutations ``permute`` draws from (default all six; thick-slice data
+            swap only their alike axes: :func:`medsr.data.augment.allowed_permutations`).
 
     ``dataset[item]`` returns ``{"x": (C, s, s, s), "y": (C, s, s, s)}`` float32 tensors, and with
     ``with_mask`` a paired item adds ``"mask"``: (1, s, s, s) float32 in {0, 1}.
@@ -202,11 +212,12 @@ class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, subjects: list[Subject], patch_size: int = 24, stride: int | None = None,
                  sampling: str = "grid", random_per_subject: int = 0, min_fraction: float = 0.01,
                  flip: bool = False, dti: bool = False, norm_x: ChannelStats | None = None,
-                 norm_y: ChannelStats | None = None, align: int = 1, with_mask: bool = False,
-                 permute: bool = False) -> None:
+                 norm_y: ChannelStats | None = None, align: int | tuple[int, ...] = 1, with_mask: bool = False,
+                 permute: bool = False, permutations: tuple[tuple[int, ...], ...] = PERMUTATIONS) -> None:
         self.subjects = subjects
         self.with_mask = bool(with_mask)
-        self.align = max(int(align), 1)
+        self.align = np.asarray(factor_triple(align), dtype=np.int64)  # per axis
+        self.permutations = tuple(permutations)
         self.size = int(patch_size)
         self.min_fraction = float(min_fraction)
         self.flip = bool(flip)
@@ -280,7 +291,8 @@ class PatchDataset(torch.utils.data.Dataset):
     def _symmetry(self, seed: int) -> Symmetry:
         """(axis permutation, flipped axes) of an item, a pure function of its seed."""
         bits = int(np.random.default_rng([seed, 2]).integers(0, 8)) if self.flip else 0
-        perm = PERMUTATIONS[int(np.random.default_rng([seed, 3]).integers(0, 6))] if self.permute else PERMUTATIONS[0]
+        perms = self.permutations
+        perm = perms[int(np.random.default_rng([seed, 3]).integers(0, len(perms)))] if self.permute else PERMUTATIONS[0]
         return perm, flip_axes_from_bits(bits)
 
     def __getitem__(self, item: Item) -> dict[str, torch.Tensor]:
@@ -311,13 +323,19 @@ class PatchDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None])
 
 
-def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind: str, crop: int = 64):
-    """A preview function: axial slice through a central crop (input, output, HR), original units."""
+def _preview(subject: Subject, norm_x: ChannelStats, norm_y: ChannelStats, kind: str, crop: int = 64,
+             factor: tuple[int, int, int] = (1, 1, 1)):
+    """A preview function: axial slice through a central crop (input, output, HR), original units.
+
+    The crop starts and ends on LR block boundaries (``factor`` per axis), as every patch does.
+    """
     idx = np.asarray(subject.brain)  # the mask's voxel coordinates
     shape = np.asarray(subject.entry.shape)
+    r = np.asarray(factor)
     centre = ((idx.min(0) + idx.max(0)) // 2) if len(idx) else shape // 2
     size = np.minimum(np.array([crop, crop, 16]), shape)
-    o = np.clip(centre - size // 2, 0, shape - size)
+    size = np.maximum(size // r, 1) * r
+    o = np.clip(centre - size // 2, 0, shape - size) // r * r
     sl = tuple(slice(int(a), int(a + b)) for a, b in zip(o, size))
     dti = kind == "dti" and subject.entry.channels == 6
 
@@ -356,31 +374,38 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
         raise ValueError("config key 'data.manifest' is required for data.type 'patches3d' (a manifest.csv from 'medsr prep')")
     subjects, info = load_subjects(d.manifest, d.subjects, dist.rank, dist.world_size)
     c = info["channels"]
-    if d.permute:
-        for s in subjects:  # a permuted patch of anisotropic voxels would show anatomy at a wrong scale
-            vox = np.linalg.norm(s.affine[:3, :3], axis=0)
-            if vox.max() > 1.05 * vox.min():
-                raise ValueError(f"config key 'data.permute': subject {s.name} has anisotropic voxels "
-                                 f"({' x '.join(f'{v:.3g}' for v in vox)} mm); permute only isotropic data")
+    factor = factor_triple(info["factor"])
+    # A patch tiles whole LR blocks on every axis: its edge is rounded up to a multiple of every
+    # factor (16 stays 16 at factors 2, 4 and 1 1 4; it becomes 18 at factor 3).
+    patch_size = round_up_to_factor(d.patch_size, factor)
+    if patch_size != d.patch_size and dist.rank == 0:
+        print(f"data.patch_size {d.patch_size} -> {patch_size}: a multiple of the factor "
+              f"{format_factor(factor, ' ')} on every axis", file=sys.stderr)
+    # A permuted patch must show anatomy at its own scale: only axes of equal voxel size and factor swap.
+    vox = np.array([np.linalg.norm(s.affine[:3, :3], axis=0) for s in subjects])
+    perms = allowed_permutations(vox, factor)
+    if d.permute and len(perms) == 1 and dist.rank == 0:
+        print(f"data.permute: no two axes share voxel size and factor ({' x '.join(f'{v:.3g}' for v in vox[0])} mm, "
+              f"factor {format_factor(factor, ' ')}); training with flips only", file=sys.stderr)
     if d.normalise:  # from the brain sums cached with each subject: no voxel is read again
         norm_y = stats_from_sums(s.entry.sums["hr"] for s in subjects)
         norm_x = norm_y if d.norm_stats == "shared" else stats_from_sums(s.entry.sums["lr_up"] for s in subjects)
     else:
         norm_x, norm_y = ChannelStats.identity(c), ChannelStats.identity(c)
     dataset = PatchDataset(
-        subjects, d.patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
-        d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=int(info["factor"]),
-        with_mask=cfg.train.loss_region == "brain", permute=d.permute,
+        subjects, patch_size, d.stride, d.sampling, d.random_per_subject, d.min_brain_fraction,
+        d.flip, info["kind"] == "dti" and c == 6, norm_x, norm_y, align=factor,
+        with_mask=cfg.train.loss_region == "brain", permute=d.permute, permutations=perms,
     )
     sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired")
-    entry = {"factor": int(info["factor"]), "patch_size": int(d.patch_size), "channels": int(c), "kind": info["kind"],
+    entry = {"factor": factor_value(factor), "patch_size": int(patch_size), "channels": int(c), "kind": info["kind"],
              "subjects": [s.name for s in subjects], "n_patches": int(dataset.n_grid),
              "flip": bool(d.flip), "permute": bool(d.permute)}  # inference's --tta auto follows them
     # The training HR voxel size lets inference tell an LR-grid input from an HR-grid one by its
     # geometry instead of its file name; stored only when the training subjects agree on it.
-    sizes = np.array([np.linalg.norm(s.affine[:3, :3], axis=0) for s in subjects])
-    if np.allclose(sizes, sizes[0], rtol=0.05):
-        entry["voxel_size"] = [float(v) for v in sizes.mean(0)]
+    if np.allclose(vox, vox[0], rtol=0.05):
+        entry["voxel_size"] = [float(v) for v in vox.mean(0)]
+    entry.update(data_card(subjects))  # the model card's data facts (medsr info, infer's domain checks)
     return TrainData(dataset, sampler, c, entry, {"x": norm_x, "y": norm_y},
-                     _preview(subjects[0], norm_x, norm_y, info["kind"]))
+                     _preview(subjects[0], norm_x, norm_y, info["kind"], factor=factor))

@@ -15,7 +15,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
-from medsr.degrade import block_mean, nn_upsample
+from medsr.degrade import block_mean, fit_array, fit_to_factor, nn_upsample
+from medsr.factor import FactorLike
 from medsr.io import save_mask, save_volume
 from medsr.manifest import format_triple, write_manifest
 from medsr.patches import count_brain_patches
@@ -52,13 +53,17 @@ def synthetic_subject(shape: tuple[int, int, int] = (32, 32, 32), kind: str = "d
 
 
 def make_prepared_dataset(out: str | Path, n_subjects: int = 2, shape: tuple[int, int, int] = (32, 32, 32),
-                          kind: str = "dti", factor: int = 2, seed: int = 0, patch_size: int = 24) -> Path:
-    """Write ``n_subjects`` prepared subjects and ``manifest.csv`` under ``out``; returns the manifest path."""
+                          kind: str = "dti", factor: FactorLike = 2, seed: int = 0, patch_size: int = 24) -> Path:
+    """Write ``n_subjects`` prepared subjects and ``manifest.csv`` under ``out``; returns the manifest path.
+
+    ``factor`` is an int or one per axis; the HR grid is cropped to a multiple of it, as prep does.
+    """
     out = Path(out)
     rows = []
     for i in range(n_subjects):
         name = f"sub{i:02d}"
         hr, mask = synthetic_subject(shape, kind, seed + i)
+        hr, mask = fit_to_factor(hr, factor), fit_array(mask, factor)
         lr = block_mean(hr, factor)
         lr_up = nn_upsample(lr, factor)
         d = out / name
@@ -69,7 +74,7 @@ def make_prepared_dataset(out: str | Path, n_subjects: int = 2, shape: tuple[int
         save_mask(mask, hr.affine, d / "mask.nii.gz")
         rows.append({
             "subject": name, "hr": d / "hr.nii.gz", "lr": d / "lr.nii.gz", "lr_up": d / "lr_up.nii.gz",
-            "mask": d / "mask.nii.gz", "shape": format_triple(shape, "d"), "voxel_size": format_triple(hr.voxel_size),
+            "mask": d / "mask.nii.gz", "shape": format_triple(hr.spatial_shape, "d"), "voxel_size": format_triple(hr.voxel_size),
             "brain_voxels": int(mask.sum()), "n_patches": count_brain_patches(mask, patch_size), "status": "ok",
             "error": "", "factor": factor, "kind": kind,
         })

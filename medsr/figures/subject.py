@@ -45,6 +45,11 @@ def column_order(methods: Sequence[tuple[str, Volume]]) -> list[tuple[str, Volum
     return models + [(n, base[n]) for n in BASELINE_ORDER if n in base]
 
 
+def lr_label(lr: Volume) -> str:
+    """The LR column's title: its voxel size per axis (``LR input (1.25x1.25x5 mm)`` for thick slices)."""
+    return f"LR input\n({'x'.join(f'{v:.3g}' for v in lr.voxel_size)} mm)"
+
+
 def figure_paths(folder: str | os.PathLike, subject: str, kind: str | None) -> list[Path]:
     """The PNGs :func:`subject_figures` writes for ``subject`` (both kinds' names when ``kind`` is unknown)."""
     keys = quantities(kind) if kind in ("dti", "scalar") else quantities("dti") + quantities("scalar")
@@ -197,8 +202,7 @@ def draw_subject(
 
     cols = []
     if lr is not None:
-        vs = lr.voxel_size
-        cols.append(column(f"LR input\n({'x'.join(f'{v:.3g}' for v in vs)} mm)", "input", lr))
+        cols.append(column(lr_label(lr), "input", lr))
     cols.append(column("HR truth", "truth", hr))
     cols += [column(label, "method", vol) for label, vol in methods]
     return {q: _draw(q, spec[q], cols, crop, mask2d, f"subject {subject}") for q in quantities(kind)}

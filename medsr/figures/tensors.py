@@ -17,7 +17,7 @@ import numpy as np
 
 from medsr.figures import panels
 from medsr.figures.maps import brain_window, md_units
-from medsr.figures.subject import VIEWS, SliceGeometry, column_order
+from medsr.figures.subject import VIEWS, SliceGeometry, column_order, lr_label
 from medsr.volume import Volume
 
 DIAGONAL = (0, 3, 5)
@@ -42,7 +42,7 @@ def tensor_components_figure(
     geo = SliceGeometry.of(hr.affine, hr.voxel_size, mask)
     view = 0  # axial
     _, _, (h, v) = VIEWS[view]
-    cols: list[tuple[str, Volume]] = ([("LR input", lr)] if lr is not None else []) + [("HR truth", hr)]
+    cols: list[tuple[str, Volume]] = ([(lr_label(lr), lr)] if lr is not None else []) + [("HR truth", hr)]
     cols += column_order(methods)
     md = mean_diffusivity(hr.data)[mask] if mask.any() else mean_diffusivity(hr.data).ravel()
     scale, unit = md_units(float(np.median(md)) if md.size else 0.0)
@@ -51,7 +51,7 @@ def tensor_components_figure(
     for label, vol in cols:
         sl, ext = geo.slices(vol)
         img = sl[view].astype(np.float64) * scale
-        if label != "LR input":
+        if vol is not lr:  # the LR input keeps its own grid, unmasked
             img = np.where(m2[None], img, np.nan)
         slices.append((label, img, ext[view]))
 

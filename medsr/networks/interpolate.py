@@ -1,18 +1,22 @@
 """Grid-aligned LR -> HR interpolation as differentiable torch ops (the residual base of LR-grid models).
 
-Same geometry as prep and the baselines (:mod:`medsr.baselines`): LR voxel ``k`` is the mean of HR
-voxels ``k*r .. k*r + r-1``, so HR voxel ``i = k*r + p`` lies at the LR coordinate
-``k + (p - (r - 1) / 2) / r``. This is exactly ``F.interpolate(..., align_corners=False)`` for
+Same geometry as prep and the baselines (:mod:`medsr.baselines`), per axis: LR voxel ``k`` is the
+mean of HR voxels ``k*r .. k*r + r-1``, so HR voxel ``i = k*r + p`` lies at the LR coordinate
+``k + (p - (r - 1) / 2) / r``, with ``r`` the factor of that axis (an int factor is the same on all). This is exactly ``F.interpolate(..., align_corners=False)`` for
 ``linear``; ``cubic`` is Keys' cubic convolution (a = -0.5), a 4-tap FIR stand-in for the
 baselines' cubic B-spline (an IIR prefilter that has no cheap torch form); both extend the signal
 by its edge value beyond the grid, like the baselines.
 
-All functions take (B, C, x, y, z) and return (B, C, r*x, r*y, r*z).
+All functions take (B, C, x, y, z) and return (B, C, rx*x, ry*y, rz*z).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
+
+from medsr.factor import factor_triple
 
 MODES: tuple[str, ...] = ("nn", "linear", "cubic")
 _TAPS = 2  # Keys' kernel has support |t| < 2: taps k-2 .. k+2 cover every phase
@@ -46,30 +50,35 @@ def _cubic_axis(x: torch.Tensor, dim: int, factor: int) -> torch.Tensor:
     return out.movedim(-1, dim)
 
 
-def upsample(x: torch.Tensor, factor: int, mode: str = "cubic") -> torch.Tensor:
-    """(B, C, x, y, z) LR -> (B, C, r*x, r*y, r*z) on the block-centre-aligned HR grid."""
+def upsample(x: torch.Tensor, factor: int | Sequence[int], mode: str = "cubic") -> torch.Tensor:
+    """(B, C, x, y, z) LR -> (B, C, rx*x, ry*y, rz*z) on the block-centre-aligned HR grid."""
     if mode not in MODES:
         raise ValueError(f"interpolation mode must be one of {MODES}, got {mode!r}")
-    r = int(factor)
-    if r == 1:
+    r = factor_triple(factor)
+    if r == (1, 1, 1):
         return x
     if mode == "nn":
-        return x.repeat_interleave(r, 2).repeat_interleave(r, 3).repeat_interleave(r, 4)
+        for dim, f in zip((2, 3, 4), r):
+            if f > 1:
+                x = x.repeat_interleave(f, dim)
+        return x
     if mode == "linear":
-        return F.interpolate(x, scale_factor=r, mode="trilinear", align_corners=False)
-    for dim in (2, 3, 4):
-        x = _cubic_axis(x, dim, r)
+        return F.interpolate(x, scale_factor=r if len(set(r)) > 1 else r[0], mode="trilinear", align_corners=False)
+    for dim, f in zip((2, 3, 4), r):
+        if f > 1:  # Keys' weights at phase 0 are the identity: an unscaled axis is left as it is
+            x = _cubic_axis(x, dim, f)
     return x
 
 
-def block_mean(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(B, C, X, Y, Z) HR -> (B, C, X/r, Y/r, Z/r): the mean of each r^3 block (prep's degradation).
+def block_mean(x: torch.Tensor, factor: int | Sequence[int]) -> torch.Tensor:
+    """(B, C, X, Y, Z) HR -> (B, C, X/rx, Y/ry, Z/rz): the mean of each block (prep's degradation).
 
     On an NN-upsampled input (prep's ``lr_up``) whose blocks line up with the array, this recovers
     the LR volume (up to float rounding of the mean).
     """
-    r = int(factor)
-    if any(s % r for s in x.shape[2:]):
-        raise ValueError(f"spatial size {tuple(x.shape[2:])} is not a multiple of the factor {r}; "
+    r = factor_triple(factor)
+    if any(s % f for s, f in zip(x.shape[2:], r)):
+        raise ValueError(f"spatial size {tuple(x.shape[2:])} is not a multiple of the factor "
+                         f"{' '.join(map(str, r)) if len(set(r)) > 1 else r[0]}; "
                          "LR-grid models need windows and patches that are multiples of data.factor")
-    return F.avg_pool3d(x, r) if r > 1 else x
+    return F.avg_pool3d(x, r if len(set(r)) > 1 else r[0]) if r != (1, 1, 1) else x

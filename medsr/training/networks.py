@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from medsr.checkpoint import model_entry
 from medsr.config import Config
+from medsr.factor import factor_value
 from medsr.networks import create_model
 
 
@@ -28,13 +29,14 @@ class DataFacts:
 
     Attributes:
         channels: channel count of the network input x (``in_channels: auto``).
-        factor: the data's upsampling factor (``factor: auto`` of LR-grid generators).
+        factor: the data's upsampling factor (``factor: auto`` of LR-grid generators): an int, or a list
+            of three per axis (:func:`medsr.factor.factor_value`).
         patch_size: edge of the training patches (``patch_size: auto`` of the PatchGAN).
         where: the data as named in error messages (``the data (path/to/manifest.csv)``).
     """
 
     channels: int
-    factor: int = 2
+    factor: int | list[int] = 2
     patch_size: int = 24
     where: str = "the data"
 
@@ -47,9 +49,13 @@ class DataFacts:
                    where=f"the data ({info.get('manifest') or cfg.data.root or cfg.data.type})")
 
 
-def data_factor(info: dict[str, Any]) -> int:
-    """The upsampling factor recorded by the dataset builder (2D data has none: 2, unused there)."""
-    return int(info.get("factor", 2))
+def data_factor(info: dict[str, Any]) -> int | list[int]:
+    """The upsampling factor recorded by the dataset builder (2D data has none: 2, unused there).
+
+    An int when it is the same on every axis (what every checkpoint stored before per-axis factors), else
+    ``[rx, ry, rz]``; :func:`medsr.factor.factor_triple` reads either.
+    """
+    return factor_value(info.get("factor", 2))
 
 
 @dataclass

@@ -11,6 +11,7 @@ the temporaries of writers that are no longer running.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -71,6 +72,22 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of :func:`atomic_path`'s temporaries."""
     return name.startswith(".") and TEMP_TAG in name
+
+
+def write_failed(path: str | os.PathLike, error: BaseException) -> OSError:
+    """An OSError naming ``path`` for a write a C++ library reported only as text (SimpleITK).
+
+    ``ENOSPC`` when the file system has no space left, else ``EIO`` with the library's last line.
+    """
+    try:
+        st = os.statvfs(Path(path).parent)
+        full = st.f_bavail * st.f_frsize < 1 << 20 or (st.f_files and st.f_favail == 0)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    last = next((ln.strip() for ln in reversed(str(error).splitlines()) if ln.strip()), type(error).__name__)
+    return OSError(errno.EIO, f"write failed ({last[:200]})", str(path))
 
 
 @contextlib.contextmanager

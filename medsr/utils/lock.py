@@ -14,6 +14,7 @@ user's to ensure.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator
@@ -26,27 +27,59 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+class LockHeld(OSError):
+    """The lock is held by another live process (raised by ``file_lock(..., wait=False)``)."""
+
+
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[Path]:
+def file_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` (created if absent, with its folder) for the ``with`` block.
 
-    Blocks until every other holder has released it.
+    Args:
+        path: the lock file.
+        wait: block until every other holder has released it; False raises :class:`LockHeld` at once.
+
+    A holder may remove the lock file when it is done with what the lock guards (a refused run
+    removing the folder it created): a process that locked the removed file notices that the path now
+    names another file (or none) and locks again, so two processes never both hold ``path``.
 
     Raises:
         OSError: the lock file cannot be created (e.g. a read-only folder), naming the path.
+        LockHeld: ``wait`` is False and another process holds the lock.
     """
     path = Path(path)
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        except OSError as e:
+            raise OSError(e.errno, f"cannot create the lock file ({e.strerror})", str(path)) from None
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    raise LockHeld(errno.EWOULDBLOCK, "locked by another process", str(path)) from None
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file was removed (or replaced) while we waited: lock the one there now
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
-    except OSError as e:
-        raise OSError(e.errno, f"cannot create the lock file ({e.strerror})", str(path)) from None
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
         if fcntl is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)

@@ -5,6 +5,8 @@ Every config goes through the same code as the verbs: :func:`pipelines.train.tra
 on whole held-out volumes, and :func:`pipelines.evaluate.evaluate_manifest`. The data is either a
 generated DTI phantom (``--train-subjects N --test-subjects M``; cached under ``OUTPUT/data-<key>``
 so reruns skip generation and prep) or any prepared manifest (``--manifest M --train S1 S2 --test S3``).
+The phantom is prepared at ``--factor`` (default 2; ``1 1 4`` for thick slices, see docs/anisotropic.md)
+with ``--slice-profile`` (default box).
 
 A config is a YAML path optionally followed by ``key=value`` overrides in the same (quoted) argument,
 so one file gives several variants::
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import re
 import shlex
 import sys
@@ -27,6 +30,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from medsr.factor import FactorLike, factor_triple, format_factor
+from pipelines.factor_flag import add_factor_flags, factor_from_args
 
 # Metrics shown, lower is better except psnr / ssim.
 SHOWN = ("rmse_interior", "rmse_total", "md_rmse", "fa_rmse", "psnr", "ssim")
@@ -52,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="phantom training subjects (default 6, as `medsr demo`)")
     parser.add_argument("--test-subjects", type=int, default=1, help="phantom held-out subjects (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="phantom and training seed (default 0)")
+    add_factor_flags(parser)  # the phantom's prep; a --manifest keeps its own
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="overrides applied to every config (e.g. train.threads=2)")
     parser.add_argument("--workers", type=int, default=2, help="processes for phantom prep (default 2)")
@@ -80,16 +87,20 @@ def spec_name(path: Path, overrides: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", name)[:120]
 
 
-def phantom_data(output: Path, n_train: int, n_test: int, seed: int, workers: int) -> tuple[Path, list[str], list[str]]:
+def phantom_data(output: Path, n_train: int, n_test: int, seed: int, workers: int, factor: FactorLike = 2,
+                 profile: str = "box") -> tuple[Path, list[str], list[str]]:
     """Generate (or reuse) the phantom dataset; the folder is keyed on the settings and the phantom code."""
     import data_prep.phantom as phantom
     from data_prep.phantom import PhantomConfig
     from data_prep.phantom_dataset import prepare_phantoms
 
     code = Path(phantom.__file__).read_bytes()
-    key = hashlib.sha1(code + repr((PhantomConfig(), n_train, n_test, seed)).encode()).hexdigest()[:10]
+    settings: tuple = (PhantomConfig(), n_train, n_test, seed)
+    if (factor_triple(factor), profile) != ((2, 2, 2), "box"):  # factor 2 keeps the folder it always had
+        settings += (factor_triple(factor), profile)
+    key = hashlib.sha1(code + repr(settings).encode()).hexdigest()[:10]
     manifest, names = prepare_phantoms(output / f"data-{key}", n_train + n_test, seed=seed, workers=workers,
-                                       reuse=True)
+                                       reuse=True, factor=factor, profile=profile)
     return manifest, names[:n_train], names[n_train:]
 
 
@@ -99,6 +110,7 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     """Train one config to the budget, infer the held-out volumes, return evaluate's rows for it."""
     from medsr.checkpoint import load_checkpoint
     from medsr.config import load_config
+    from medsr.model_card import record_metrics
     from pipelines.evaluate import evaluate_manifest
     from pipelines.infer import run_inference
     from pipelines.train import train
@@ -130,6 +142,9 @@ def train_and_score(spec: str, *, manifest: Path, train_subjects: list[str], tes
     rows = evaluate_manifest(manifest, pred_dir, model_name=name, baselines=(), subjects=test_subjects, quiet=True)
     rows.insert(1, "config", str(path))
     rows.insert(2, "overrides", " ".join(own))
+    means = rows.drop(columns=["model", "subject", "config", "overrides"], errors="ignore").mean(numeric_only=True)
+    record_metrics(run_dir / "last.pt", means.to_dict(), test_subjects,
+                   f"medsr bench quality, {'%g min' % minutes if minutes is not None else f'{steps} steps'}, tta {tta}")
     rows["steps"] = int(ck["step"])
     rows["train_minutes"] = float(ck.get("train_seconds", wall)) / 60.0
     rows["infer_seconds"] = infer_s / max(len(test_subjects), 1)
@@ -185,14 +200,18 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
                 output: str | Path = "bench_quality", manifest: str | Path | None = None,
                 train: list[str] | None = None, test: list[str] | None = None, train_subjects: int = 6,
                 test_subjects: int = 1, seed: int = 0, overrides: list[str] | None = None, workers: int = 2,
-                overwrite: bool = False, tta: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """The benchmark as a function (see the module docstring). Returns (per-subject table, summary, text)."""
+                overwrite: bool = False, tta: str = "auto", factor: FactorLike = 2,
+                profile: str = "box") -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The benchmark as a function (see the module docstring). Returns (per-subject table, summary, text).
+
+    ``factor`` and ``profile`` prepare the phantom (an int or one factor per axis; ``box`` or ``gaussian``).
+    """
     from medsr.utils.atomic import atomic_path
     from pipelines.evaluate import evaluate_manifest
 
     if (minutes is None) == (steps is None):
         raise ValueError("give exactly one budget: --minutes or --steps")
-    if minutes is not None and minutes <= 0 or steps is not None and steps < 1:
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)) or steps is not None and steps < 1:
         raise ValueError(f"the budget must be positive (--minutes {minutes}, --steps {steps})")
     output = Path(output)
     from medsr.config import load_config
@@ -204,17 +223,24 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
         if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir}: holds an earlier run of this config; pass --overwrite to retrain it "
                                   "or choose another --output")
+    from_phantom = manifest is None
     if manifest is not None:
         if not train or not test:
             raise ValueError("--manifest needs --train and --test subject lists")
+        from medsr.utils.paths import subject_list
+
         manifest = Path(manifest)
-        train_s, test_s = list(train), list(test)
+        train_s, test_s = subject_list(train, "--train"), subject_list(test, "--test")
+        both = sorted(set(train_s) & set(test_s))
+        if both:
+            raise ValueError(f"--train and --test both name {', '.join(both)}: a held-out subject is never trained on")
     else:
         if train or test:
             raise ValueError("--train/--test name subjects of --manifest; for the phantom use --train-subjects N")
         if train_subjects < 1 or test_subjects < 1:
             raise ValueError("--train-subjects and --test-subjects must be at least 1")
-        manifest, train_s, test_s = phantom_data(output, train_subjects, test_subjects, seed, workers)
+        manifest, train_s, test_s = phantom_data(output, train_subjects, test_subjects, seed, workers, factor,
+                                                 profile)
     baselines = evaluate_manifest(manifest, None, baselines=("nn", "linear", "cubic"), subjects=test_s, quiet=True)
     rows = [train_and_score(spec, manifest=manifest, train_subjects=train_s, test_subjects=test_s, output=output,
                             minutes=minutes, steps=steps, seed=seed, overrides=list(overrides or []),
@@ -223,7 +249,8 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
     summary = summarise(table)
     text = format_table(summary, baselines)
     budget = f"{minutes:g} min" if minutes is not None else f"{steps} steps"
-    header = (f"medsr bench quality: {budget} per config; train {', '.join(train_s)}; "
+    data_factor = _manifest_factor(manifest, test_s)
+    header = (f"medsr bench quality: {budget} per config; factor {data_factor}; train {', '.join(train_s)}; "
               f"held out {', '.join(test_s)}; data {manifest}")
     text = header + "\n" + text
     output.mkdir(parents=True, exist_ok=True)
@@ -234,15 +261,30 @@ def run_quality(configs: list[str], *, minutes: float | None = None, steps: int 
         tmp.write_text(text + "\n")
     with atomic_path(output / "quality.json") as tmp:
         tmp.write_text(json.dumps({"configs": configs, "minutes": minutes, "steps": steps, "seed": seed,
+                                   "factor": data_factor, "slice_profile": profile if from_phantom else None,
                                    "overrides": overrides or [], "tta": tta, "train": train_s, "test": test_s,
                                    "manifest": str(manifest)}, indent=2) + "\n")
     return table, summary, text
 
 
+def _manifest_factor(manifest: Path, subjects: list[str]) -> str:
+    """The factor the held-out subjects were prepared at, as text (``2``, ``1 1 4``)."""
+    from medsr.manifest import read_manifest_raw
+
+    df = read_manifest_raw(manifest)
+    found = {format_factor(f, " ") for f in df[df["subject"].isin(subjects)]["factor"] if f}
+    return ", ".join(sorted(found)) or "?"
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.manifest is not None and (args.factor != [2] or args.slice_profile != "box"):
+        raise ValueError("--factor and --slice-profile prepare the phantom; a --manifest keeps the factor it was "
+                         "prepared at")
+    factor = factor_from_args(args.factor, args.slice_profile)
     _, _, text = run_quality(args.configs, minutes=args.minutes, steps=args.steps, output=args.output,
                              manifest=args.manifest, train=args.train, test=args.test,
                              train_subjects=args.train_subjects, test_subjects=args.test_subjects, seed=args.seed,
-                             overrides=args.overrides, workers=args.workers, overwrite=args.overwrite, tta=args.tta)
+                             overrides=args.overrides, workers=args.workers, overwrite=args.overwrite, tta=args.tta,
+                             factor=factor, profile=args.slice_profile)
     print(text)
     return 0
