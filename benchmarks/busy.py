@@ -273,7 +273,7 @@ def render(results: dict[str, dict[str, list[float]]], meta: dict[str, str], com
     ]
     for text, value, target in checks:
         if value is not None:
-            lines.append(f"- {text}: **{value:.2f}x** (target >= {target:g}: {'met' if value >= target else 'missed'})")
+            lines.append(f"- {text}: **{value:.3f}x** (target >= {target:g}: {'met' if value >= target - 1e-9 else 'missed'})")
     printed = [(label, line) for label, got in (said or {}).items() for line in got]
     if printed:
         lines += ["", "What the trainings printed (`medsr train: ...`):", ""]

@@ -31,8 +31,8 @@ def test_report_states_the_command_the_rates_and_the_targets():
     assert "    medsr bench busy --output docs/performance.md" in text
     assert "| auto | 9.60 | 7.30 | 6.00 / 5.00 | 0.52x |" in text
     assert "A shared machine." in text
-    assert "auto beside a busy core / best fixed count there: **0.91x** (target >= 0.9: met)" in text
-    assert "auto alone / best fixed count alone: **0.96x** (target >= 0.95: met)" in text
+    assert "auto beside a busy core / best fixed count there: **0.912x** (target >= 0.9: met)" in text
+    assert "auto alone / best fixed count alone: **0.960x** (target >= 0.95: met)" in text
 
 
 def test_policies_and_logs_are_read_strictly(tmp_path):
