@@ -3,11 +3,11 @@
 Rows: ``paired_l1`` (the paper's "w/o L_GAN", 3D-SRCNN), ``paired`` (3D-Pix2pix) and ``unpaired``
 (3D-CycleGAN), each with R = 0, 2, 4, 8 reversible blocks in the core (``configs/table3/<method>_r<R>.yaml``,
 the paper's settings: K=64, 24^3 patches, batch 1, Adam 2e-4). Every row goes through
-:func:`pipelines.bench.quality.run_quality` (train to the budget, infer the whole held-out volumes,
+:func:`benchmarks.quality.run_quality` (train to the budget, infer the whole held-out volumes,
 evaluate), on the same generated phantom subjects. Per row the script also measures the generator's
 activation memory: the bytes one training step of that row's mode saves for backward (both
 directions where the mode runs both), counted exactly as ``medsr bench memory`` counts them
-(:func:`pipelines.bench.memory.saved_tensor_bytes`), with the reversible core and, for comparison,
+(:func:`benchmarks.memory.saved_tensor_bytes`), with the reversible core and, for comparison,
 with the same blocks through plain autograd.
 
 Writes ``OUTPUT/table3.csv`` (one line per row and per interpolation baseline: RMSE interior and
@@ -110,7 +110,7 @@ def activation_mib(cfg, channels: int, memory_efficient: bool) -> tuple[float, f
 
     from medsr.networks import create_model
     from medsr.training.base import GeneratorPasses
-    from pipelines.bench.memory import saved_tensor_bytes
+    from benchmarks.memory import saved_tensor_bytes
 
     kwargs = dict(cfg.model.kwargs)
     kwargs["in_channels"] = channels
@@ -169,7 +169,7 @@ def run_row(row: Row, args: argparse.Namespace, data: dict, overrides: list[str]
     from medsr.config import load_config
     from medsr.io import load_volume
     from medsr.manifest import read_manifest
-    from pipelines.bench.quality import run_quality
+    from benchmarks.quality import run_quality
 
     table, _, _ = run_quality(
         [str(row.config)],
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # Generated once and pinned for every row: run_quality keys its phantom cache on the phantom
         # code, and a row must not get new data (or pay for regenerating it) when that file changes.
-        from pipelines.bench.quality import phantom_data
+        from benchmarks.quality import phantom_data
 
         manifest, train_s, test_s = phantom_data(
             out / "bench", args.train_subjects, args.test_subjects, args.seed, args.workers

@@ -10,7 +10,8 @@ first), the second finds them.
 
     python benchmarks/train_rss.py --n-subjects 4 48 --shape 96 96 96 --kind scalar --workdir /tmp/rss
 
-Issue 12's target: the peak grows by at most 100 MiB from 4 to 48 subjects.
+The target: the peak grows by at most 100 MiB from 4 to 48 subjects (training memory must not grow with the
+subjects; see ``medsr.data.cache``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``medsr bench NAME [options]``: dispatch to one benchmark module under ``pipelines/bench`` or ``benchmarks/``.
+"""``medsr bench NAME [options]``: the command line of the benchmarks, dispatching to one module of ``benchmarks/``.
+
+Each benchmark module defines its options (``add_arguments``) and ``run``; this file only parses
+``NAME`` and calls them.
 
 Only the chosen benchmark's module is imported, so one benchmark's dependencies never stop another.
 """
@@ -6,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 BENCHES: dict[str, str] = {
@@ -23,27 +23,11 @@ BENCHES: dict[str, str] = {
     "busy": "training steps/s alone, beside a busy core and beside a second training, per thread policy "
             "-> docs/performance.md",
 }
-# Benchmarks that live in the repository's benchmarks/ folder (the rest: pipelines/bench/NAME.py).
-IN_BENCHMARKS = {"busy"}
 
 
 def bench_module(name: str) -> ModuleType:
-    """The module of benchmark ``name``. ``benchmarks/`` is not an installed package: its modules are
-    loaded from the clone medsr runs from."""
-    if name not in IN_BENCHMARKS:
-        return importlib.import_module(f"pipelines.bench.{name}")
-    qualified = f"benchmarks.{name}"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: medsr bench {name} runs from a clone of medsr (benchmarks/ is not installed)")
-    spec = importlib.util.spec_from_file_location(qualified, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module
-    spec.loader.exec_module(module)
-    return module
-
+    """The module of benchmark ``name`` (``benchmarks.NAME``, imported only when chosen)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

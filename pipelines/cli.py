@@ -6,7 +6,7 @@ start-up time of ``--help`` needs them inside functions. That is, the modules a 
 loads (this one, the verb modules ``*_cli.py``, and ``demo.py``, whose defaults ``demo --help``
 shows) import torch, MONAI, dipy, nibabel, pandas, matplotlib, SciPy and the ``medsr`` /
 ``data_prep`` / ``pipelines`` modules that pull them in only inside ``run`` and the functions it
-calls; so do the ``bench/*.py`` modules for the libraries their own ``--help`` does not need. The
+calls; so do the ``benchmarks/*.py`` modules for the libraries their own ``--help`` does not need. The
 orchestration modules that only ``run`` reaches (``train.py``, ``infer.py``, ``evaluate.py``)
 import at the top. ``tests/test_cli_flags.py`` checks that no verb's ``--help`` imports torch,
 pandas or matplotlib. Each verb module defines::

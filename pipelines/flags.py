@@ -1,7 +1,7 @@
 """Old spellings of command-line flags, refused with a one-line hint naming the new one.
 
-Flags were made consistent across commands (issue 13): every command names what it writes ``--output``,
-IDs are ``--subjects`` and counts ``--n-subjects``. A renamed flag stays known to argparse, hidden from
+Flags mean one thing in every command: what a command writes is ``--output``, subject IDs are
+``--subjects`` and counts ``--n-subjects``. A renamed flag stays known to argparse, hidden from
 ``--help``, so a user's old command line stops at once with the new spelling instead of an
 "unrecognized arguments" error.
 """

@@ -43,7 +43,7 @@ output:
   OUTPUT/<subject>/mask.nii.gz   brain mask on the HR grid (uint8)
   OUTPUT/manifest.csv            one row per subject (status ok/failed, error, shape, n_patches, ...)
 Sizes that are not a multiple of the factor are cropped at the far end (or edge-padded with --pad), per axis.
-Thick-slice data: --factor 1 1 4 keeps x and y and makes 4x thicker slices along z (README, "Thick-slice data").
+Thick-slice data: --factor 1 1 4 keeps x and y and makes 4x thicker slices along z (docs/thick-slice.md).
 With --lr-only (volumes): OUTPUT/<subject>/lr.nii.gz is the scan on its native grid and mask.nii.gz its mask
 there; no hr or lr_up is written, and the manifest's shape and voxel_size describe the HR grid the factor implies.
 A rerun skips subjects already done and retries failed ones. Exit code 1 if any subject failed.

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from medsr.data.synthetic import make_prepared_dataset
-from pipelines.bench.quality import parse_spec, spec_name
+from benchmarks.quality import parse_spec, spec_name
 from pipelines.cli import main
 
 
@@ -74,7 +74,7 @@ def test_spec_parsing():
 
 
 def test_factor_prepares_the_phantom_in_its_own_cache_folder(tmp_path, monkeypatch, capsys):
-    import pipelines.bench.quality as quality
+    import benchmarks.quality as quality
 
     calls = []
     monkeypatch.setattr("data_prep.phantom_dataset.prepare_phantoms",

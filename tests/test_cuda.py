@@ -120,16 +120,16 @@ def test_fp16_training_scales_losses_and_resumes_cuda(tmp_path):
 
 
 def test_infer_bf16_float32_within_tolerance_cuda():
-    from pipelines.bench.precision import measure_inference
+    from benchmarks.precision import measure_inference
 
     r = measure_inference("rev_srcnn3d", {"width": 16, "depth": 4}, (32, 32, 32), "cuda", precision="bf16")
     assert r["dtype"] == "float32"
-    # The documented tolerance (README, "Reversible networks and memory").
+    # The documented tolerance (docs/memory.md, "Mixed precision").
     assert r["rms_sd"] <= 1e-2 and r["max_sd"] <= 1e-1, r
 
 
 def test_bf16_inverse_and_gradients_cuda():
-    from pipelines.bench.precision import measure_core
+    from benchmarks.precision import measure_core
 
     r = measure_core(8, 32, 12, "cuda")
     assert r["inverse"] < r["inverse_naive"]  # the float32 stream beats a bf16 one

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from pipelines.bench.gpu import SECTIONS, TITLES
+from benchmarks.gpu import SECTIONS, TITLES
 from pipelines.cli import main
 
 

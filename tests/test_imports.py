@@ -74,8 +74,13 @@ def test_no_import_circle_among_medsr_modules():
 
 
 def test_config_is_a_leaf_that_loads_no_torch():
-    # Only what lies below it: the value sets, the atomic file writer and the subject ID checks.
-    assert _import_graph()["medsr.config"] <= {"medsr", "medsr.choices", "medsr.utils.atomic", "medsr.utils.paths"}
+    # Only what lies below it: its value checks and YAML reading, the value sets, the atomic file writer
+    # and the subject ID checks.
+    graph = _import_graph()
+    below = {"medsr", "medsr.choices", "medsr.utils.atomic", "medsr.utils.paths"}
+    assert graph["medsr.config"] <= below | {"medsr.config_values", "medsr.config_yaml"}
+    assert graph["medsr.config_yaml"] <= below | {"medsr.config_values"}
+    assert graph["medsr.config_values"] <= below
     assert _import_graph()["medsr.utils.paths"] <= {"medsr"}
     code = ("import sys, medsr.config as c; c.load_config({'train': {'mode': 'paired'}}); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai')))")

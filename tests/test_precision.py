@@ -22,7 +22,7 @@ from pipelines.cli import main
 from pipelines.train import train
 
 # bf16 vs fp32 whole-volume inference, in units of each output channel's SD (norm.y std): the tolerance
-# documented in the README ("Reversible networks and memory") from `medsr bench precision`.
+# documented in docs/memory.md ("Mixed precision") from `medsr bench precision`.
 RMS_TOL_SD, MAX_TOL_SD = 1e-2, 1e-1
 
 

@@ -246,7 +246,7 @@ def test_bench_prep_small(tmp_path):
     import argparse
     import json
 
-    from pipelines.bench import prep as bench
+    from benchmarks import prep as bench
 
     args = argparse.Namespace(shape=[12, 14, 12], volumes=40, shell=1000.0, workdir=tmp_path, keep=False, target_gb=12.0,
                               json=tmp_path / "bench.json")

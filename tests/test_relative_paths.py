@@ -87,10 +87,11 @@ def test_demo_with_a_relative_output_runs_again_after_success_and_failure(tmp_pa
     with pytest.raises(ValueError, match="not_a_key"):
         run_demo("demo_out", config=bad, **kw)
     assert (tmp_path / "demo_out" / "summary.txt").is_file()
-    # ... a failure half-way (a patch the model cannot run on, found with the data) leaves a marked,
-    # unfinished folder ...
-    bad.write_text(DEMO_CONFIG.read_text().replace("patch_size: 16", "patch_size: 7", 1))
-    with pytest.raises(ValueError, match="'data.patch_size'"):
+    # ... a failure half-way (a model factor that is not the data's, found with the data) leaves a
+    # marked, unfinished folder ...
+    assert "factor: auto" in DEMO_CONFIG.read_text()
+    bad.write_text(DEMO_CONFIG.read_text().replace("factor: auto", "factor: 3", 1))
+    with pytest.raises(ValueError, match="'model.kwargs.factor'"):
         run_demo("demo_out", config=bad, **kw)
     assert (tmp_path / "demo_out" / MARKER).exists() and not (tmp_path / "demo_out" / "summary.txt").exists()
     # ... that the same command replaces without --overwrite

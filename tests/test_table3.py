@@ -29,27 +29,15 @@ def test_every_paper_row_has_a_config():
     assert {r.label for r in rows} == {v[0] for v in table3.PAPER.values()}
 
 
+def _dry_run(out, *depths: str) -> int:
+    """``table3.py --dry-run`` of the paired_l1 rows at ``depths``, 1 training and 2 test subjects."""
+    return table3.main(["--dry-run", "--output", str(out), "--rows", "paired_l1", "--depths", *depths,
+                        "--train-subjects", "1", "--test-subjects", "2"])
+
+
 def test_dry_run_end_to_end(tmp_path):
     out = tmp_path / "t3"
-    assert (
-        table3.main(
-            [
-                "--dry-run",
-                "--output",
-                str(out),
-                "--rows",
-                "paired_l1",
-                "--depths",
-                "0",
-                "2",
-                "--train-subjects",
-                "1",
-                "--test-subjects",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert _dry_run(out, "0", "2") == 0
     csv = pd.read_csv(out / "table3.csv")
     models = csv[csv["depth"].notna()]
     assert list(zip(models["method"], models["depth"].astype(int))) == [
@@ -85,24 +73,7 @@ def test_dry_run_end_to_end(tmp_path):
     assert "Command: `python benchmarks/table3.py --dry-run" in md
     # A rerun with the same budget reuses the rows instead of retraining.
     before = (out / "rows" / "paired_l1_r0.csv").stat().st_mtime_ns
-    assert (
-        table3.main(
-            [
-                "--dry-run",
-                "--output",
-                str(out),
-                "--rows",
-                "paired_l1",
-                "--depths",
-                "0",
-                "--train-subjects",
-                "1",
-                "--test-subjects",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert _dry_run(out, "0") == 0
     assert (out / "rows" / "paired_l1_r0.csv").stat().st_mtime_ns == before
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from medsr.config import Config
+from medsr.utils.thread_tuner import ThreadTuner, training_tuner
 from medsr.utils.threads import (
-    AUTO, ThreadTuner, candidates, cgroup_cpu_limit, choose_threads, parse_threads, passive_wait_policy,
-    static_choice, training_tuner,
+    AUTO, candidates, cgroup_cpu_limit, choose_threads, parse_threads, passive_wait_policy, static_choice,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

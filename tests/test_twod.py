@@ -286,7 +286,7 @@ def test_segmentation_mode_and_cityscapes_scores(tmp_path: Path, data2d: dict[st
 # ----------------------------------------------------------------------------- memory trend
 def test_memory_trend_2d() -> None:
     """Saved activations: flat in depth for the RevGAN generator, growing for the CycleGAN ResNet."""
-    from pipelines.bench.memory import measure_memory
+    from benchmarks.memory_2d import measure_memory  # registers the 2D cases
 
     def saved(case: str, variant: str, depth: int) -> float:
         return measure_memory(dict(case=case, variant=variant, depth=depth, width=4, channels=3, patch=32,

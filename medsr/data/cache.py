@@ -1,8 +1,8 @@
 """Memory-mappable copies of prepared subjects: training memory that does not grow with the subjects.
 
 A prepared subject is stored as compressed NIfTI (``hr.nii.gz``, ``lr_up.nii.gz``, ``mask.nii.gz``);
-reading a patch from those means decompressing the whole file, so training used to hold every
-subject in memory (about 7 MB per 96^3 scalar subject, 176 MB per HCP DTI subject, per process).
+reading a patch from those means decompressing the whole file, so without a cache training would hold
+every subject in memory (about 7 MB per 96^3 scalar subject, 176 MB per HCP DTI subject, per process).
 Instead, each subject gets a cache folder beside its files, written on first use::
 
     <subject>/cache/hr.npy        (C, X, Y, Z) float32, C order, raw values (not normalised)

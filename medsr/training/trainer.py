@@ -32,7 +32,7 @@ from medsr.training.names import check_names
 from medsr.training.networks import DataFacts
 from medsr.training.schedule import RunPoint
 from medsr.utils.atomic import atomic_path
-from medsr.utils.threads import training_tuner
+from medsr.utils.thread_tuner import training_tuner
 
 
 class TrainingDiverged(RuntimeError):
@@ -378,7 +378,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 def configure_determinism(deterministic: bool, threads: int | str = 0) -> None:
     """Deterministic kernels (strict on CPU; warn-only on CUDA where a few 3D ops lack them); an explicit
-    thread count (``auto`` is the Trainer's :class:`medsr.utils.threads.ThreadTuner`)."""
+    thread count (``auto`` is the Trainer's :class:`medsr.utils.thread_tuner.ThreadTuner`)."""
     if isinstance(threads, int) and threads > 0:
         torch.set_num_threads(threads)
     if deterministic:

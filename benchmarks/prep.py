@@ -12,7 +12,7 @@ volume at a time, so this process stays small too.
 Reported: wall seconds of that subprocess, its peak resident memory (``ru_maxrss`` of the child's
 own rusage from ``os.wait4``, as ``getrusage(RUSAGE_CHILDREN)`` gives when it is the only child) and
 the ratio to a peak-memory budget (``--target-gb``, default 12 GB: a budget to stay under, not the
-measured need; on the HCP size the peak was 2.13 GB, the figure the README and ``prep --workers`` quote).
+measured need; on the HCP size the peak was 2.13 GB, the figure docs/prep.md and ``prep --workers`` quote).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.bench.shape_arg import add_shape_argument
+from benchmarks.shape_arg import add_shape_argument
 
 TARGET_GB = 12.0
 HCP_SHAPE = (145, 174, 145)

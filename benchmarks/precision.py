@@ -40,8 +40,8 @@ from medsr.networks.reversible import make_core
 from medsr.normalise import brain_stats
 from medsr.precision import autocast, check_precision
 from medsr.utils.device import resolve_device
+from benchmarks.shape_arg import add_shape_argument
 from medsr.utils.threads import bench_threads, parse_threads
-from pipelines.bench.shape_arg import add_shape_argument
 
 DEFAULT_DEPTHS = "8,32"
 

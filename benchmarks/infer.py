@@ -32,8 +32,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.shape_arg import add_shape_argument
 from medsr.utils.threads import parse_threads  # torch-free
-from pipelines.bench.shape_arg import add_shape_argument
 
 DEFAULT_CONFIGS = "auto,64:0.25"
 
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
 
     for window, overlap in tqdm(configs, desc="configs", unit="run"):
         spec = json.dumps(dict(base, window=window, overlap=overlap))
-        cmd = [sys.executable, "-m", "pipelines.bench.infer", "--child", spec]
+        cmd = [sys.executable, "-m", "benchmarks.infer", "--child", spec]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]

@@ -43,10 +43,10 @@ from medsr.networks import create_model
 from medsr.precision import autocast
 from medsr.utils.atomic import atomic_path
 from medsr.utils.device import check_device
-from pipelines.bench.memory import check_targets, format_table, run_benchmark, saved_tensor_bytes, training_step
-from pipelines.bench.precision import format_core, measure_core, measure_inference
+from benchmarks.memory import check_targets, format_table, run_benchmark, saved_tensor_bytes, training_step
+from benchmarks.precision import format_core, measure_core, measure_inference
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SECTIONS: tuple[str, ...] = ("tests", "train", "memory", "step", "infer", "accuracy")
 MODES: tuple[str, ...] = ("paired_l1", "paired", "unpaired")
 MIB = 2.0**20

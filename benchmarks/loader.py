@@ -146,7 +146,7 @@ def measure(cfg, batches: int, steps: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from medsr.config import load_config
 
-    config = args.config or str(Path(__file__).parents[2] / "configs" / "quick_paired_l1.yaml")
+    config = args.config or str(Path(__file__).parents[1] / "configs" / "quick_paired_l1.yaml")
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"data.num_workers={args.workers}")

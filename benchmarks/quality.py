@@ -106,9 +106,9 @@ def phantom_data(output: Path, n_train: int, n_test: int, seed: int, workers: in
     from data_prep.phantom import PhantomConfig
     from data_prep.phantom_dataset import prepare_phantoms
 
-    code = Path(phantom.__file__).read_bytes()
+    code = b"".join(f.read_bytes() for f in sorted(Path(phantom.__file__).parent.glob("*.py")))
     settings: tuple = (PhantomConfig(), n_train, n_test, seed)
-    if (factor_triple(factor), profile) != ((2, 2, 2), "box"):  # factor 2 keeps the folder it always had
+    if (factor_triple(factor), profile) != ((2, 2, 2), "box"):  # factor 2, box: left out of the key, so the default data's folder name does not depend on them
         settings += (factor_triple(factor), profile)
     if kind == "scalar":
         from data_prep.phantom_views import scalar_phantoms
