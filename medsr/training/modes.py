@@ -165,8 +165,8 @@ class Unpaired(TrainMode):
     the GAN alone lets it drift; the second keeps G from hiding detail in its output for F to decode,
     so the cycle ``F(G(y)) ~ y`` teaches F to undo the real degradation. 0 (the default) is the
     paper's loss. With ``train.loss_region: brain`` the cycle terms average over each patch's brain
-    voxels and the degradation terms weight each LR voxel by the brain fraction of its block (DTI: count
-    the LR voxels prep fits, those at least half brain).
+    voxels and the degradation terms weight each LR voxel by the brain fraction of its block (DTI: every
+    block holding brain counts, those under half brain with prep's zero tensor).
     """
 
     discriminator_names = ("D_Y", "D_X")
@@ -210,14 +210,16 @@ class Unpaired(TrainMode):
         """|D(hr) - lr| over the LR voxels of a patch, normalised units.
 
         Scalar data: prep's block mean (or profile), each LR voxel weighted by its block's brain fraction
-        when masked. DTI with a mask: the mean over each block's brain voxels, in mm^2/s (zero-tensor
-        background is not averaged in), compared where prep fits (LR voxels at least half brain).
+        when masked. DTI with a mask: what prep writes, the mean over each block's brain voxels in mm^2/s
+        (zero-tensor background is not averaged in) where the block is at least half brain and zero
+        where it is less (prep fits inside the LR mask only), compared on every block holding brain.
         """
         if not (self.dti and mask is not None):
             weight = self.degrade.block_fraction(mask) if mask is not None else None
             return region_loss(nn.functional.l1_loss, self.degrade(hr), lr, weight)
         fitted, fraction = self.degrade.brain_mean(hr * self.y_std + self.y_mean, mask)
-        return region_loss(nn.functional.l1_loss, (fitted - self.y_mean) / self.y_std, lr, (fraction >= 0.5).float())
+        fitted = fitted * (fraction >= 0.5)  # prep fits inside the LR mask only: zero tensors elsewhere
+        return region_loss(nn.functional.l1_loss, (fitted - self.y_mean) / self.y_std, lr, (fraction > 0).float())
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
