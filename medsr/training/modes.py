@@ -151,7 +151,7 @@ class Paired(TrainMode):
 @register_mode("unpaired")
 class Unpaired(TrainMode):
     """Unpaired RevGAN (eq. 13): GAN(F, D_Y) + GAN(G, D_X) + lambda * (|G(F(x)) - x| + |F(G(y)) - y|),
-    plus ``lambda_degrade * (|D(F(x)) - x_lr| + |G(y)_lr - D(y)|)``.
+    plus ``lambda_degrade * (|D(F(x)) - x_lr| + |G(y)_lr - D(y)| + |F(up(D(y))) - y|)``.
 
     Discriminators see pooled fakes (a 50-sample history by default); x and y come from
     independent draws (see the unpaired sampler, and ``data.domains`` for disjoint subjects).
@@ -161,10 +161,12 @@ class Unpaired(TrainMode):
     over each block's brain voxels, as prep fits LR tensors to degraded DWIs): F's output,
     degraded, must give back the LR voxels of its own input (``x_lr``, the block mean of ``lr_up``), and
     G, which maps an HR volume to its LR estimate, must be that degradation (``G(y)_lr``, the block
-    mean of G's NN-upsampled output, against ``D(y)``). The first anchors F to the measured signal where
-    the GAN alone lets it drift; the second keeps G from hiding detail in its output for F to decode,
-    so the cycle ``F(G(y)) ~ y`` teaches F to undo the real degradation. 0 (the default) is the
-    paper's loss. With ``train.loss_region: brain`` the cycle terms average over each patch's brain
+    mean of G's NN-upsampled output, against ``D(y)``), and F must undo it on the HR volumes the run
+    holds (``F(up(D(y))) ~ y``, ``up`` prep's NN upsampling: pairs made from the Y subjects alone, the
+    way prep makes them). The first anchors F to the measured signal where the GAN alone lets it drift;
+    the second keeps G from hiding detail in its output for F to decode; the third teaches F the real
+    degradation at once, where the cycle through a G still learning it does so slowly. 0 (the default)
+    is the paper's loss. With ``train.loss_region: brain`` the cycle terms average over each patch's brain
     voxels and the degradation terms weight each LR voxel by the brain fraction of its block (DTI: every
     block holding brain counts, those under half brain with prep's zero tensor).
     """
@@ -188,7 +190,7 @@ class Unpaired(TrainMode):
     @property
     def loss_names(self) -> list[str]:
         names = ["gan_F", "gan_G", "cycle_x", "cycle_y", "D_Y", "D_X"]
-        return names + ["degrade_F", "degrade_G"] if self.lam_degrade > 0 else names
+        return names + ["degrade_F", "degrade_G", "degrade_Y"] if self.lam_degrade > 0 else names
 
     def setup(self, facts: DataFacts, device: torch.device, wrap: Wrap = no_wrap) -> None:
         super().setup(facts, device, wrap)
@@ -206,20 +208,36 @@ class Unpaired(TrainMode):
         """The LR voxels of an NN-upsampled patch (each block holds one value), cut as ``D``'s output."""
         return self.degrade.crop_lr(F.avg_pool3d(up, self.degrade.factor))
 
-    def _degrade_loss(self, hr: torch.Tensor, lr: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """|D(hr) - lr| over the LR voxels of a patch, normalised units.
+    def _prep_lr(self, hr: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the LR voxels prep would write for HR patch ``hr``, the weight of each in a loss), normalised units.
 
-        Scalar data: prep's block mean (or profile), each LR voxel weighted by its block's brain fraction
-        when masked. DTI with a mask: what prep writes, the mean over each block's brain voxels in mm^2/s
-        (zero-tensor background is not averaged in) where the block is at least half brain and zero
-        where it is less (prep fits inside the LR mask only), compared on every block holding brain.
+        Scalar data: prep's block mean (or profile); weight: the block's brain fraction when masked. DTI
+        with a mask: the mean over each block's brain voxels in mm^2/s (zero-tensor background is not
+        averaged in, as in prep's fit of degraded DWIs) where the block is at least half brain, zero where
+        it is less (prep fits inside the LR mask only); weight: every block holding brain.
         """
         if not (self.dti and mask is not None):
-            weight = self.degrade.block_fraction(mask) if mask is not None else None
-            return region_loss(nn.functional.l1_loss, self.degrade(hr), lr, weight)
+            return self.degrade(hr), (self.degrade.block_fraction(mask) if mask is not None else None)
         fitted, fraction = self.degrade.brain_mean(hr * self.y_std + self.y_mean, mask)
-        fitted = fitted * (fraction >= 0.5)  # prep fits inside the LR mask only: zero tensors elsewhere
-        return region_loss(nn.functional.l1_loss, (fitted - self.y_mean) / self.y_std, lr, (fraction > 0).float())
+        fitted = fitted * (fraction >= 0.5)
+        return (fitted - self.y_mean) / self.y_std, (fraction > 0).float()
+
+    def _degrade_loss(self, hr: torch.Tensor, lr: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """|D(hr) - lr| over the LR voxels of a patch (:meth:`_prep_lr`)."""
+        degraded, weight = self._prep_lr(hr, mask)
+        return region_loss(nn.functional.l1_loss, degraded, lr, weight)
+
+    def _known_input(self, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``lr_up`` as prep would make it from HR patch ``y``: NN-upsampled :meth:`_prep_lr` (a profile's margin
+        slices edge-extended back to the patch size; the loss leaves them out)."""
+        lr, _ = self._prep_lr(y, mask)
+        up = nn.functional.interpolate(lr, scale_factor=self.degrade.factor, mode="nearest")
+        m = self.degrade.margin * self.degrade.factor[self.degrade.axis] if self.degrade.axis is not None else 0
+        if m:
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - self.degrade.axis)] = pad[2 * (2 - self.degrade.axis) + 1] = m
+            up = F.pad(up, pad, mode="replicate")
+        return up.detach()
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
@@ -227,19 +245,25 @@ class Unpaired(TrainMode):
         mask_y = batch.get("mask_y") if self.brain_only else None
         raw = [self.discriminators["D_Y"], self.discriminators["D_X"]]
         _set_requires_grad(raw, False)
+        n = x.shape[0]
         with self.autocast():
-            out = self.passes(x=x, y=y, cycle=True)
+            # With the known degradation, F also sees each y degraded as prep would (one forward for both).
+            x_in = torch.cat([x, self._known_input(y, mask_y)]) if self.lam_degrade > 0 else x
+            out = self.passes(x=x_in, y=y, cycle=True)
             # float32 fakes: the pools keep (and checkpoint) them in the data's dtype at any precision.
-            fy, fx = out["fake_y"].float(), out["fake_x"].float()
+            fy, fx = out["fake_y"][:n].float(), out["fake_x"].float()
             gan_f = self.gan(raw[0](fy), True)
             gan_g = self.gan(raw[1](fx), True)
-            cyc_x = region_loss(nn.functional.l1_loss, out["rec_x"].float(), x, mask_x)
+            cyc_x = region_loss(nn.functional.l1_loss, out["rec_x"][:n].float(), x, mask_x)
             cyc_y = region_loss(nn.functional.l1_loss, out["rec_y"].float(), y, mask_y)
             loss_g_total = gan_f + gan_g + self.lam * (cyc_x + cyc_y)
             if self.lam_degrade > 0:
                 deg_f = self._degrade_loss(fy, self._lr(x), mask_x)  # D(F(x)) ~ x_lr
                 deg_g = self._degrade_loss(y, self._lr(fx), mask_y)  # G(y)_lr ~ D(y)
-                loss_g_total = loss_g_total + self.lam_degrade * (deg_f + deg_g)
+                crop = self.degrade.crop_hr  # F(up(D(y))) ~ y, where the profile lies inside the patch
+                deg_y = region_loss(nn.functional.l1_loss, crop(out["fake_y"][n:].float()), crop(y),
+                                    crop(mask_y) if mask_y is not None else None)
+                loss_g_total = loss_g_total + self.lam_degrade * (deg_f + deg_g + deg_y)
         self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
         with self.autocast():
@@ -249,7 +273,7 @@ class Unpaired(TrainMode):
         losses = {"gan_F": gan_f.detach(), "gan_G": gan_g.detach(), "cycle_x": cyc_x.detach(),
                   "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach(), "D_X": loss_dx.detach()}
         if self.lam_degrade > 0:
-            losses.update(degrade_F=deg_f.detach(), degrade_G=deg_g.detach())
+            losses.update(degrade_F=deg_f.detach(), degrade_G=deg_g.detach(), degrade_Y=deg_y.detach())
         return losses
 
     def rank_state_dict(self) -> dict[str, Any]:
