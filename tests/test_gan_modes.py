@@ -113,9 +113,11 @@ def test_disjoint_domains_never_read_x_subjects_hr(tmp_path):
                       SINGLE)
 
 
-def test_unpaired_degradation_term_brain_region_and_bit_exact_resume(manifest, tmp_path):
-    """lambda_degrade adds |D(F(x)) - x_lr| and |G(y)_lr - D(y)| (logged as degrade_F / degrade_G); separate
-    statistics are refused; resume is bit-exact."""
+@pytest.mark.parametrize("kind", ["scalar", "dti"])
+def test_unpaired_degradation_term_brain_region_and_bit_exact_resume(tmp_path, kind):
+    """lambda_degrade adds |D(F(x)) - x_lr|, |G(y)_lr - D(y)| and |F(up(D(y))) - y| (logged as degrade_F / _G / _Y);
+    separate statistics are refused; resume is bit-exact, for scalar data and DTI (the brain-voxel mean)."""
+    manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), kind, patch_size=8)
     model = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 2, "factor": "auto", "base": "cubic"}}
 
     def cfg(out, steps, **train):
@@ -132,7 +134,7 @@ def test_unpaired_degradation_term_brain_region_and_bit_exact_resume(manifest, t
     try:
         whole = load_checkpoint(train(cfg("whole", 4)) / "last.pt")
         rows = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
-        assert all(float(r["degrade_F"]) >= 0 and float(r["degrade_G"]) >= 0 for r in rows)
+        assert all(float(r[f"degrade_{k}"]) >= 0 for r in rows for k in "FGY")
         half = train(cfg("half", 2))
         train(cfg("half", 4), resume=True)
         again = load_checkpoint(half / "last.pt")
@@ -176,3 +178,29 @@ def test_dti_degradation_follows_preps_fit_of_degraded_dwis():
     err = lambda a, sel: float(np.abs(a - prep)[:, sel].max())  # noqa: E731
     assert err(ours, edge) < 0.2 * err(linear, edge) and err(ours, edge) < 2e-5, (err(ours, edge), err(linear, edge))
     assert err(ours, inside) == pytest.approx(err(linear, inside), rel=1e-4) and err(ours, inside) < 2e-5
+
+
+def test_known_input_is_preps_lr_up_of_y():
+    """F's extra input is prep's lr_up of y: block means NN-upsampled (box); under a Gaussian profile the margin
+    slices, whose profile leaves the patch, are edge copies and the loss leaves them out."""
+    from types import SimpleNamespace as NS
+
+    from medsr.networks.degrade import Degradation
+    from medsr.training.modes import Unpaired
+
+    def mode(degrade):  # the two methods on a stand-in holding what they read
+        stub = NS(degrade=degrade, dti=False)
+        stub._prep_lr = lambda hr, mask: Unpaired._prep_lr(stub, hr, mask)
+        return stub
+
+    y = torch.randn(2, 1, 8, 8, 16)
+    box = mode(Degradation((1, 1, 4)))
+    up = Unpaired._known_input(box, y, None)
+    want = torch.nn.functional.avg_pool3d(y, (1, 1, 4)).repeat_interleave(4, -1)
+    assert torch.allclose(up, want, atol=1e-6)
+    gauss = mode(Degradation((1, 1, 4), "gaussian"))
+    up = Unpaired._known_input(gauss, y, None)
+    assert up.shape == y.shape
+    inner = gauss.degrade(y).repeat_interleave(4, -1)  # the two LR slices whose profile lies inside
+    assert torch.allclose(up[..., 4:12], inner, atol=1e-6)
+    assert torch.equal(up[..., :4], up[..., 4:5].expand_as(up[..., :4]))
