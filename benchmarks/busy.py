@@ -5,7 +5,10 @@ A user's machine is rarely idle. For each thread policy (``auto`` and fixed coun
 
 * **alone**;
 * **busy**: beside one CPU-bound process (a plain Python loop, as a browser tab or a prep job would be);
-* **pair**: two trainings with the same policy at once (two users, or a sweep).
+* **pair**: two trainings with the same policy at once (two users, or a sweep);
+* **prep**: beside ``medsr prep hcp --workers N`` (N = the usable cores) preparing generated phantom
+  subjects over and over; the prep's own subjects per second are measured too, against the same prep
+  alone (its passes that ran wholly inside the training's window count).
 
 Each training runs ``--seconds`` of training time (``train.max_minutes``) through ``pipelines.train.train``
 in a worker process set up the way ``medsr train`` starts (``OMP_WAIT_POLICY=PASSIVE`` unless the
@@ -37,7 +40,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SITUATIONS = ("alone", "busy", "pair")
+SITUATIONS = ("alone", "busy", "pair", "prep")
+PREP_SUBJECTS = 2  # phantom subjects per prep pass (one per worker on 2 cores)
 WARMUP_STEPS = 2
 # What the thread policy must reach, as ratios of steps/s, checked in the report.
 TARGET_AUTO_BUSY = 0.9
@@ -177,6 +181,54 @@ class Worker:
             self.proc.wait()
 
 
+_PREP_LOOP = """
+import json, subprocess, sys, time
+from pathlib import Path
+cmd, stop, out = json.loads(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+passes = []
+while not stop.exists():
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    passes.append((t0, time.monotonic()))
+out.write_text(json.dumps(passes))
+"""
+
+
+class PrepLoop:
+    """``medsr prep hcp --workers N --overwrite`` on the generated raw subjects, pass after pass, in a
+    subprocess, until :meth:`stop`; each pass's start and end are kept (``time.monotonic`` is one clock
+    for every process)."""
+
+    def __init__(self, work: Path, tag: str) -> None:
+        from medsr.utils.threads import usable_cores
+
+        self.stop_file, self.out = work / f"{tag}.prep-stop", work / f"{tag}.prep.json"
+        self.stop_file.unlink(missing_ok=True)
+        self.out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "pipelines.cli", "prep", "hcp", "--input", str(work / "raw"),
+               "--output", str(work / f"prep-{tag}"), "--workers", str(usable_cores()), "--overwrite"]
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        self.proc = subprocess.Popen([sys.executable, "-c", _PREP_LOOP, json.dumps(cmd), str(self.stop_file),
+                                      str(self.out)], cwd=ROOT, env=env)
+
+    def stop(self, start: float, end: float) -> float:
+        """Subjects per second of the passes that ran wholly in [start, end] (nan if none did); ends the loop
+        after its current pass."""
+        self.stop_file.touch()
+        if self.proc.wait() != 0:
+            raise RuntimeError("the prep loop failed (rerun `medsr prep hcp` on the generated subjects to see why)")
+        inside = [(a, b) for a, b in json.loads(self.out.read_text()) if a >= start and b <= end]
+        return PREP_SUBJECTS * len(inside) / sum(b - a for a, b in inside) if inside else float("nan")
+
+
+def prep_alone(work: Path, seconds: float) -> float:
+    """Subjects per second of the prep loop on its own, over ``seconds`` (at least one whole pass)."""
+    loop = PrepLoop(work, "prep-alone")
+    start = time.monotonic()
+    time.sleep(seconds)
+    return loop.stop(start, float("inf"))
+
+
 def run_situation(situation: str, policy: str, args: argparse.Namespace, manifest: Path, work: Path,
                   workers: dict[tuple[bool, int], Worker], said: list[str] | None = None) -> list[float]:
     """Steps per second of each training of ``situation`` under ``policy`` (workers reused by (spin, index));
@@ -200,10 +252,15 @@ def run_situation(situation: str, policy: str, args: argparse.Namespace, manifes
     for w in team:
         w.expect("ready")
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if situation == "busy" else None
+    prep = PrepLoop(work, tag) if situation == "prep" else None
     try:
         time.sleep(0.5 if busy else 0.0)  # the loop is running before the trainings start
+        start = time.monotonic()
         go.touch()
         rates = [float(json.loads(w.expect())["rate"]) for w in team]
+        if prep is not None:  # the prep's subjects/s while the training ran, as one more rate
+            rates.append(prep.stop(start, time.monotonic()))
+            prep = None
         for w in team:
             lines = w.new_lines()
             if said is not None:
@@ -213,15 +270,19 @@ def run_situation(situation: str, policy: str, args: argparse.Namespace, manifes
         if busy is not None:
             busy.kill()
             busy.wait()
+        if prep is not None:
+            prep.stop(0.0, 0.0)
 
 
 # ---------------------------------------------------------------------------- report
 
-def ratios(results: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+def ratios(results: dict[str, dict[str, list[float]]], prep_rate: float | None = None) -> dict[str, float]:
     """The ratios the report states, from ``results[situation][policy]`` = steps/s of each training.
 
     ``auto_vs_best_<situation>``: auto against the best fixed count (no ``:spin``) in that situation;
-    ``pair_vs_alone_<policy>``: the slower training of a pair against the same policy alone.
+    ``pair_vs_alone_<policy>``: the slower training of a pair against the same policy alone;
+    ``prep_train_vs_alone_<policy>`` and ``prep_vs_alone_<policy>``: the training beside a prep against it
+    alone, and that prep's subjects/s against the prep alone (``prep_rate``).
     """
     out: dict[str, float] = {}
     for situation in ("alone", "busy"):
@@ -233,15 +294,21 @@ def ratios(results: dict[str, dict[str, list[float]]]) -> dict[str, float]:
         alone = results.get("alone", {}).get(policy)
         if alone:
             out[f"pair_vs_alone_{policy}"] = min(pair) / alone[0]
+    for policy, (train_rate, prep) in results.get("prep", {}).items():
+        alone = results.get("alone", {}).get(policy)
+        if alone:
+            out[f"prep_train_vs_alone_{policy}"] = train_rate / alone[0]
+        if prep_rate and prep == prep:  # nan: no prep pass ran wholly beside the training
+            out[f"prep_vs_alone_{policy}"] = prep / prep_rate
     return out
 
 
 def render(results: dict[str, dict[str, list[float]]], meta: dict[str, str], command: str, note: str | None,
-           said: dict[str, list[str]] | None = None) -> str:
+           said: dict[str, list[str]] | None = None, prep_rate: float | None = None) -> str:
     """The Markdown report: the command, the machine, steps/s per policy and situation, the ratios, and
     what the trainings printed (``said``: per run label, ``auto``'s choices and any slowdown line)."""
     policies = list(dict.fromkeys(p for r in results.values() for p in r))
-    r = ratios(results)
+    r = ratios(results, prep_rate)
     lines = [
         "# Training speed on a busy machine",
         "",
@@ -255,21 +322,28 @@ def render(results: dict[str, dict[str, list[float]]], meta: dict[str, str], com
     ]
     if note:
         lines += ["", note]
-    lines += ["", "| threads | alone | beside a busy core | two trainings (each) | pair / alone |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| threads | alone | beside a busy core | two trainings (each) | pair / alone | beside a prep "
+              "(training, prep subjects/s) |", "|---|---|---|---|---|---|"]
     for p in policies:
         alone = results.get("alone", {}).get(p)
         busy = results.get("busy", {}).get(p)
         pair = results.get("pair", {}).get(p)
+        prep = results.get("prep", {}).get(p)
         cells = [f"{alone[0]:.2f}" if alone else "", f"{busy[0]:.2f}" if busy else "",
                  " / ".join(f"{v:.2f}" for v in pair) if pair else "",
-                 f"{r[f'pair_vs_alone_{p}']:.2f}x" if f"pair_vs_alone_{p}" in r else ""]
+                 f"{r[f'pair_vs_alone_{p}']:.2f}x" if f"pair_vs_alone_{p}" in r else "",
+                 f"{prep[0]:.2f}, {prep[1]:.3f}" if prep else ""]
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    if prep_rate is not None:
+        lines += ["", f"The prep alone (`medsr prep hcp --workers N`, {PREP_SUBJECTS} generated subjects per pass): "
+                      f"{prep_rate:.3f} subjects/s."]
     lines += ["", "Targets (the slower training of a pair counts):", ""]
     checks = [
         ("auto beside a busy core / best fixed count there", r.get("auto_vs_best_busy"), TARGET_AUTO_BUSY),
         ("auto alone / best fixed count alone", r.get("auto_vs_best_alone"), TARGET_AUTO_IDLE),
         ("auto, two trainings: each / alone", r.get("pair_vs_alone_auto"), TARGET_PAIR),
+        ("auto beside a prep: training / alone", r.get("prep_train_vs_alone_auto"), TARGET_PAIR),
+        ("a prep beside an auto training: prep / prep alone", r.get("prep_vs_alone_auto"), TARGET_PAIR),
     ]
     for text, value, target in checks:
         if value is not None:
@@ -332,6 +406,14 @@ def run(args: argparse.Namespace) -> int:
         shape = tuple(args.shape)
         manifest = make_prepared_dataset(work / "data", args.n_subjects, shape, "dti", patch_size=16)
         situations = [s for s in SITUATIONS if s in args.situations]
+        prep_rate = None
+        if "prep" in situations:
+            from data_prep.phantom import PhantomConfig, generate
+
+            generate(work / "raw", PREP_SUBJECTS, config=PhantomConfig(shape=shape), progress=False)
+            print("prep alone ...", end=" ", file=sys.stderr, flush=True)
+            prep_rate = prep_alone(work, args.seconds)
+            print(f"{prep_rate:.3f} subjects/s", file=sys.stderr)
         results: dict[str, dict[str, list[float]]] = {s: {} for s in situations}
         said: dict[str, list[str]] = {}  # "situation, threads P" -> what its trainings printed
         total = len(situations) * len(policies) * args.repeats
@@ -371,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
             ("--repeats", str(args.repeats) if args.repeats != 1 else None),
             ("--set", " ".join(args.overrides) if args.overrides else None),
             ("--output", str(args.output) if args.output else None)) if value)
-    text = render(results, meta, command, args.note, said)
+    text = render(results, meta, command, args.note, said, prep_rate)
     print(text)
     if args.output is not None:
         from medsr.utils.atomic import atomic_path

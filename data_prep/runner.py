@@ -37,6 +37,7 @@ from tqdm import tqdm
 from medsr.factor import FactorLike, factor_triple, format_factor
 from medsr.manifest import LR_ONLY_EMPTY, PATH_COLUMNS, empty_row, is_lr_only, read_manifest_raw, update_manifest
 from medsr.utils.paths import check_subject_name, inside
+from medsr.utils.threads import worker_threads
 
 OUTPUT_FILES: dict[str, str] = {"hr": "hr.nii.gz", "lr": "lr.nii.gz", "lr_up": "lr_up.nii.gz", "mask": "mask.nii.gz"}
 MANIFEST_NAME = "manifest.csv"
@@ -272,9 +273,11 @@ def _unmark(rows: dict[str, dict], stale: list[str], manifest: Path, kind: str, 
 def _run_in_workers(todo: list[str], process: Process, out_dir: Path, kind: str, factor: FactorLike,
                     workers: int) -> Iterator[dict]:
     """Run ``todo`` in worker processes; yield each subject's row as it finishes (a dead worker: a failed row)."""
-    # spawn: a fresh interpreter per worker, safe with BLAS threads and any imported library
+    # spawn: a fresh interpreter per worker, safe with BLAS threads and any imported library; each worker
+    # gets its share of the cores for those threads (worker_threads), not every core.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+    n = min(workers, len(todo))
+    with worker_threads(n), ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
         before = {s: _snapshot(out_dir, s) for s in todo}
         pending: dict[Future, str] = {
             pool.submit(run_one, process, s, out_dir, kind, factor, False, before[s]): s for s in todo

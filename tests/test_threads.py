@@ -204,6 +204,19 @@ def test_wait_policy_is_passive_unless_the_user_chose_one():
     assert not passive_wait_policy(env) and env["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+def test_worker_processes_share_the_cores_for_their_math_threads(monkeypatch):
+    import medsr.utils.threads as threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    env = {"MKL_NUM_THREADS": "3"}  # the user's own choice stays
+    with threads.worker_threads(2, env) as share:
+        assert share == 2
+        assert env == {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "3"}
+    assert env == {"MKL_NUM_THREADS": "3"}  # restored after the workers started
+    with threads.worker_threads(8, env) as share:
+        assert share == 1 and env["OMP_NUM_THREADS"] == "1"
+
+
 def test_the_command_line_sets_the_wait_policy_before_torch_loads():
     """``medsr`` sets it in its own environment before importing a verb, so torch (and every process
     a verb starts) reads it; a policy the user set is kept."""

@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Generator, MutableMapping
+from collections.abc import Callable, Generator, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -126,6 +127,34 @@ def usable_cores() -> int:
         # A quota of 1.5 CPUs runs 2 threads at 75% each, throttled in bursts: count whole CPUs.
         n = min(n, max(1, int(limit)))
     return max(1, n)
+
+
+# The thread-count variables of the math libraries a worker process may load (torch's OpenMP, numpy's
+# OpenBLAS, MKL): read once, when each library loads in the new process.
+WORKER_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def worker_threads(workers: int, environ: MutableMapping[str, str] | None = None) -> Iterator[int]:
+    """Give processes started inside the block (``workers`` of them) an equal share of the usable cores.
+
+    Each math library starts one thread per core in every process, so N workers on N cores run N^2
+    threads that wait for each other and for any other job (a training beside ``medsr prep --workers``);
+    joblib's loky workers cap theirs the same way. Variables the user set are kept. Yields the share.
+    """
+    env = os.environ if environ is None else environ
+    share = max(1, usable_cores() // max(1, workers))
+    saved = {k: env.get(k) for k in WORKER_THREAD_VARS}
+    for k in WORKER_THREAD_VARS:
+        env.setdefault(k, str(share))
+    try:
+        yield share
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
 
 
 def env_threads() -> int | None:
