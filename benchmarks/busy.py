@@ -11,9 +11,10 @@ A user's machine is rarely idle. For each thread policy (``auto`` and fixed coun
   alone (its passes that ran wholly inside the training's window count).
 
 Each training runs ``--seconds`` of training time (``train.max_minutes``) through ``pipelines.train.train``
-in a worker process set up the way ``medsr train`` starts (``OMP_WAIT_POLICY=PASSIVE`` unless the
-environment sets a policy; ``OMP_NUM_THREADS`` removed); a policy ``N:spin`` runs N threads in a worker
-with ``OMP_WAIT_POLICY=ACTIVE`` (threads that spin while they wait), for comparison. Workers import
+in a worker process set up the way ``medsr train`` starts (``OMP_WAIT_POLICY=PASSIVE`` with a 0.3 ms
+``GOMP_SPINCOUNT`` unless the environment sets either; ``OMP_NUM_THREADS`` removed); a policy ``N:spin``
+runs N threads in a worker with ``OMP_WAIT_POLICY=ACTIVE`` (threads that spin while they wait), for
+comparison. Workers import
 torch once and serve every run (on a loaded machine the imports take longer than a run); the
 trainings of a situation start together.
 Steps per second come from each run's ``log.csv`` (every step logged), after its first 2 steps, so
@@ -142,8 +143,9 @@ class Worker:
         self._read = 0  # how much of the log new_lines() has returned
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # auto must measure
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-        if spin:
+        if spin:  # libgomp's own spin count for ACTIVE (GOMP_SPINCOUNT would replace it)
             env["OMP_WAIT_POLICY"] = "ACTIVE"
+            env.pop("GOMP_SPINCOUNT", None)
         with open(log, "w") as err:  # the trainings' own lines (threads chosen) and any traceback
             self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker"], env=env,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
@@ -442,7 +444,8 @@ def run(args: argparse.Namespace) -> int:
         "config": _shown_path(args.config),
         "data": f"{args.n_subjects} generated DTI subjects of {'x'.join(map(str, shape))} voxels",
         "seconds": f"{args.seconds:g}" + (f" (median of {args.repeats} runs)" if args.repeats > 1 else ""),
-        "wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (medsr's default)"),
+        "wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (medsr's default)")
+                       + (f", GOMP_SPINCOUNT {os.environ['GOMP_SPINCOUNT']}" if "GOMP_SPINCOUNT" in os.environ else ""),
     }
     command = "medsr bench busy" + "".join(
         f" {flag} {value}" for flag, value in (

@@ -11,11 +11,12 @@ times a small probe of the same work instead (:func:`choose_threads`).
 Two facts about the machine bound the candidates (:func:`usable_cores`): the CPUs this process may
 run on (``os.sched_getaffinity``) and a cgroup CPU quota (``cpu.max``, a container's ``--cpus``).
 
-OpenMP's wait policy is read once, when torch loads libgomp, so the command line sets
-``OMP_WAIT_POLICY=PASSIVE`` (:func:`passive_wait_policy`) before anything imports torch: waiting
-threads then sleep instead of spinning on a core another process needs. Subprocesses and data
-workers inherit it. A value the user set is kept, and so is ``OMP_NUM_THREADS``: ``auto`` then uses
-that number.
+OpenMP's wait policy is read once, when torch loads libgomp, so the command line sets it
+(:func:`passive_wait_policy`) before anything imports torch: ``OMP_WAIT_POLICY=PASSIVE`` with a short
+spin (``GOMP_SPINCOUNT``, :data:`SPIN_COUNT`, about 0.3 ms): waiting threads sleep after 0.3 ms instead
+of spinning on a core another process needs, yet the back-to-back parallel regions of a training step on
+an idle machine still find their threads awake. Subprocesses and data workers inherit it. Values the
+user set are kept, and so is ``OMP_NUM_THREADS``: ``auto`` then uses that number.
 
 This module imports torch only inside functions: the command line calls it before torch loads.
 """
@@ -43,17 +44,26 @@ _SWITCH_FASTER = 1.05
 TRIAL_SHARE = 20.0
 
 
-def passive_wait_policy(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy; True when set here.
+# Spins of a waiting OpenMP thread before it sleeps (libgomp counts about 100,000 per ms): 0.3 ms. Measured
+# with `medsr bench busy` on a 2-core machine (docs/performance.md): no spin at all (PASSIVE alone) cost an
+# idle two-thread training a third of its steps/s against spinning threads; 0.3 ms kept the idle speed,
+# and on a busy machine train.threads: auto moves to the count that does not wait on a taken core.
+SPIN_COUNT = 30000
 
-    Call it before torch is imported: libgomp reads the variable once, when it loads. Processes
+
+def passive_wait_policy(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT`` (:data:`SPIN_COUNT`) unless the user set either;
+    True when set here.
+
+    Call it before torch is imported: libgomp reads the variables once, when it loads. Processes
     started afterwards (DataLoader workers, ``medsr prep --workers``, benchmark subprocesses)
-    inherit it through the environment.
+    inherit them through the environment.
     """
     env = os.environ if environ is None else environ
-    if "OMP_WAIT_POLICY" in env:
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
         return False
     env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return True
 
 
