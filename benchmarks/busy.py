@@ -11,10 +11,9 @@ A user's machine is rarely idle. For each thread policy (``auto`` and fixed coun
   alone (its passes that ran wholly inside the training's window count).
 
 Each training runs ``--seconds`` of training time (``train.max_minutes``) through ``pipelines.train.train``
-in a worker process set up the way ``medsr train`` starts (``OMP_WAIT_POLICY=PASSIVE`` with a 0.3 ms
-``GOMP_SPINCOUNT`` unless the environment sets either; ``OMP_NUM_THREADS`` removed); a policy ``N:spin``
-runs N threads in a worker with ``OMP_WAIT_POLICY=ACTIVE`` (threads that spin while they wait), for
-comparison. Workers import
+in a worker process set up the way ``medsr train`` starts (``OMP_WAIT_POLICY=PASSIVE`` unless the
+environment sets a policy or ``GOMP_SPINCOUNT``; ``OMP_NUM_THREADS`` removed); a policy ``N:spin`` runs N
+threads in a worker with ``OMP_WAIT_POLICY=ACTIVE`` (threads that spin while they wait), for comparison. Workers import
 torch once and serve every run (on a loaded machine the imports take longer than a run); the
 trainings of a situation start together.
 Steps per second come from each run's ``log.csv`` (every step logged), after its first 2 steps, so

@@ -24,10 +24,10 @@ Every failure is printed as one line, ``medsr VERB: error: ...``, without a trac
   any ``OSError`` such as a missing file, a permission error or a full disk, with the path named);
 * 130: interrupted.
 
-OpenMP threads waiting for work sleep after a short spin (``OMP_WAIT_POLICY=PASSIVE`` with
-``GOMP_SPINCOUNT`` of about 0.3 ms, set by :func:`main` before torch loads unless the user set either, and
-inherited by every process a verb starts): threads spinning on beside another busy process made a
-two-thread training step several times slower than a one-thread step.
+OpenMP threads waiting for work sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``, set by :func:`main`
+before torch loads unless the user set a policy or ``GOMP_SPINCOUNT``, and inherited by every process a
+verb starts): spinning threads beside another busy process made a two-thread training step several
+times slower than a one-thread step.
 
 Notes added to an exception (``e.add_note``, e.g. which outputs a batch wrote before it failed)
 are appended to its line.

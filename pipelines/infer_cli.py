@@ -14,7 +14,7 @@ files named lr*.nii[.gz] (not lr_up*) are LR and all others HR. LR inputs are NN
 
 Threads (--threads auto): the prediction of a small crop of the first volume is timed at each
 thread count the cores allow, and the fastest is used (again for a batch's next subject once a
-minute has passed); OpenMP threads sleep after a 0.3 ms spin (OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT; unless set).
+minute has passed); OpenMP threads wait without spinning (OMP_WAIT_POLICY=PASSIVE, unless set).
 
 Windows (--window, --overlap): a model with instance norm runs windows of its training patch size
 (overlap 0.5); any other model runs the largest windows that fit the memory budget (the whole volume

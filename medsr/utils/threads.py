@@ -12,11 +12,11 @@ Two facts about the machine bound the candidates (:func:`usable_cores`): the CPU
 run on (``os.sched_getaffinity``) and a cgroup CPU quota (``cpu.max``, a container's ``--cpus``).
 
 OpenMP's wait policy is read once, when torch loads libgomp, so the command line sets it
-(:func:`passive_wait_policy`) before anything imports torch: ``OMP_WAIT_POLICY=PASSIVE`` with a short
-spin (``GOMP_SPINCOUNT``, :data:`SPIN_COUNT`, about 0.3 ms): waiting threads sleep after 0.3 ms instead
-of spinning on a core another process needs, yet the back-to-back parallel regions of a training step on
-an idle machine still find their threads awake. Subprocesses and data workers inherit it. Values the
-user set are kept, and so is ``OMP_NUM_THREADS``: ``auto`` then uses that number.
+(:func:`passive_wait_policy`) before anything imports torch: ``OMP_WAIT_POLICY=PASSIVE``, so waiting
+threads sleep instead of spinning on a core another process needs. Subprocesses and data workers inherit
+it. A wait policy or ``GOMP_SPINCOUNT`` the user set is kept (on a machine of its own, a short spin such
+as ``GOMP_SPINCOUNT=30000`` trains faster: docs/performance.md), and so is ``OMP_NUM_THREADS``: ``auto``
+then uses that number.
 
 This module imports torch only inside functions: the command line calls it before torch loads.
 """
@@ -44,16 +44,14 @@ _SWITCH_FASTER = 1.05
 TRIAL_SHARE = 20.0
 
 
-# Spins of a waiting OpenMP thread before it sleeps (libgomp counts about 100,000 per ms): 0.3 ms. Measured
-# with `medsr bench busy` on a 2-core machine (docs/performance.md): no spin at all (PASSIVE alone) cost an
-# idle two-thread training a third of its steps/s against spinning threads; 0.3 ms kept the idle speed,
-# and on a busy machine train.threads: auto moves to the count that does not wait on a taken core.
-SPIN_COUNT = 30000
-
-
 def passive_wait_policy(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT`` (:data:`SPIN_COUNT`) unless the user set either;
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy or a spin count (``GOMP_SPINCOUNT``);
     True when set here.
+
+    Measured with ``medsr bench busy`` on an idle 2-core machine (docs/performance.md), a 0.3 ms spin
+    (``GOMP_SPINCOUNT=30000``) trains about a third faster alone, but beside other jobs ``auto``'s trials
+    cost more and the busy-machine ratios fall below their targets; PASSIVE meets them, so it is the
+    default and the spin is the user's choice.
 
     Call it before torch is imported: libgomp reads the variables once, when it loads. Processes
     started afterwards (DataLoader workers, ``medsr prep --workers``, benchmark subprocesses)
@@ -63,7 +61,6 @@ def passive_wait_policy(environ: MutableMapping[str, str] | None = None) -> bool
     if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
         return False
     env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return True
 
 
