@@ -42,6 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SITUATIONS = ("alone", "busy", "pair", "prep")
 PREP_SUBJECTS = 2  # phantom subjects per prep pass (one per worker on 2 cores)
+# A training beside the prep lasts this many alone-passes of the prep (at least --seconds), so that whole
+# passes, about twice as slow beside a training, fall inside its window.
+PREP_WINDOW_PASSES = 6
 WARMUP_STEPS = 2
 # What the thread policy must reach, as ratios of steps/s, checked in the report.
 TARGET_AUTO_BUSY = 0.9
@@ -231,9 +234,11 @@ def prep_alone(work: Path, seconds: float) -> float:
 
 
 def run_situation(situation: str, policy: str, args: argparse.Namespace, manifest: Path, work: Path,
-                  workers: dict[tuple[bool, int], Worker], said: list[str] | None = None) -> list[float]:
-    """Steps per second of each training of ``situation`` under ``policy`` (workers reused by (spin, index));
-    the trainings' own lines (the thread count chosen, a slowdown) are appended to ``said``."""
+                  workers: dict[tuple[bool, int], Worker], said: list[str] | None = None,
+                  seconds: float | None = None) -> list[float]:
+    """Steps per second of each training of ``situation`` under ``policy`` (workers reused by (spin, index))
+    over ``seconds`` (default ``--seconds``), and for ``prep`` the prep's subjects per second; the trainings'
+    own lines (the thread count chosen, a slowdown) are appended to ``said``."""
     threads, spin = parse_policy(policy)
     tag = f"{situation}-{policy.replace(':', '-')}"
     go = work / f"{tag}.go"
@@ -245,7 +250,7 @@ def run_situation(situation: str, policy: str, args: argparse.Namespace, manifes
         team.append(workers[(spin, i)])
     for i, w in enumerate(team):
         overrides = [f"data.manifest={manifest}", f"output_dir={work / 'runs' / f'{tag}-{i}'}",
-                     f"train.threads={threads}", f"train.max_minutes={args.seconds / 60.0}",
+                     f"train.threads={threads}", f"train.max_minutes={(seconds or args.seconds) / 60.0}",
                      "train.max_steps=1000000", "train.n_epochs=1000000", "train.log_every=1",
                      "train.checkpoint_every=1000000", "train.progress=false", "train.samples=false",
                      f"train.seed={i}", *args.overrides]
@@ -337,7 +342,8 @@ def render(results: dict[str, dict[str, list[float]]], meta: dict[str, str], com
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     if prep_rate is not None:
         lines += ["", f"The prep alone (`medsr prep hcp --workers N`, {PREP_SUBJECTS} generated subjects per pass): "
-                      f"{prep_rate:.3f} subjects/s."]
+                      f"{prep_rate:.3f} subjects/s; a training beside it runs for {PREP_WINDOW_PASSES} of its passes alone (at "
+                      "least the seconds above), and the prep's passes wholly inside that window count."]
     lines += ["", "Targets (the slower training of a pair counts):", ""]
     checks = [
         ("auto beside a busy core / best fixed count there", r.get("auto_vs_best_busy"), TARGET_AUTO_BUSY),
@@ -426,7 +432,9 @@ def run(args: argparse.Namespace) -> int:
                     done += 1
                     print(f"[{done}/{total}] {situation}, threads {policy} ...", end=" ", file=sys.stderr, flush=True)
                     lines = said.setdefault(f"{situation}, threads {policy}", [])
-                    runs[policy].append(run_situation(situation, policy, args, manifest, work, workers, lines))
+                    seconds = max(args.seconds, PREP_WINDOW_PASSES * PREP_SUBJECTS / prep_rate) if situation == "prep" \
+                        and prep_rate else args.seconds
+                    runs[policy].append(run_situation(situation, policy, args, manifest, work, workers, lines, seconds))
                     print(" / ".join(f"{v:.2f}" for v in runs[policy][-1]) + " steps/s", file=sys.stderr)
             for policy, got in runs.items():  # per training of the situation: the median over repeats
                 results[situation][policy] = [statistics.median(r[i] for r in got) for i in range(len(got[0]))]

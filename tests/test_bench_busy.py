@@ -42,7 +42,7 @@ def test_report_states_the_command_the_rates_and_the_targets():
     assert "    medsr bench busy --output docs/performance.md" in text
     assert "| auto | 9.60 | 7.30 | 6.00 / 5.00 | 0.52x | 4.80, 0.050 |" in text
     assert "| 2 | 10.00 | 6.00 | 3.00 / 3.20 | 0.30x |  |" in text
-    assert "The prep alone (`medsr prep hcp --workers N`, 2 generated subjects per pass): 0.100 subjects/s." in text
+    assert "The prep alone (`medsr prep hcp --workers N`, 2 generated subjects per pass): 0.100 subjects/s;" in text
     assert "a prep beside an auto training: prep / prep alone: **0.500x** (target >= 0.4: met)" in text
     assert "A shared machine." in text
     assert "auto beside a busy core / best fixed count there: **0.912x** (target >= 0.9: met)" in text
