@@ -15,7 +15,7 @@ OpenMP's wait policy is read once, when torch loads libgomp, so the command line
 (:func:`passive_wait_policy`) before anything imports torch: ``OMP_WAIT_POLICY=PASSIVE``, so waiting
 threads sleep instead of spinning on a core another process needs. Subprocesses and data workers inherit
 it. A wait policy or ``GOMP_SPINCOUNT`` the user set is kept (on a machine of its own, a short spin such
-as ``GOMP_SPINCOUNT=30000`` trains faster: docs/performance.md), and so is ``OMP_NUM_THREADS``: ``auto``
+as ``GOMP_SPINCOUNT=30000`` trains faster: docs/benchmarks.md), and so is ``OMP_NUM_THREADS``: ``auto``
 then uses that number.
 
 This module imports torch only inside functions: the command line calls it before torch loads.
@@ -48,7 +48,7 @@ def passive_wait_policy(environ: MutableMapping[str, str] | None = None) -> bool
     """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy or a spin count (``GOMP_SPINCOUNT``);
     True when set here.
 
-    Measured with ``medsr bench busy`` on an idle 2-core machine (docs/performance.md), a 0.3 ms spin
+    Measured with ``medsr bench busy`` on an idle 2-core machine (docs/benchmarks.md), a 0.3 ms spin
     (``GOMP_SPINCOUNT=30000``) trains about a third faster alone, but beside other jobs ``auto``'s trials
     cost more and the busy-machine ratios fall below their targets; PASSIVE meets them, so it is the
     default and the spin is the user's choice.
