@@ -83,6 +83,7 @@ def measure(cfg, batches: int, steps: int) -> dict:
     import torch
 
     from medsr.data import build_dataset
+    from medsr.patches import format_shape
     from medsr.training.distributed import env_dist_info, select_device
     from medsr.training.trainer import Trainer, configure_determinism
     from medsr.utils.threads import choose_threads
@@ -134,7 +135,8 @@ def measure(cfg, batches: int, steps: int) -> dict:
     return {
         "mode": cfg.train.mode, "model": cfg.model.name, "kwargs": trainer.mode.networks["generator"].kwargs,
         "subjects": len(data.info.get("subjects", [])), "n_patches": len(data.dataset),
-        "patch_size": cfg.data.patch_size, "batch_size": bs, "device": str(device), "num_workers": workers,
+        "patch_size": cfg.data.patch_size, "patch": format_shape(data.info["patch_size"]), "batch_size": bs,
+        "device": str(device), "num_workers": workers,
         "threads": torch.get_num_threads(), "open_s": round(open_s, 2), "loader_patches_per_s": round(supply, 1),
         "train_patches_per_s": round(consume, 2), "train_steps_per_s": round(steps / wall, 2),
         "train_cpu_s_per_step": round(cpu / steps, 4), "ratio": round(supply / consume, 1),
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['subjects']} subjects ({result['n_patches']} patches/epoch, opened in {result['open_s']:.1f} s), "
           f"{result['num_workers']} worker(s)\n"
           f"loader: {result['loader_patches_per_s']:.1f} patches/s   "
-          f"training step ({result['mode']}, {result['model']} {result['kwargs']}, {result['patch_size']}^3, "
+          f"training step ({result['mode']}, {result['model']} {result['kwargs']}, {result['patch']} patches, "
           f"batch {result['batch_size']}, {result['threads']} thread(s)): {result['train_patches_per_s']:.2f} patches/s "
           f"= {result['train_steps_per_s']:.2f} steps/s, {result['train_cpu_s_per_step']} CPU s/step   "
           f"ratio {result['ratio']:.1f}x (target >= 10)\n"

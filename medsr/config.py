@@ -42,8 +42,11 @@ class DataConfig:
         direction: ``AtoB`` or ``BtoA`` (2D datasets: which side is the input).
         dataset: ``maps`` or ``cityscapes`` (2D datasets; ``null`` = told by the root folder's name).
         subjects: training subjects (manifest ``subject`` column); ``null`` = every ``ok`` subject.
-        patch_size: edge of the cubic patches (the paper: 24); rounded up to a multiple of every axis's
-            downsampling factor (16 -> 18 at factor 3), so patches tile whole LR blocks.
+        patch_size: the patches' shape: an int, the edge of a cube (the paper: 24), rounded up to a multiple
+            of every axis's downsampling factor (16 -> 18 at factor 3); three ints, one edge per axis (x y z),
+            each rounded up to its own axis's factor; or ``auto``, the same LR extent on every axis (8 LR
+            voxels: 16^3 at factor 2, 8 x 8 x 32 at 1 1 4, 24^3 at factor 3), so thick-slice patches see as
+            many slices as in-plane voxels. Patches tile whole LR blocks. ``data.type: self``: one int.
         stride: grid stride; ``null`` = ``patch_size`` (non-overlapping, about 112 per HCP volume).
         sampling: ``grid`` (fixed grid positions), ``random`` (random positions) or ``both``.
         random_per_subject: random positions drawn per subject and epoch (``random``/``both``).
@@ -72,7 +75,7 @@ class DataConfig:
     direction: Direction = "AtoB"
     dataset: str | None = None
     subjects: list[SubjectId] | None = None
-    patch_size: int = 24
+    patch_size: int | list[int] | Literal["auto"] = 24
     stride: int | None = None
     sampling: Sampling = "grid"
     random_per_subject: int = 0
@@ -125,6 +128,11 @@ class TrainConfig:
             output degraded as prep degraded the data, ``D``: block mean or slice profile, against the LR
             voxels of its input) and ``|G(y)_lr - D(y)|`` (G is held to that degradation). 0 = the paper's
             eq. 13. Needs ``data.norm_stats: shared``.
+        pretrain_steps: ``unpaired`` mode: the first this many steps train on the degradation terms alone
+            (``|D(F(x)) - x_lr|``, ``|G(y)_lr - D(y)|`` and ``|F(up(D(y))) - y|``: pairs the run makes from its HR
+            volumes), with no cycle or discriminator pass, about three times cheaper per step; the GAN and
+            cycle terms join after them (ESRGAN's pixel-loss pretraining before the adversarial phase).
+            0 = the paper's training from the first step. Needs ``lambda_degrade > 0``.
         lambda_reverse: weight of the reverse direction's pixel loss L(G(y), x) in ``paired_l1`` /
             ``paired_l2`` (paper: 1, both directions); 0 trains F alone and skips computing G.
         lr_decay: ``epochs`` (the paper: constant for ``n_epochs``, then linear to zero over
@@ -163,6 +171,7 @@ class TrainConfig:
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
     lambda_degrade: float = 0.0
+    pretrain_steps: int = 0
     lambda_reverse: float = 1.0
     loss_region: LossRegion = "patch"
     lr_decay: LrDecay = "epochs"

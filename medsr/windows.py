@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medsr.patches import format_shape
+
 # Bytes of live activations per window voxel and per feature channel during an inference-mode
 # forward of rev_srcnn3d (measured with `medsr bench infer`: peak RSS growth / (window voxels * K)).
 # It sizes automatic windows; the constant is deliberately on the safe side.
@@ -97,11 +99,11 @@ def choose_window(
         roi = _as_roi(patch)
         if window is not None and _as_roi(window) != roi:
             raise ValueError(
-                f"this checkpoint uses instance norm, so windows must be its training patch size {roi[0]} "
+                f"this checkpoint uses instance norm, so windows must be its training patch size {format_shape(roi)} "
                 f"(got --window {window}); each window is normalised by its own statistics"
             )
         ov = DEFAULT_OVERLAP_INSTANCE if overlap is None else overlap
-        return plan_windows(shape, roi, ov, f"instance norm: training patch size {roi[0]}")
+        return plan_windows(shape, roi, ov, f"instance norm: training patch size {format_shape(roi)}")
     ov = DEFAULT_OVERLAP_LARGE if overlap is None else overlap
     if window is not None:
         roi = shape if _as_roi(window) == (0, 0, 0) else _as_roi(window)

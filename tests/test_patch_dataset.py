@@ -257,3 +257,49 @@ def test_bad_inputs_are_named(manifest, tmp_path):
         build_dataset(_cfg(bad2), SINGLE)
     with pytest.raises(ValueError, match="data.subjects.*nobody"):
         build_dataset(_cfg(manifest, subjects=["nobody"]), SINGLE)
+
+
+@pytest.mark.parametrize("size, factor, want", [
+    (16, 2, (16, 16, 16)), (16, 3, (18, 18, 18)), (16, (1, 1, 4), (16, 16, 16)),  # a cube: every factor divides it
+    ([8, 8, 30], (1, 1, 4), (8, 8, 32)), ([9, 8, 8], (3, 2, 2), (9, 8, 8)),        # a box: each axis its own factor
+    ("auto", 2, (16, 16, 16)), ("auto", (1, 1, 4), (8, 8, 32)), ("auto", 3, (24, 24, 24)),  # 8 LR voxels per axis
+])
+def test_patch_shape_tiles_whole_lr_blocks(size, factor, want):
+    from medsr.factor import factor_triple
+    from medsr.patches import patch_shape
+
+    got = patch_shape(size, factor)
+    assert got == want and all(e % r == 0 for e, r in zip(got, factor_triple(factor)))
+
+
+@pytest.mark.parametrize("bad", [[8, 8], [8, 0, 8], "cube", [8, 8.5, 8]])
+def test_bad_patch_shapes_are_named(bad):
+    from medsr.patches import patch_shape
+
+    with pytest.raises(ValueError, match="data.patch_size"):
+        patch_shape(bad, 2)
+
+
+def test_box_patches_of_thick_slice_data(tmp_path):
+    """data.patch_size [x, y, z] at factor 1 1 4: patches, masks and the brain rule follow the box, origins sit on
+    LR block boundaries, only the permutation that keeps the box (x <-> y) is drawn, and the run's data entry
+    stores the box."""
+    m = make_prepared_dataset(tmp_path, 1, (24, 24, 40), "dti", factor=(1, 1, 4), patch_size=[8, 8, 32])
+    td = build_dataset(_cfg(m, patch_size=[8, 8, 30], permute=True, flip=True, sampling="both",
+                            random_per_subject=6), SINGLE)
+    ds = td.dataset
+    assert td.info["patch_size"] == [8, 8, 32] and ds.shape == (8, 8, 32)
+    assert ds.n_grid == int(read_manifest_raw(m)["n_patches"].sum()) > 0
+    assert [tuple(p) for p in ds.permutations] == [(0, 1, 2), (1, 0, 2)]
+    mask = ds.subjects[0].mask
+    for item in range(len(ds)):
+        si, o = ds.position(item, 77 + item)
+        assert o[2] % 4 == 0 and patch_fractions(mask, o[None], (8, 8, 32))[0] >= 0.01
+        sample = ds[(item, item, 77 + item, 77 + item)]
+        assert sample["x"].shape == sample["y"].shape == (6, 8, 8, 32)
+    # The unpermuted, unflipped item is the box at its origin.
+    seed = next(s for s in range(64) if ds._symmetry(s) == ((0, 1, 2), ()))
+    si, o = ds.position(0, seed)
+    hr = load_volume(tmp_path / "sub00" / "hr.nii.gz").data
+    want = hr[(slice(None),) + tuple(slice(int(a), int(a) + e) for a, e in zip(o, (8, 8, 32)))]
+    np.testing.assert_allclose(td.norm["y"].denormalise(ds[(0, 0, seed, seed)]["y"].numpy()), want, rtol=1e-4, atol=1e-9)

@@ -44,7 +44,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -211,7 +211,7 @@ def _unwritable(subject: str, e: OSError) -> OSError:
     return err
 
 
-def cached_origins(entry: CacheEntry, size: int, stride: int | None, min_fraction: float,
+def cached_origins(entry: CacheEntry, size: int | Sequence[int], stride: int | None, min_fraction: float,
                    compute: Callable[[], np.ndarray]) -> np.ndarray:
     """The brain-rule patch origins (N, 3) of a subject, computed once per cache build and parameters.
 
@@ -219,7 +219,8 @@ def cached_origins(entry: CacheEntry, size: int, stride: int | None, min_fractio
     for a thousand subjects on every rank); its result is saved beside the cache and read back next
     time. A cache folder that cannot be written only costs the recomputation.
     """
-    path = entry.folder / f"origins-{entry.build}-{size}-{stride}-{float(min_fraction)!r}.npy"
+    edge = size if isinstance(size, (int, np.integer)) else "x".join(str(int(e)) for e in size)  # a cube, or a box
+    path = entry.folder / f"origins-{entry.build}-{edge}-{stride}-{float(min_fraction)!r}.npy"
     try:
         origins = np.load(path)
         if origins.ndim == 2 and origins.shape[1] == 3:

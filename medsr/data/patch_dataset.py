@@ -29,10 +29,10 @@ from medsr.data.domains import DomainPairs, split_domains
 from medsr.data.mapped import MappedGroup
 from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
-from medsr.factor import factor_triple, factor_value, format_factor, round_up_to_factor
+from medsr.factor import factor_triple, factor_value, format_factor
 from medsr.model_card import data_card
 from medsr.normalise import ChannelStats, stats_from_sums
-from medsr.patches import brain_patch_origins
+from medsr.patches import SizeLike, as_shape, brain_patch_origins, format_shape, patch_shape, shape_value
 
 
 # (axis permutation, flipped axes) applied to a patch.
@@ -108,10 +108,9 @@ class Subject:
             self._stats_cache[key] = cached
         return cached[1], cached[2]
 
-    def patch(self, key: str, origin: np.ndarray, size: int) -> np.ndarray:
-        """Normalised (C, s, s, s) float32 patch of x or y at ``origin``."""
-        o = origin
-        return self.region(key, (slice(o[0], o[0] + size), slice(o[1], o[1] + size), slice(o[2], o[2] + size)))
+    def patch(self, key: str, origin: np.ndarray, size: SizeLike) -> np.ndarray:
+        """Normalised (C, sx, sy, sz) float32 patch of x or y at ``origin`` (``size``: an edge or a box)."""
+        return self.region(key, box_slices(origin, size))
 
     @property
     def x(self) -> np.ndarray:
@@ -122,6 +121,12 @@ class Subject:
     def y(self) -> np.ndarray:
         """The whole normalised target (C, X, Y, Z) in memory: a full copy, for tests and small checks."""
         return self.region("y", (slice(None),) * 3)
+
+
+def box_slices(origin: np.ndarray, size: SizeLike) -> tuple[slice, slice, slice]:
+    """The voxel slices of the ``size`` patch (an edge or a box) starting at ``origin`` (3,)."""
+    box = as_shape(size)
+    return tuple(slice(int(o), int(o) + e) for o, e in zip(origin, box))  # type: ignore[return-value]
 
 
 def load_subjects(manifest: str | Path, subjects: list[str] | None = None, rank: int = 0,
@@ -197,7 +202,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Args:
         subjects: memory-mapped subjects (patches are normalised with their ``norm_x`` / ``norm_y``).
-        patch_size: patch edge s.
+        patch_size: patch edge s, or one per axis (sx, sy, sz) (:func:`medsr.patches.patch_shape`).
         stride: grid stride (None = s).
         sampling: ``grid``, ``random`` or ``both``.
         random_per_subject: random positions per subject per epoch.
@@ -211,14 +216,15 @@ class PatchDataset(torch.utils.data.Dataset):
             exactly, and every model sees the blocks in one phase, as whole-volume inference does.
         with_mask: also return the brain mask of paired patches (for ``train.loss_region: brain``).
         permutations: the axis permutations ``permute`` draws from (default all six; thick-slice data
-            swap only their alike axes: :func:`medsr.data.augment.allowed_permutations`).
+            swap only their alike axes: :func:`medsr.data.augment.allowed_permutations`); of those, only
+            the ones that keep a box patch's shape are used (x <-> y of an 8 x 8 x 32 box).
 
-    ``dataset[item]`` returns ``{"x": (C, s, s, s), "y": (C, s, s, s)}`` float32 tensors, and with
-    ``with_mask`` a paired item adds ``"mask"``: (1, s, s, s) float32 in {0, 1}, an unpaired one
+    ``dataset[item]`` returns ``{"x": (C, sx, sy, sz), "y": (C, sx, sy, sz)}`` float32 tensors, and with
+    ``with_mask`` a paired item adds ``"mask"``: (1, sx, sy, sz) float32 in {0, 1}, an unpaired one
     ``"mask_x"`` and ``"mask_y"`` (each patch's own).
     """
 
-    def __init__(self, subjects: list[Subject], patch_size: int = 24, stride: int | None = None,
+    def __init__(self, subjects: list[Subject], patch_size: SizeLike = 24, stride: int | None = None,
                  sampling: str = "grid", random_per_subject: int = 0, min_fraction: float = 0.01,
                  flip: bool = False, dti: bool = False, norm_x: ChannelStats | None = None,
                  norm_y: ChannelStats | None = None, align: int | tuple[int, ...] = 1, with_mask: bool = False,
@@ -226,8 +232,9 @@ class PatchDataset(torch.utils.data.Dataset):
         self.subjects = subjects
         self.with_mask = bool(with_mask)
         self.align = np.asarray(factor_triple(align), dtype=np.int64)  # per axis
-        self.permutations = tuple(permutations)
-        self.size = int(patch_size)
+        self.shape = as_shape(patch_size)
+        # A permutation must map the patch box onto itself, or a batch would mix shapes.
+        self.permutations = tuple(p for p in permutations if all(self.shape[p[i]] == self.shape[i] for i in range(3)))
         self.min_fraction = float(min_fraction)
         self.flip = bool(flip)
         self.permute = bool(permute)
@@ -239,19 +246,20 @@ class PatchDataset(torch.utils.data.Dataset):
         empty: list[str] = []
         grid: list[np.ndarray] = []
         for si, s in enumerate(subjects):
-            if any(d < self.size for d in s.entry.shape):
-                raise ValueError(f"subject {s.name}: volume {s.entry.shape} is smaller than a {self.size}^3 patch")
+            if any(d < e for d, e in zip(s.entry.shape, self.shape)):
+                raise ValueError(f"subject {s.name}: volume {s.entry.shape} is smaller than a "
+                                 f"{format_shape(self.shape)} patch")
             # Saved with the cache after the first scan; the scan reads a private copy of the mask,
             # freed after it (scanning the map would keep every subject's whole mask resident).
-            scan = lambda s=s: brain_patch_origins(s.read_mask(), self.size, stride, self.min_fraction)  # noqa: E731
-            origins = cached_origins(s.entry, self.size, stride, self.min_fraction, scan)
+            scan = lambda s=s: brain_patch_origins(s.read_mask(), self.shape, stride, self.min_fraction)  # noqa: E731
+            origins = cached_origins(s.entry, shape_value(self.shape), stride, self.min_fraction, scan)
             origins = np.unique(origins // self.align * self.align, axis=0) if len(origins) else origins
             if sampling in ("grid", "both") and len(origins) == 0 or s.entry.brain_voxels == 0:
                 empty.append(s.name)
             grid.append(np.concatenate([np.full((len(origins), 1), si), origins], 1))
         if empty:
             raise ValueError(
-                f"subject(s) {', '.join(empty)}: the brain mask yields no {self.size}^3 patch with >= "
+                f"subject(s) {', '.join(empty)}: the brain mask yields no {format_shape(self.shape)} patch with >= "
                 f"{self.min_fraction:.2%} brain voxels (check the mask or lower data.min_brain_fraction)"
             )
         self.grid = np.concatenate(grid, 0).astype(np.int64) if sampling in ("grid", "both") else np.zeros((0, 4), np.int64)
@@ -275,7 +283,7 @@ class PatchDataset(torch.utils.data.Dataset):
         si = k % len(self.subjects)
         rng = np.random.default_rng([seed, 1])
         mask = self.subjects[si].mask
-        shape, n = np.asarray(mask.shape), self.size
+        shape, n = np.asarray(mask.shape), np.asarray(self.shape)
         best = None
         for _ in range(16):  # rejection sampling against the brain rule
             brain = self.subjects[si].brain  # brain voxel coordinates (N, 3), memory-mapped
@@ -283,14 +291,13 @@ class PatchDataset(torch.utils.data.Dataset):
             origin = np.clip(centre - n // 2, 0, shape - n) // self.align * self.align
             # One patch: count its voxels directly (patch_fractions builds a whole-volume summed
             # table per call, ~0.1 s on an HCP mask, which would dominate the loader).
-            o = origin
-            if mask[o[0]:o[0] + n, o[1]:o[1] + n, o[2]:o[2] + n].mean() >= self.min_fraction:
+            if mask[box_slices(origin, self.shape)].mean() >= self.min_fraction:
                 return si, origin
             best = origin if best is None else best
         return si, best  # type: ignore[return-value]
 
     def _patch(self, si: int, key: str, origin: np.ndarray, sym: Symmetry) -> torch.Tensor:
-        patch = self.subjects[si].patch(key, origin, self.size)
+        patch = self.subjects[si].patch(key, origin, self.shape)
         stats = self.norm_x if key == "x" else self.norm_y
         perm, axes = sym
         if axes or perm != PERMUTATIONS[0]:
@@ -322,9 +329,9 @@ class PatchDataset(torch.utils.data.Dataset):
             self.subjects[si].release()
 
     def side(self, key: str, index: int, seed: int) -> dict[str, torch.Tensor]:
-        """One domain's patch of an unpaired item: ``{key: (C, s, s, s)}`` for ``key`` ``x`` (lr_up) or ``y``
+        """One domain's patch of an unpaired item: ``{key: (C, sx, sy, sz)}`` for ``key`` ``x`` (lr_up) or ``y``
         (hr) at item ``index`` drawn from ``seed``, and with ``with_mask`` its brain mask as ``mask_<key>``
-        (1, s, s, s)."""
+        (1, sx, sy, sz)."""
         si, origin = self.position(index, seed)
         try:
             sym = self._symmetry(seed)
@@ -336,8 +343,7 @@ class PatchDataset(torch.utils.data.Dataset):
             self.subjects[si].release()
 
     def _mask_patch(self, si: int, origin: np.ndarray, sym: Symmetry) -> torch.Tensor:
-        s, o = self.size, origin
-        m = symmetry_mask(self.subjects[si].mask[o[0]:o[0] + s, o[1]:o[1] + s, o[2]:o[2] + s], *sym)
+        m = symmetry_mask(self.subjects[si].mask[box_slices(origin, self.shape)], *sym)
         return torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)[None])
 
 
@@ -393,11 +399,19 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     subjects, info = load_subjects(d.manifest, d.subjects, dist.rank, dist.world_size)
     c = info["channels"]
     factor = factor_triple(info["factor"])
-    # A patch tiles whole LR blocks on every axis: its edge is rounded up to a multiple of every
-    # factor (16 stays 16 at factors 2, 4 and 1 1 4; it becomes 18 at factor 3).
-    patch_size = round_up_to_factor(d.patch_size, factor)
-    if patch_size != d.patch_size and dist.rank == 0:
-        print(f"data.patch_size {d.patch_size} -> {patch_size}: a multiple of the factor "
+    # A patch tiles whole LR blocks on every axis: a cube's edge is rounded up to a multiple of every
+    # factor (16 stays 16 at factors 2, 4 and 1 1 4; it becomes 18 at factor 3), a box's edges each to
+    # their axis's factor; auto is the same LR extent on every axis (8 x 8 x 32 at 1 1 4).
+    patch_size = patch_shape(d.patch_size, factor)
+    if d.patch_size == "auto":  # auto fits the smallest training volume (whole LR blocks), a box that tiles none
+        smallest = np.min([s.entry.shape for s in subjects], axis=0)
+        fitted = tuple(int(min(e, max(v // r, 1) * r)) for e, v, r in zip(patch_size, smallest, factor))
+        if fitted != patch_size and dist.rank == 0:
+            print(f"data.patch_size auto: {format_shape(fitted)} instead of {format_shape(patch_size)}, "
+                  f"the smallest training volume is {tuple(int(v) for v in smallest)}", file=sys.stderr)
+        patch_size = fitted
+    elif patch_size != as_shape(d.patch_size) and dist.rank == 0:
+        print(f"data.patch_size {d.patch_size} -> {format_shape(patch_size)}: a multiple of the factor "
               f"{format_factor(factor, ' ')} on every axis", file=sys.stderr)
     # A permuted patch must show anatomy at its own scale: only axes of equal voxel size and factor swap.
     vox = np.array([np.linalg.norm(s.affine[:3, :3], axis=0) for s in subjects])
@@ -427,7 +441,7 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
         dataset, n_y = patches(subjects), None
     sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                                 unpaired=cfg.train.mode == "unpaired", n_items_y=n_y)
-    entry = {"factor": factor_value(factor), "patch_size": int(patch_size), "channels": int(c), "kind": info["kind"],
+    entry = {"factor": factor_value(factor), "patch_size": shape_value(patch_size), "channels": int(c), "kind": info["kind"],
              "subjects": [s.name for s in subjects], "n_patches": int(dataset.n_grid),
              "flip": bool(d.flip), "permute": bool(d.permute),  # inference's --tta auto follows them
              "slice_profile": info["slice_profile"]}

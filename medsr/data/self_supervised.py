@@ -271,6 +271,9 @@ def build_self(cfg: Any, dist: Any) -> TrainData:
                          "data.random_per_subject >= 1")
     if d.permute:
         raise ValueError("config key 'data.permute': data.type 'self' already turns pairs in plane; set it false")
+    if not isinstance(d.patch_size, int):
+        raise ValueError(f"config key 'data.patch_size': data.type 'self' takes one int (the pairs' in-plane edge), "
+                         f"got {d.patch_size!r}")
     scans, info = load_scans(d.manifest, d.subjects)
     factor = info["factor"]
     s, q, _ = pair_axes(factor)

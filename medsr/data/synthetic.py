@@ -19,7 +19,7 @@ from medsr.degrade import block_mean, fit_array, fit_to_factor, nn_upsample
 from medsr.factor import FactorLike
 from medsr.io import save_mask, save_volume
 from medsr.manifest import format_triple, write_manifest
-from medsr.patches import count_brain_patches
+from medsr.patches import count_brain_patches, patch_shape
 from medsr.volume import Volume
 
 
@@ -53,10 +53,12 @@ def synthetic_subject(shape: tuple[int, int, int] = (32, 32, 32), kind: str = "d
 
 
 def make_prepared_dataset(out: str | Path, n_subjects: int = 2, shape: tuple[int, int, int] = (32, 32, 32),
-                          kind: str = "dti", factor: FactorLike = 2, seed: int = 0, patch_size: int = 24) -> Path:
+                          kind: str = "dti", factor: FactorLike = 2, seed: int = 0,
+                          patch_size: int | list[int] | str = 24) -> Path:
     """Write ``n_subjects`` prepared subjects and ``manifest.csv`` under ``out``; returns the manifest path.
 
     ``factor`` is an int or one per axis; the HR grid is cropped to a multiple of it, as prep does.
+    ``patch_size`` (as ``data.patch_size``) only counts the manifest's ``n_patches``.
     """
     out = Path(out)
     rows = []
@@ -75,7 +77,7 @@ def make_prepared_dataset(out: str | Path, n_subjects: int = 2, shape: tuple[int
         rows.append({
             "subject": name, "hr": d / "hr.nii.gz", "lr": d / "lr.nii.gz", "lr_up": d / "lr_up.nii.gz",
             "mask": d / "mask.nii.gz", "shape": format_triple(hr.spatial_shape, "d"), "voxel_size": format_triple(hr.voxel_size),
-            "brain_voxels": int(mask.sum()), "n_patches": count_brain_patches(mask, patch_size), "status": "ok",
+            "brain_voxels": int(mask.sum()), "n_patches": count_brain_patches(mask, patch_shape(patch_size, factor)), "status": "ok",
             "error": "", "factor": factor, "kind": kind,
         })
     return write_manifest(out / "manifest.csv", rows)

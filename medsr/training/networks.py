@@ -21,6 +21,7 @@ from medsr.checkpoint import model_entry
 from medsr.config import Config
 from medsr.factor import factor_value
 from medsr.networks import create_model
+from medsr.patches import as_shape
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class DataFacts:
         channels: channel count of the network input x (``in_channels: auto``).
         factor: the data's upsampling factor (``factor: auto`` of LR-grid generators): an int, or a list
             of three per axis (:func:`medsr.factor.factor_value`).
-        patch_size: edge of the training patches (``patch_size: auto`` of the PatchGAN).
+        patch_size: the training patches: an edge, or ``[sx, sy, sz]`` (``patch_size: auto`` of the PatchGAN).
         where: the data as named in error messages (``the data (path/to/manifest.csv)``).
         slice_profile: how prep degraded the data (``box`` or ``gaussian``: a mode's degradation term).
         kind: ``dti`` (6 tensor channels, FSL order) or ``scalar``.
@@ -41,7 +42,7 @@ class DataFacts:
 
     channels: int
     factor: int | list[int] = 2
-    patch_size: int = 24
+    patch_size: int | list[int] = 24
     where: str = "the data"
     slice_profile: str = "box"
     kind: str = "scalar"
@@ -52,7 +53,7 @@ class DataFacts:
         """The facts of ``data`` (:class:`medsr.data.registry.TrainData`) built from ``cfg``."""
         info = data.info
         return cls(channels=int(data.channels), factor=data_factor(info),
-                   patch_size=int(info.get("patch_size", cfg.data.patch_size)),
+                   patch_size=info.get("patch_size", cfg.data.patch_size),
                    where=f"the data ({info.get('manifest') or cfg.data.root or cfg.data.type})",
                    slice_profile=str(info.get("slice_profile", "box")), kind=str(info.get("kind", "scalar")),
                    norm=dict(data.norm) if getattr(data, "norm", None) else None)
@@ -131,6 +132,6 @@ def build_discriminator(cfg: Config, in_channels: int, facts: DataFacts) -> Netw
     """
     what = f"mode {cfg.train.mode!r} with {facts.where}"
     kwargs = resolve_kwargs(cfg.discriminator.kwargs, in_channels, "discriminator.kwargs", what)
-    if kwargs.get("patch_size") == "auto":  # depth of the PatchGAN follows the patches
-        kwargs["patch_size"] = facts.patch_size
+    if kwargs.get("patch_size") == "auto":  # depth of the PatchGAN follows the patches (their shortest edge)
+        kwargs["patch_size"] = min(as_shape(facts.patch_size))
     return Network(cfg.discriminator.name, kwargs, build_network(cfg.discriminator.name, kwargs, "discriminator"))
