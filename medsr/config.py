@@ -128,11 +128,6 @@ class TrainConfig:
             output degraded as prep degraded the data, ``D``: block mean or slice profile, against the LR
             voxels of its input) and ``|G(y)_lr - D(y)|`` (G is held to that degradation). 0 = the paper's
             eq. 13. Needs ``data.norm_stats: shared``.
-        pretrain_steps: ``unpaired`` mode: the first this many steps train on the degradation terms alone
-            (``|D(F(x)) - x_lr|``, ``|G(y)_lr - D(y)|`` and ``|F(up(D(y))) - y|``: pairs the run makes from its HR
-            volumes), with no cycle or discriminator pass, about three times cheaper per step; the GAN and
-            cycle terms join after them (ESRGAN's pixel-loss pretraining before the adversarial phase).
-            0 = the paper's training from the first step. Needs ``lambda_degrade > 0``.
         lambda_reverse: weight of the reverse direction's pixel loss L(G(y), x) in ``paired_l1`` /
             ``paired_l2`` (paper: 1, both directions); 0 trains F alone and skips computing G.
         lr_decay: ``epochs`` (the paper: constant for ``n_epochs``, then linear to zero over
@@ -171,7 +166,6 @@ class TrainConfig:
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
     lambda_degrade: float = 0.0
-    pretrain_steps: int = 0
     lambda_reverse: float = 1.0
     loss_region: LossRegion = "patch"
     lr_decay: LrDecay = "epochs"

@@ -40,7 +40,6 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.lambda_l1": (0, None, True, True),
     "train.lambda_cycle": (0, None, True, True),
     "train.lambda_degrade": (0, None, True, True),
-    "train.pretrain_steps": (0, None, True, True),
     "train.pool_size": (0, None, True, True),
     "train.checkpoint_every": (1, None, True, True),
     "train.log_every": (1, None, True, True),

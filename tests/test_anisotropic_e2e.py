@@ -17,6 +17,7 @@ from medsr.data.synthetic import synthetic_subject
 from medsr.factor import factor_triple
 from medsr.io import save_mask, save_volume
 from medsr.manifest import read_manifest
+from medsr.patches import as_shape
 from pipelines.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -55,7 +56,7 @@ def _prep_train_infer_evaluate(tmp_path: Path, source: str, src: Path, factor: l
                  f"data.subjects=[{train}]", *FAST]) == 0
     ck = torch.load(run / "last.pt", weights_only=True)
     assert factor_triple(ck["model"]["kwargs"]["factor"]) == r == factor_triple(ck["data"]["factor"])
-    assert ck["data"]["patch_size"] % np.lcm.reduce(r) == 0  # 16, or 18 at factor 3
+    assert all(e % f == 0 for e, f in zip(as_shape(ck["data"]["patch_size"]), r))  # whole LR blocks per axis
     # From lr.nii.gz, --input-grid auto tells the LR grid by its per-axis voxel sizes; from the manifest, lr_up.
     src_in = manifest if infer_from == "manifest" else prep / test / "lr.nii.gz"
     assert main(["infer", "--checkpoint", str(run / "last.pt"), "--input", str(src_in), "--output", str(pred),

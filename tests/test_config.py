@@ -11,6 +11,7 @@ import typing
 import yaml
 
 from medsr.config import Config, load_config, save_config
+from medsr.patches import patch_shape, shape_value
 from medsr.training import create_mode
 from medsr.training.names import check_names
 from medsr.training.networks import DataFacts
@@ -167,7 +168,7 @@ def _check_buildable(cfg: Config) -> None:
     if cfg.data.type == "aligned2d":
         resolve_dataset(cfg.data)  # data.dataset is maps | cityscapes (or told by the folder name)
     channels = 3 if cfg.data.type == "aligned2d" else 6  # RGB images; the 6 DTI tensor components
-    facts = DataFacts(channels=channels, factor=2, patch_size=cfg.data.patch_size)
+    facts = DataFacts(channels=channels, factor=2, patch_size=shape_value(patch_shape(cfg.data.patch_size, 2)))
     nets = create_mode(cfg).build_networks(facts)  # as the Trainer builds them
     assert all(isinstance(n.module, torch.nn.Module) for n in nets.values())
 

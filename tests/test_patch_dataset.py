@@ -303,3 +303,13 @@ def test_box_patches_of_thick_slice_data(tmp_path):
     hr = load_volume(tmp_path / "sub00" / "hr.nii.gz").data
     want = hr[(slice(None),) + tuple(slice(int(a), int(a) + e) for a, e in zip(o, (8, 8, 32)))]
     np.testing.assert_allclose(td.norm["y"].denormalise(ds[(0, 0, seed, seed)]["y"].numpy()), want, rtol=1e-4, atol=1e-9)
+
+
+def test_auto_patch_fits_the_smallest_volume(tmp_path, capsys):
+    """data.patch_size auto is 8 LR voxels per axis (8 x 8 x 32 at 1 1 4); a volume with fewer slices caps the box
+    at whole LR blocks, said on stderr, instead of refusing the data."""
+    m = make_prepared_dataset(tmp_path, 1, (24, 24, 26), "scalar", factor=(1, 1, 4), patch_size="auto")
+    td = build_dataset(_cfg(m, patch_size="auto"), SINGLE)
+    assert td.info["patch_size"] == [8, 8, 24] and td.dataset.shape == (8, 8, 24)
+    assert "data.patch_size auto: 8x8x24 instead of 8x8x32" in capsys.readouterr().err
+    assert td.dataset[0]["x"].shape == (1, 8, 8, 24)

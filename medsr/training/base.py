@@ -33,7 +33,7 @@ import torch.nn as nn
 from medsr.config import Config
 from medsr.precision import MixedPrecision
 from medsr.training.networks import DataFacts, Network, build_discriminator, build_generator
-from medsr.training.schedule import LRSchedule, RunPoint, make_optimizer, make_schedule
+from medsr.training.schedule import LRSchedule, make_optimizer, make_schedule
 
 _MODES: dict[str, type["TrainMode"]] = {}
 # Modules whose @register_mode runs on the first look-up: the built-in modes, then modes defined
@@ -125,8 +125,8 @@ class TrainMode:
 
     1. ``mode = create_mode(cfg, rank)``;
     2. ``mode.setup(facts, device, wrap)``: networks, DDP wrappers, optimisers, schedules, precision;
-    3. before each step :meth:`advance` (``run_point``: the learning-rate schedules, and :attr:`at` for
-       modes whose loss changes along the run), then ``mode.train_step(batch)``;
+    3. before each step ``schedule.step(run_point)`` for each of :attr:`schedules`, then
+       ``mode.train_step(batch)``;
     4. checkpoints from :meth:`state_dict` (the same on every rank) and :meth:`rank_state_dict`.
 
     Attributes set by :meth:`setup`:
@@ -203,16 +203,6 @@ class TrainMode:
         self.amp = MixedPrecision(self.cfg.train.precision, self.device, self.optimizers)
 
     # ------------------------------------------------------------------ one step
-    #: where the run stands before the step :meth:`train_step` takes (set by :meth:`advance`).
-    at: RunPoint = RunPoint()
-
-    def advance(self, at: RunPoint) -> None:
-        """Called by the loop before each step: the schedules set that step's learning rates, and the mode
-        keeps ``at`` (the step count is restored on resume, so a phase keyed to it resumes bit-exactly)."""
-        self.at = at
-        for schedule in self.schedules.values():
-            schedule.step(at)
-
     def autocast(self):
         """The context for forward passes and losses (autocast under bf16/fp16; nothing in fp32)."""
         return self.amp.autocast()

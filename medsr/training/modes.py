@@ -169,13 +169,6 @@ class Unpaired(TrainMode):
     is the paper's loss. With ``train.loss_region: brain`` the cycle terms average over each patch's brain
     voxels and the degradation terms weight each LR voxel by the brain fraction of its block (DTI: every
     block holding brain counts, those under half brain with prep's zero tensor).
-
-    ``train.pretrain_steps``: the first steps train on the three degradation terms alone (F over x and
-    ``up(D(y))`` in one pass, G over y; no cycle, no discriminator), ESRGAN's pixel-loss pretraining: F
-    learns to undo the known degradation at about a third of a full step's cost, and the GAN and cycle terms
-    then adapt it to the real X domain. G trains with F from the start: a shared core trained in one
-    direction only has an inverse nobody has shaped, and the first cycle steps through it diverged
-    (measured). Those steps log the terms they do not compute as 0.
     """
 
     discriminator_names = ("D_Y", "D_X")
@@ -185,11 +178,7 @@ class Unpaired(TrainMode):
         self.gan = GANLoss(cfg.train.gan_loss)
         self.lam = cfg.train.lambda_cycle
         self.lam_degrade = float(cfg.train.lambda_degrade)
-        self.pretrain_steps = int(cfg.train.pretrain_steps)
         self.brain_only = cfg.train.loss_region == "brain"
-        if self.pretrain_steps > 0 and self.lam_degrade == 0:
-            raise ValueError("config key 'train.pretrain_steps': pretraining uses the degradation terms alone, "
-                             "so it needs train.lambda_degrade > 0")
         if self.lam_degrade > 0 and cfg.data.normalise and cfg.data.norm_stats != "shared":
             # D(F(x)) is in y's normalised units and x_lr in x's: they compare only under one normalisation.
             raise ValueError("config key 'train.lambda_degrade': the degradation term compares F's output with its "
@@ -250,31 +239,10 @@ class Unpaired(TrainMode):
             up = F.pad(up, pad, mode="replicate")
         return up.detach()
 
-    def _degrade_y_loss(self, fake: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """|F(up(D(y))) - y| where the degradation's profile lies inside the patch (``fake``: F's output)."""
-        crop = self.degrade.crop_hr
-        return region_loss(nn.functional.l1_loss, crop(fake.float()), crop(y), crop(mask) if mask is not None else None)
-
-    def _pretrain_step(self, x: torch.Tensor, y: torch.Tensor, mask_x: torch.Tensor | None,
-                       mask_y: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The degradation terms alone (``train.pretrain_steps``): F over x and up(D(y)), G over y."""
-        n = x.shape[0]
-        with self.autocast():
-            out = self.passes(x=torch.cat([x, self._known_input(y, mask_y)]), y=y)
-            deg_f = self._degrade_loss(out["fake_y"][:n].float(), self._lr(x), mask_x)  # D(F(x)) ~ x_lr
-            deg_g = self._degrade_loss(y, self._lr(out["fake_x"].float()), mask_y)  # G(y)_lr ~ D(y)
-            deg_y = self._degrade_y_loss(out["fake_y"][n:], y, mask_y)  # F(up(D(y))) ~ y
-        self.optimise("G", self.lam_degrade * (deg_f + deg_g + deg_y))
-        zero = torch.zeros((), device=deg_f.device)
-        return {**{k: zero for k in self.loss_names},
-                **{f"degrade_{k}": v.detach() for k, v in zip("FGY", (deg_f, deg_g, deg_y))}}
-
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
         mask_x = batch.get("mask_x") if self.brain_only else None
         mask_y = batch.get("mask_y") if self.brain_only else None
-        if self.at.step < self.pretrain_steps:
-            return self._pretrain_step(x, y, mask_x, mask_y)
         raw = [self.discriminators["D_Y"], self.discriminators["D_X"]]
         _set_requires_grad(raw, False)
         n = x.shape[0]
@@ -292,7 +260,9 @@ class Unpaired(TrainMode):
             if self.lam_degrade > 0:
                 deg_f = self._degrade_loss(fy, self._lr(x), mask_x)  # D(F(x)) ~ x_lr
                 deg_g = self._degrade_loss(y, self._lr(fx), mask_y)  # G(y)_lr ~ D(y)
-                deg_y = self._degrade_y_loss(out["fake_y"][n:], y, mask_y)  # F(up(D(y))) ~ y
+                crop = self.degrade.crop_hr  # F(up(D(y))) ~ y, where the profile lies inside the patch
+                deg_y = region_loss(nn.functional.l1_loss, crop(out["fake_y"][n:].float()), crop(y),
+                                    crop(mask_y) if mask_y is not None else None)
                 loss_g_total = loss_g_total + self.lam_degrade * (deg_f + deg_g + deg_y)
         self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)

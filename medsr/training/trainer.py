@@ -234,8 +234,10 @@ class Trainer:
         return RunPoint(step=self.step, epoch=self.step // self.steps_per_epoch, progress=self.progress())
 
     def _set_learning_rates(self) -> None:
-        """Tell the mode the run point: its schedules set the rates of the next step."""
-        self.mode.advance(self.run_point())
+        """Tell each of the mode's schedules the run point: it sets the rate of the next step."""
+        at = self.run_point()
+        for schedule in self.mode.schedules.values():
+            schedule.step(at)
 
     def learning_rate(self) -> float:
         """The rate of the mode's first optimiser (the generator's) for the next step."""
