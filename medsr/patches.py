@@ -10,7 +10,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from medsr.factor import FactorLike, factor_lcm, factor_triple
+from medsr.factor import FactorLike, factor_triple, round_up_to_factor
 
 Shape = tuple[int, int, int]
 SizeLike = Union[int, Sequence[int]]
@@ -40,8 +40,7 @@ def patch_shape(size: SizeLike | str, factor: FactorLike = 1) -> Shape:
                                        for e in edges):
         raise ValueError(f"config key 'data.patch_size': expected one positive int or three (x y z), got {size!r}")
     if len(edges) == 1:
-        m = factor_lcm(r)
-        edge = -(-int(edges[0]) // m) * m
+        edge = round_up_to_factor(int(edges[0]), r)
         return (edge, edge, edge)
     return tuple(-(-int(e) // f) * f for e, f in zip(edges, r))  # type: ignore[return-value]
 
