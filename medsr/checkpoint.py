@@ -5,7 +5,8 @@ Layout of a checkpoint file (a plain dict, loadable with ``torch.load(weights_on
     {
       "format": 1,
       "medsr_version": str,
-      "model": {"name": str, "kwargs": dict, "state_dict": dict},   # the generator
+      "model": {"name": str, "kwargs": dict, "state_dict": dict},   # the generator (its weight average under train.ema)
+      "ema": {"decay", "updates", "train_state_dict"},                # train.ema only: the optimiser's weights
       "discriminators": {name: {"name", "kwargs", "state_dict"}},    # GAN modes only
       "optimizers": {...}, "schedulers": {...},                      # training state
       "step": int, "epoch": int, "rng": {...},

@@ -24,7 +24,7 @@ import yaml
 
 from medsr import config_yaml
 # Closed value sets: a field annotated with one accepts only its listed strings.
-from medsr.choices import Direction, Domains, GanLoss, LossRegion, LrDecay, NormStats, Precision, Sampling
+from medsr.choices import Direction, Domains, GanLoss, LossRegion, LrDecay, NormStats, Precision, Reverse, Sampling
 from medsr.config_values import SubjectId, _build
 from medsr.config_yaml import DuplicateKeyError, _yaml_floats, parse_yaml  # noqa: F401 - re-exported
 
@@ -128,8 +128,16 @@ class TrainConfig:
             output degraded as prep degraded the data, ``D``: block mean or slice profile, against the LR
             voxels of its input) and ``|G(y)_lr - D(y)|`` (G is held to that degradation). 0 = the paper's
             eq. 13. Needs ``data.norm_stats: shared``.
+        reverse: what G, the Y -> X map of ``unpaired`` mode, is: ``network`` (the paper: the generator's
+            reverse pass through the shared core, with its discriminator D_X) or ``degradation`` (prep's own
+            degradation ``D`` then NN upsampling, fixed: the cycle terms become ``|D(F(x)) - x_lr|`` and
+            ``|F(up(D(y))) - y|``, pairs made from the Y volumes; no D_X, no learned G).
         lambda_reverse: weight of the reverse direction's pixel loss L(G(y), x) in ``paired_l1`` /
             ``paired_l2`` (paper: 1, both directions); 0 trains F alone and skips computing G.
+        ema: decay of an exponential moving average of the generator's weights, updated every step
+            (warming up as ``min(ema, (1 + n) / (10 + n))``); checkpoints serve the average as the model
+            (:mod:`medsr.training.ema`). 0 (the default) keeps the last step's weights; 0.999 averages
+            about the last thousand steps.
         lr_decay: ``epochs`` (the paper: constant for ``n_epochs``, then linear to zero over
             ``n_epochs_decay``) or ``cosine`` (a per-step cosine from ``lr`` to zero over the run's
             length: the larger of step / ``max_steps``-or-epochs and time / ``max_minutes``, so a
@@ -166,7 +174,9 @@ class TrainConfig:
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
     lambda_degrade: float = 0.0
+    reverse: Reverse = "network"
     lambda_reverse: float = 1.0
+    ema: float = 0.0
     loss_region: LossRegion = "patch"
     lr_decay: LrDecay = "epochs"
     gan_loss: GanLoss = "vanilla"

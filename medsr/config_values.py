@@ -33,6 +33,7 @@ _RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.max_steps": (1, None, True, True),
     "train.max_minutes": (0, None, False, True),
     "train.lambda_reverse": (0, None, True, True),
+    "train.ema": (0, 1, True, False),
     # Adam at a learning rate above 1 only diverges; a huge one overflows float32 before the first step.
     "train.lr": (0, 1, False, True),
     "train.beta1": (0, 1, True, False),

@@ -38,6 +38,22 @@ def _first_step(manifest, tmp_path, mode: str, batch_edit=None, **train) -> dict
     return {k: float(v) for k, v in trainer.mode.train_step(batch).items()}
 
 
+def _initial_weights(cfg, run_dir) -> dict[str, torch.Tensor]:
+    """The generator's weights as a run of ``cfg`` starts (no step taken)."""
+    trainer = Trainer(cfg, build_dataset(cfg, SINGLE), run_dir, SINGLE, torch.device("cpu"))
+    return {k: v.clone() for k, v in trainer.mode.generator.state_dict().items()}
+
+
+def test_known_reverse_cycle_terms_equal_the_learned_modes_degradation_terms(manifest, tmp_path):
+    """On the first batch (same weights, same patches) ``reverse: degradation``'s cycle_x and cycle_y are the learned
+    G's degrade_F and degrade_Y: the same |D(F(x)) - x_lr| and |F(up(D(y))) - y|."""
+    common = dict(loss_region="brain", data={"norm_stats": "shared", "domains": "disjoint"})
+    known = _first_step(manifest, tmp_path / "k", "unpaired", reverse="degradation", **common)
+    learned = _first_step(manifest, tmp_path / "l", "unpaired", lambda_degrade=1.0, **common)
+    assert known["cycle_x"] == pytest.approx(learned["degrade_F"], rel=1e-6)
+    assert known["cycle_y"] == pytest.approx(learned["degrade_Y"], rel=1e-6)
+
+
 def test_paired_gan_l1_terms_ignore_voxels_outside_the_brain(manifest, tmp_path):
     """With loss_region brain a change of a target outside the mask leaves its L1 term as it was."""
     def outside(key):  # the target of one direction changed outside the brain (its input left alone)
@@ -204,3 +220,42 @@ def test_known_input_is_preps_lr_up_of_y():
     inner = gauss.degrade(y).repeat_interleave(4, -1)  # the two LR slices whose profile lies inside
     assert torch.allclose(up[..., 4:12], inner, atol=1e-6)
     assert torch.equal(up[..., :4], up[..., 4:5].expand_as(up[..., :4]))
+
+
+@pytest.mark.parametrize("kind", ["scalar", "dti"])
+def test_known_reverse_cycles_are_the_degradation_terms_and_resume_bit_exact(tmp_path, kind):
+    """``train.reverse: degradation``: G is prep's degradation, so cycle_y is F's loss on pairs made from Y and
+    cycle_x F's LR consistency; only D_Y exists, G's own layers never change, resume is bit-exact, and the
+    redundant lambda_degrade is refused by key."""
+    manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), kind, patch_size=8)
+    model = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 2, "factor": "auto", "base": "cubic"}}
+
+    def cfg(out, steps, **train):
+        c = train_config(manifest, tmp_path / out, "unpaired", batch_size=2, max_steps=steps, checkpoint_every=2,
+                         lambda_cycle=10.0, reverse="degradation", loss_region="brain", deterministic=True,
+                         lr=1e-2, data={"norm_stats": "shared", "domains": "disjoint"}, **train)
+        c["model"] = model
+        return c
+
+    with pytest.raises(ValueError, match="config key 'train.lambda_degrade'"):
+        train(cfg("bad", 2, lambda_degrade=1.0))
+    with pytest.raises(ValueError, match="config key 'train.reverse'.*norm_stats: shared"):
+        c = cfg("bad2", 2)
+        c["data"]["norm_stats"] = "separate"
+        train(c)
+    try:
+        whole = load_checkpoint(train(cfg("whole", 4)) / "last.pt")
+        rows = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
+        assert set(rows[0]) >= {"gan_F", "cycle_x", "cycle_y", "D_Y"} and "D_X" not in rows[0]
+        assert list(whole["discriminators"]) == ["D_Y"]
+        half = train(cfg("half", 2))
+        train(cfg("half", 4), resume=True)
+        again = load_checkpoint(half / "last.pt")
+        fresh = _initial_weights(load_config(cfg("fresh", 1)), tmp_path / "fresh")
+        for k, v in whole["model"]["state_dict"].items():
+            assert torch.equal(again["model"]["state_dict"][k], v), k
+            if k.startswith(("enc_y.", "dec_x.")):  # G's own layers: no gradient reaches them
+                assert torch.equal(v, fresh[k]), k
+        assert any(not torch.equal(v, fresh[k]) for k, v in whole["model"]["state_dict"].items())
+    finally:
+        torch.use_deterministic_algorithms(False)

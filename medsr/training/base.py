@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from medsr.config import Config
 from medsr.precision import MixedPrecision
+from medsr.training.ema import WeightAverage
 from medsr.training.networks import DataFacts, Network, build_discriminator, build_generator
 from medsr.training.schedule import LRSchedule, make_optimizer, make_schedule
 
@@ -142,6 +143,8 @@ class TrainMode:
         schedules: optimiser name -> its :class:`LRSchedule`.
         amp: ``train.precision`` for these optimisers: steps run forward passes and losses under
             :meth:`autocast` and step through :meth:`optimise`.
+        ema: the moving average of the generator's weights (``train.ema`` > 0; None when off), updated
+            after every step of optimiser ``G``; checkpoints serve it as the model.
     """
 
     name = ""
@@ -201,6 +204,13 @@ class TrainMode:
         self.optimizers = self.configure_optimizers()
         self.schedules = self.configure_schedules()
         self.amp = MixedPrecision(self.cfg.train.precision, self.device, self.optimizers)
+        ema = float(self.cfg.train.ema)
+        self.ema = WeightAverage(self.generator, ema) if ema > 0 else None
+
+    @property
+    def served_generator(self) -> nn.Module:
+        """The generator a checkpoint serves: the weight average under ``train.ema``, else the generator."""
+        return self.ema.module if self.ema is not None else self.generator
 
     # ------------------------------------------------------------------ one step
     def autocast(self):
@@ -212,6 +222,8 @@ class TrainMode:
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         self.amp.backward_step(name, loss, opt)
+        if name == "G" and self.ema is not None:
+            self.ema.update(self.generator)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimisation step on ``batch`` ({"x": (B, C, *S), "y": (B, C, *S)}); returns detached losses."""
@@ -221,20 +233,35 @@ class TrainMode:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint entries of what this mode trains (identical on every rank).
 
-        Keys of :mod:`medsr.checkpoint`'s layout: ``model`` (the generator), ``discriminators``,
-        ``optimizers``, ``schedulers`` and ``amp`` (fp16 loss scales).
+        Keys of :mod:`medsr.checkpoint`'s layout: ``model`` (the generator: its weight average under
+        ``train.ema``), ``discriminators``, ``optimizers``, ``schedulers``, ``amp`` (fp16 loss scales) and,
+        under ``train.ema``, ``ema`` (``decay``, ``updates`` and ``train_state_dict``, the weights the
+        optimiser is at, which resume continues from).
         """
-        return {
-            "model": self.networks["generator"].entry(),
+        model = self.networks["generator"].entry()
+        state: dict[str, Any] = {
+            "model": model,
             "discriminators": {n: self.networks[n].entry() for n in self.discriminator_names},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedules.items()},
             "amp": self.amp.state_dict(),
         }
+        if self.ema is not None:
+            averaged = self.ema.state_dict()
+            state["model"] = {**model, "state_dict": averaged.pop("state_dict")}
+            state["ema"] = {**averaged, "train_state_dict": model["state_dict"]}
+        return state
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
-        """Restore weights, optimisers, schedules and loss scales from a checkpoint dict."""
-        self.generator.load_state_dict(ck["model"]["state_dict"])
+        """Restore weights, optimisers, schedules and loss scales from a checkpoint dict.
+
+        A checkpoint written under ``train.ema`` resumes from the optimiser's weights (its ``ema`` entry)
+        with the average restored; with ``train.ema`` switched on at resume the average starts there.
+        """
+        averaged = ck.get("ema")
+        self.generator.load_state_dict(averaged["train_state_dict"] if averaged else ck["model"]["state_dict"])
+        if self.ema is not None and averaged:
+            self.ema.load_state_dict({"state_dict": ck["model"]["state_dict"], "updates": averaged["updates"]})
         for n, d in self.discriminators.items():
             d.load_state_dict(ck["discriminators"][n]["state_dict"])
         for k, o in self.optimizers.items():

@@ -169,9 +169,14 @@ class Unpaired(TrainMode):
     is the paper's loss. With ``train.loss_region: brain`` the cycle terms average over each patch's brain
     voxels and the degradation terms weight each LR voxel by the brain fraction of its block (DTI: every
     block holding brain counts, those under half brain with prep's zero tensor).
+
+    ``train.reverse: degradation`` replaces the learned G by the known degradation itself (``up(D(y))``):
+    the cycle terms are then ``|D(F(x)) - x_lr|`` (over LR voxels, weighted as the degradation terms) and
+    ``|F(up(D(y))) - y|``, F has one adversary (D_Y) and no pass runs G, so a step costs about a third of
+    the learned G's. ``lambda_degrade`` must be 0 there: its terms are the cycle terms.
     """
 
-    discriminator_names = ("D_Y", "D_X")
+    discriminator_names: tuple[str, ...] = ("D_Y", "D_X")
 
     def __init__(self, cfg: Config, rank: int = 0) -> None:
         super().__init__(cfg, rank)
@@ -179,9 +184,17 @@ class Unpaired(TrainMode):
         self.lam = cfg.train.lambda_cycle
         self.lam_degrade = float(cfg.train.lambda_degrade)
         self.brain_only = cfg.train.loss_region == "brain"
-        if self.lam_degrade > 0 and cfg.data.normalise and cfg.data.norm_stats != "shared":
+        self.known_reverse = cfg.train.reverse == "degradation"
+        if self.known_reverse:
+            if self.lam_degrade > 0:
+                raise ValueError("config key 'train.lambda_degrade': with train.reverse: degradation the cycle terms "
+                                 "are the degradation terms; set it to 0 (train.lambda_cycle weighs them)")
+            self.discriminator_names = ("D_Y",)
+            self.find_unused = True  # G's encoder and decoder get no gradient (DDP must be told)
+        if (self.lam_degrade > 0 or self.known_reverse) and cfg.data.normalise and cfg.data.norm_stats != "shared":
             # D(F(x)) is in y's normalised units and x_lr in x's: they compare only under one normalisation.
-            raise ValueError("config key 'train.lambda_degrade': the degradation term compares F's output with its "
+            key = "train.reverse" if self.known_reverse else "train.lambda_degrade"
+            raise ValueError(f"config key {key!r}: the degradation term compares F's output with its "
                              "input, so both need one normalisation; set data.norm_stats: shared")
         seed = cfg.train.seed * 1000 + rank  # each rank keeps its own pool
         self.pool_y = ImagePool(cfg.train.pool_size, seed=seed)
@@ -189,6 +202,8 @@ class Unpaired(TrainMode):
 
     @property
     def loss_names(self) -> list[str]:
+        if self.known_reverse:
+            return ["gan_F", "cycle_x", "cycle_y", "D_Y"]
         names = ["gan_F", "gan_G", "cycle_x", "cycle_y", "D_Y", "D_X"]
         return names + ["degrade_F", "degrade_G", "degrade_Y"] if self.lam_degrade > 0 else names
 
@@ -239,10 +254,34 @@ class Unpaired(TrainMode):
             up = F.pad(up, pad, mode="replicate")
         return up.detach()
 
+    def _known_reverse_step(self, x: torch.Tensor, y: torch.Tensor, mask_x: torch.Tensor | None,
+                            mask_y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """A step with G = up(D) (``train.reverse: degradation``): F over x and G(y) in one pass, D_Y only."""
+        n = x.shape[0]
+        d_y = self.discriminators["D_Y"]
+        _set_requires_grad([d_y], False)
+        with self.autocast():
+            out = self.passes(x=torch.cat([x, self._known_input(y, mask_y)]))
+            fy = out["fake_y"][:n].float()
+            gan_f = self.gan(d_y(fy), True)
+            cyc_x = self._degrade_loss(fy, self._lr(x), mask_x)  # G(F(x)) ~ x on the LR voxels x holds
+            crop = self.degrade.crop_hr  # F(G(y)) ~ y, where the profile lies inside the patch
+            cyc_y = region_loss(nn.functional.l1_loss, crop(out["fake_y"][n:].float()), crop(y),
+                                crop(mask_y) if mask_y is not None else None)
+            loss = gan_f + self.lam * (cyc_x + cyc_y)
+        self.optimise("G", loss)
+        _set_requires_grad([d_y], True)
+        with self.autocast():
+            loss_dy = _d_loss(self.gan, self.discriminators_ddp["D_Y"], y, self.pool_y.query(fy))
+        self.optimise("D", loss_dy)
+        return {"gan_F": gan_f.detach(), "cycle_x": cyc_x.detach(), "cycle_y": cyc_y.detach(), "D_Y": loss_dy.detach()}
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
         mask_x = batch.get("mask_x") if self.brain_only else None
         mask_y = batch.get("mask_y") if self.brain_only else None
+        if self.known_reverse:
+            return self._known_reverse_step(x, y, mask_x, mask_y)
         raw = [self.discriminators["D_Y"], self.discriminators["D_X"]]
         _set_requires_grad(raw, False)
         n = x.shape[0]

@@ -197,12 +197,13 @@ class Trainer:
             return None
         from medsr.figures.preview import preview_figure
 
-        generator = self.mode.generator
+        generator = self.mode.served_generator  # what the checkpoint will serve (the average under train.ema)
+        training = generator.training
         generator.eval()
         try:
             panels = self.data.preview(generator, self.device)
         finally:
-            generator.train()
+            generator.train(training)
         path = preview_figure(self.run_dir / "samples" / f"{name}.png", panels,
                               title=f"{self.cfg.train.mode} step {self.step}")
         return path
