@@ -11,7 +11,6 @@ from typing import Literal
 
 Sampling = Literal["grid", "random", "both"]
 NormStats = Literal["separate", "shared"]
-NormScale = Literal["channel", "common"]
 Direction = Literal["AtoB", "BtoA"]
 GanLoss = Literal["vanilla", "lsgan"]
 LossRegion = Literal["patch", "brain"]

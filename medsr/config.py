@@ -24,8 +24,7 @@ import yaml
 
 from medsr import config_yaml
 # Closed value sets: a field annotated with one accepts only its listed strings.
-from medsr.choices import (Direction, Domains, GanLoss, LossRegion, LrDecay, NormScale, NormStats, Precision, Reverse,
-                           Sampling)
+from medsr.choices import Direction, Domains, GanLoss, LossRegion, LrDecay, NormStats, Precision, Reverse, Sampling
 from medsr.config_values import SubjectId, _build
 from medsr.config_yaml import DuplicateKeyError, _yaml_floats, parse_yaml  # noqa: F401 - re-exported
 
@@ -56,9 +55,6 @@ class DataConfig:
         norm_stats: ``separate`` (input ``lr_up`` and target ``hr`` each by their own statistics) or
             ``shared`` (both by the target's: an interpolation of the input is then already in the
             target's units, which residual models over an interpolation base rely on).
-        norm_scale: ``channel`` (each channel divided by its own standard deviation) or ``common`` (every
-            channel by one scale, the root mean square of the channels' deviations: a pixel loss then weighs
-            each channel in the data's own units, as the RMSE does).
         flip: random axis flips as augmentation (DTI off-diagonal signs are flipped accordingly).
         permute: random axis permutations as augmentation, among axes of equal voxel size and factor
             (x <-> y at factor 1 1 4; DTI components are reordered accordingly). With ``flip`` on isotropic
@@ -86,7 +82,6 @@ class DataConfig:
     min_brain_fraction: float = 0.01
     normalise: bool = True
     norm_stats: NormStats = "separate"
-    norm_scale: NormScale = "channel"
     flip: bool = False
     permute: bool = False
     num_workers: int = 0

@@ -104,12 +104,6 @@ def stats_from_sums(sums: Iterable[BrainSums], eps: float = 1e-8) -> ChannelStat
     return ChannelStats(mean=mean.tolist(), std=std.tolist())
 
 
-def common_scale(stats: ChannelStats) -> ChannelStats:
-    """``stats`` with every channel's deviation replaced by their root mean square (``data.norm_scale: common``)."""
-    std = float(np.sqrt(np.mean(np.square(np.asarray(stats.std, dtype=np.float64)))))
-    return ChannelStats(mean=list(stats.mean), std=[std] * len(stats.std))
-
-
 def brain_stats(volumes: Iterable[tuple[np.ndarray, np.ndarray]], eps: float = 1e-8) -> ChannelStats:
     """Pooled per-channel mean/std over the brain voxels of several volumes.
 

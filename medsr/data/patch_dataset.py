@@ -31,7 +31,7 @@ from medsr.data.registry import TrainData, register_dataset
 from medsr.data.sampler import EpochBatchSampler, Item
 from medsr.factor import factor_triple, factor_value, format_factor
 from medsr.model_card import data_card
-from medsr.normalise import ChannelStats, common_scale, stats_from_sums
+from medsr.normalise import ChannelStats, stats_from_sums
 from medsr.patches import SizeLike, as_shape, brain_patch_origins, format_shape, patch_shape, shape_value
 
 
@@ -424,8 +424,6 @@ def build_patches3d(cfg: Any, dist: Any) -> TrainData:
     if d.normalise:  # from the brain sums cached with each subject: no voxel is read again
         norm_y = stats_from_sums(s.entry.sums["hr"] for s in y_subjects)
         norm_x = norm_y if d.norm_stats == "shared" else stats_from_sums(s.entry.sums["lr_up"] for s in x_subjects)
-        if d.norm_scale == "common":
-            norm_x, norm_y = common_scale(norm_x), common_scale(norm_y)
     else:
         norm_x, norm_y = ChannelStats.identity(c), ChannelStats.identity(c)
 
