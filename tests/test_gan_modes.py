@@ -231,9 +231,9 @@ def test_known_reverse_cycles_are_the_degradation_terms_and_resume_bit_exact(tmp
     model = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 2, "factor": "auto", "base": "cubic"}}
 
     def cfg(out, steps, **train):
+        opts = dict(lambda_cycle=10.0, reverse="degradation", loss_region="brain", deterministic=True, lr=1e-2)
         c = train_config(manifest, tmp_path / out, "unpaired", batch_size=2, max_steps=steps, checkpoint_every=2,
-                         lambda_cycle=10.0, reverse="degradation", loss_region="brain", deterministic=True,
-                         lr=1e-2, data={"norm_stats": "shared", "domains": "disjoint"}, **train)
+                         data={"norm_stats": "shared", "domains": "disjoint"}, **{**opts, **train})
         c["model"] = model
         return c
 
@@ -249,6 +249,8 @@ def test_known_reverse_cycles_are_the_degradation_terms_and_resume_bit_exact(tmp
         assert set(rows[0]) >= {"gan_F", "cycle_x", "cycle_y", "D_Y"} and "D_X" not in rows[0]
         assert list(whole["discriminators"]) == ["D_Y"]
         half = train(cfg("half", 2))
+        with pytest.raises(ValueError, match=r"discriminators \['D_Y'\], the config trains \['D_Y', 'D_X'\]"):
+            train(cfg("half", 4, reverse="network"), resume=True)
         train(cfg("half", 4), resume=True)
         again = load_checkpoint(half / "last.pt")
         fresh = _initial_weights(load_config(cfg("fresh", 1)), tmp_path / "fresh")

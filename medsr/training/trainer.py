@@ -151,6 +151,10 @@ class Trainer:
         if ck.get("mode") != self.cfg.train.mode:
             raise ValueError(f"{self.ckpt_path}: checkpoint was trained in mode {ck.get('mode')!r}, config says "
                              f"{self.cfg.train.mode!r}")
+        held, wanted = list(ck.get("discriminators") or {}), list(self.mode.discriminator_names)
+        if held != wanted:  # e.g. train.reverse changed: the learned G has D_X, the known degradation has not
+            raise ValueError(f"{self.ckpt_path}: checkpoint has discriminators {held or 'none'}, the config trains "
+                             f"{wanted or 'none'} (train.reverse?); resume with the run's own config.yaml")
         self.mode.load_state_dict(ck)
         self.step = int(ck["step"])
         self.train_seconds = float(ck.get("train_seconds", 0.0))
