@@ -129,38 +129,59 @@ def test_disjoint_domains_never_read_x_subjects_hr(tmp_path):
                       SINGLE)
 
 
-@pytest.mark.parametrize("kind", ["scalar", "dti"])
-def test_unpaired_degradation_term_brain_region_and_bit_exact_resume(tmp_path, kind):
-    """lambda_degrade adds |D(F(x)) - x_lr|, |G(y)_lr - D(y)| and |F(up(D(y))) - y| (logged as degrade_F / _G / _Y);
-    separate statistics are refused; resume is bit-exact, for scalar data and DTI (the brain-voxel mean)."""
+def _unpaired_configs(tmp_path, kind: str, **defaults):
+    """(cfg(out, steps, **train): a tiny unpaired config (rev_espcn3d, disjoint domains, shared statistics, brain
+    losses, deterministic) into ``tmp_path/out``, the manifest of a fresh 2-subject ``kind`` dataset)."""
     manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), kind, patch_size=8)
     model = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 2, "factor": "auto", "base": "cubic"}}
 
     def cfg(out, steps, **train):
+        opts = {"loss_region": "brain", "deterministic": True, **defaults, **train}
         c = train_config(manifest, tmp_path / out, "unpaired", batch_size=2, max_steps=steps, checkpoint_every=2,
-                         lambda_degrade=5.0, loss_region="brain", deterministic=True,
-                         data={"norm_stats": "shared", "domains": "disjoint"}, **train)
+                         data={"norm_stats": "shared", "domains": "disjoint"}, **opts)
         c["model"] = model
         return c
 
-    with pytest.raises(ValueError, match="train.lambda_degrade"):
-        c = cfg("bad", 2)
-        c["data"]["norm_stats"] = "separate"
+    return cfg, manifest
+
+
+def _refuses_separate_statistics(cfg, key: str) -> None:
+    c = cfg("bad", 2)
+    c["data"]["norm_stats"] = "separate"
+    with pytest.raises(ValueError, match=f"config key '{key}'.*norm_stats: shared"):
         train(c)
+
+
+def _whole_and_resumed(cfg) -> tuple[dict, dict]:
+    """Checkpoints of a 4-step run and of a 2-step run resumed to 4 (deterministic algorithms reset after)."""
     try:
         whole = load_checkpoint(train(cfg("whole", 4)) / "last.pt")
-        rows = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
-        assert all(float(r[f"degrade_{k}"]) >= 0 for r in rows for k in "FGY")
         half = train(cfg("half", 2))
-        train(cfg("half", 4), resume=True)
-        again = load_checkpoint(half / "last.pt")
-        for k, v in whole["model"]["state_dict"].items():
-            assert torch.equal(again["model"]["state_dict"][k], v), k
-        for d in ("D_Y", "D_X"):
-            for k, v in whole["discriminators"][d]["state_dict"].items():
-                assert torch.equal(again["discriminators"][d]["state_dict"][k], v), (d, k)
+        return whole, load_checkpoint(train(cfg("half", 4), resume=True) / "last.pt")
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    """The generators and every discriminator of two checkpoints are bit-identical."""
+    for k, v in a["model"]["state_dict"].items():
+        assert torch.equal(b["model"]["state_dict"][k], v), k
+    for d in a["discriminators"]:
+        for k, v in a["discriminators"][d]["state_dict"].items():
+            assert torch.equal(b["discriminators"][d]["state_dict"][k], v), (d, k)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "dti"])
+def test_unpaired_degradation_term_brain_region_and_bit_exact_resume(tmp_path, kind):
+    """lambda_degrade adds |D(F(x)) - x_lr|, |G(y)_lr - D(y)| and |F(up(D(y))) - y| (logged as degrade_F / _G / _Y);
+    separate statistics are refused; resume is bit-exact, for scalar data and DTI (the brain-voxel mean)."""
+    cfg, _ = _unpaired_configs(tmp_path, kind, lambda_degrade=5.0)
+    _refuses_separate_statistics(cfg, "train.lambda_degrade")
+    whole, again = _whole_and_resumed(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
+    assert all(float(r[f"degrade_{k}"]) >= 0 for r in rows for k in "FGY")
+    assert list(whole["discriminators"]) == ["D_Y", "D_X"]
+    _assert_same_weights(whole, again)
 
 
 def test_dti_degradation_follows_preps_fit_of_degraded_dwis():
@@ -226,38 +247,23 @@ def test_known_input_is_preps_lr_up_of_y():
 def test_known_reverse_cycles_are_the_degradation_terms_and_resume_bit_exact(tmp_path, kind):
     """``train.reverse: degradation``: G is prep's degradation, so cycle_y is F's loss on pairs made from Y and
     cycle_x F's LR consistency; only D_Y exists, G's own layers never change, resume is bit-exact, and the
-    redundant lambda_degrade is refused by key."""
-    manifest = make_prepared_dataset(tmp_path / "prep", 2, (24, 24, 24), kind, patch_size=8)
-    model = {"name": "rev_espcn3d", "kwargs": {"width": 4, "depth": 2, "factor": "auto", "base": "cubic"}}
-
-    def cfg(out, steps, **train):
-        opts = dict(lambda_cycle=10.0, reverse="degradation", loss_region="brain", deterministic=True, lr=1e-2)
-        c = train_config(manifest, tmp_path / out, "unpaired", batch_size=2, max_steps=steps, checkpoint_every=2,
-                         data={"norm_stats": "shared", "domains": "disjoint"}, **{**opts, **train})
-        c["model"] = model
-        return c
-
+    redundant lambda_degrade, separate statistics and a resume with the learned G are refused by key."""
+    cfg, _ = _unpaired_configs(tmp_path, kind, lambda_cycle=10.0, reverse="degradation", lr=1e-2)
     with pytest.raises(ValueError, match="config key 'train.lambda_degrade'"):
         train(cfg("bad", 2, lambda_degrade=1.0))
-    with pytest.raises(ValueError, match="config key 'train.reverse'.*norm_stats: shared"):
-        c = cfg("bad2", 2)
-        c["data"]["norm_stats"] = "separate"
-        train(c)
+    _refuses_separate_statistics(cfg, "train.reverse")
+    whole, again = _whole_and_resumed(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
+    assert set(rows[0]) >= {"gan_F", "cycle_x", "cycle_y", "D_Y"} and "D_X" not in rows[0]
+    assert list(whole["discriminators"]) == ["D_Y"]
+    _assert_same_weights(whole, again)
+    fresh = _initial_weights(load_config(cfg("fresh", 1)), tmp_path / "fresh")
+    for k, v in whole["model"]["state_dict"].items():
+        if k.startswith(("enc_y.", "dec_x.")):  # G's own layers: no gradient reaches them
+            assert torch.equal(v, fresh[k]), k
+    assert any(not torch.equal(v, fresh[k]) for k, v in whole["model"]["state_dict"].items())
     try:
-        whole = load_checkpoint(train(cfg("whole", 4)) / "last.pt")
-        rows = list(csv.DictReader(open(tmp_path / "whole" / "log.csv")))
-        assert set(rows[0]) >= {"gan_F", "cycle_x", "cycle_y", "D_Y"} and "D_X" not in rows[0]
-        assert list(whole["discriminators"]) == ["D_Y"]
-        half = train(cfg("half", 2))
         with pytest.raises(ValueError, match=r"discriminators \['D_Y'\], the config trains \['D_Y', 'D_X'\]"):
-            train(cfg("half", 4, reverse="network"), resume=True)
-        train(cfg("half", 4), resume=True)
-        again = load_checkpoint(half / "last.pt")
-        fresh = _initial_weights(load_config(cfg("fresh", 1)), tmp_path / "fresh")
-        for k, v in whole["model"]["state_dict"].items():
-            assert torch.equal(again["model"]["state_dict"][k], v), k
-            if k.startswith(("enc_y.", "dec_x.")):  # G's own layers: no gradient reaches them
-                assert torch.equal(v, fresh[k]), k
-        assert any(not torch.equal(v, fresh[k]) for k, v in whole["model"]["state_dict"].items())
+            train(cfg("half", 6, reverse="network"), resume=True)
     finally:
         torch.use_deterministic_algorithms(False)
