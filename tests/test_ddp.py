@@ -26,6 +26,12 @@ def _config(manifest: Path, out: Path, mode: str, batch: int) -> dict:
                         checkpoint_every=100, device="cpu")
 
 
+def _known_reverse_config(manifest: Path, out: Path) -> dict:
+    return train_config(manifest, out, "unpaired", discriminator={"norm": "none"}, batch_size=2, max_steps=3,
+                        checkpoint_every=100, device="cpu", reverse="degradation", pool_size=2,
+                        data={"norm_stats": "shared", "domains": "disjoint"})
+
+
 def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> None:
     import torch.distributed as dist
 
@@ -35,6 +41,8 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> No
     try:
         for mode in MODES:
             train(_config(Path(manifest), Path(root) / f"ddp_{mode}", mode, batch=2))
+        # Unpaired with G the known degradation: G's own layers get no gradient, which DDP must have been told.
+        train(_known_reverse_config(Path(manifest), Path(root) / "ddp_unpaired_known"))
         # train.max_minutes with clocks that disagree: rank 1's runs 1000x fast, so on its own it would stop
         # after one step while rank 0 trains on; a rank stopping alone would leave the other waiting in an
         # all-reduce forever. The time rides in the loss all-reduce, so both ranks stop at the same step.
@@ -79,5 +87,7 @@ def test_two_ranks_equal_one_process_at_double_batch(tmp_path):
         weights = [k for k in init if k.endswith("weight")]
         moved = [k for k in weights if not torch.equal(a["model"]["state_dict"][k], init[k])]
         assert weights and moved == weights, f"{mode}: unmoved {sorted(set(weights) - set(moved))}"
+    known = load_checkpoint(tmp_path / "ddp_unpaired_known" / "last.pt")
+    assert known["step"] == 3 and list(known["discriminators"]) == ["D_Y"] and len(known["mode_state"]["per_rank"]) == 2
     timed = load_checkpoint(tmp_path / "ddp_timed" / "last.pt")
     assert 1 <= timed["step"] < 10_000 and timed["train_seconds"] >= 0.05 * 60
