@@ -254,6 +254,12 @@ class Unpaired(TrainMode):
             up = F.pad(up, pad, mode="replicate")
         return up.detach()
 
+    def _undo_loss(self, fake: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """|F(up(D(y))) - y| (``fake`` = F's output for :meth:`_known_input`), where the degradation's profile lies
+        inside the patch."""
+        crop = self.degrade.crop_hr
+        return region_loss(nn.functional.l1_loss, crop(fake.float()), crop(y), crop(mask) if mask is not None else None)
+
     def _known_reverse_step(self, x: torch.Tensor, y: torch.Tensor, mask_x: torch.Tensor | None,
                             mask_y: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """A step with G = up(D) (``train.reverse: degradation``): F over x and G(y) in one pass, D_Y only."""
@@ -265,9 +271,7 @@ class Unpaired(TrainMode):
             fy = out["fake_y"][:n].float()
             gan_f = self.gan(d_y(fy), True)
             cyc_x = self._degrade_loss(fy, self._lr(x), mask_x)  # G(F(x)) ~ x on the LR voxels x holds
-            crop = self.degrade.crop_hr  # F(G(y)) ~ y, where the profile lies inside the patch
-            cyc_y = region_loss(nn.functional.l1_loss, crop(out["fake_y"][n:].float()), crop(y),
-                                crop(mask_y) if mask_y is not None else None)
+            cyc_y = self._undo_loss(out["fake_y"][n:], y, mask_y)  # F(G(y)) ~ y
             loss = gan_f + self.lam * (cyc_x + cyc_y)
         self.optimise("G", loss)
         _set_requires_grad([d_y], True)
@@ -299,9 +303,7 @@ class Unpaired(TrainMode):
             if self.lam_degrade > 0:
                 deg_f = self._degrade_loss(fy, self._lr(x), mask_x)  # D(F(x)) ~ x_lr
                 deg_g = self._degrade_loss(y, self._lr(fx), mask_y)  # G(y)_lr ~ D(y)
-                crop = self.degrade.crop_hr  # F(up(D(y))) ~ y, where the profile lies inside the patch
-                deg_y = region_loss(nn.functional.l1_loss, crop(out["fake_y"][n:].float()), crop(y),
-                                    crop(mask_y) if mask_y is not None else None)
+                deg_y = self._undo_loss(out["fake_y"][n:], y, mask_y)  # F(up(D(y))) ~ y
                 loss_g_total = loss_g_total + self.lam_degrade * (deg_f + deg_g + deg_y)
         self.optimise("G", loss_g_total)
         _set_requires_grad(raw, True)
