@@ -203,6 +203,10 @@ def run_inference(
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise FileExistsError(f"{existing[0]}: already exists{more} (pass --overwrite to replace)")
     predictor = Predictor.from_checkpoint(checkpoint, device, precision)
+    untrained = reverse_untrained_by(predictor.ck) if reverse else ""
+    if untrained and not quiet:
+        print(f"medsr infer: warning: {checkpoint} was trained with {untrained}, so its G never learned; "
+              "--reverse writes G as initialised (for rev_espcn3d: the block mean, NN-upsampled)", file=sys.stderr)
     if maps and (predictor.channels != 6 or reverse):
         raise ValueError(f"--maps needs a DTI model run forward; {checkpoint} is a {predictor.channels}-channel "
                          f"{predictor.kind} model" + (" and --reverse writes LR-up estimates" if reverse else ""))
@@ -268,6 +272,21 @@ def _run_items(predictor, items: list[InferItem], plans: list[ItemOutputs], batc
             outputs.sidecars[outputs.std]["StdScale"] = uncertainty_scale(predictor.card, views)
         write_item(outputs, pred, std, m, overwrite=overwrite)
         written.append(outputs.main)
+
+
+def reverse_untrained_by(ck: dict) -> str:
+    """The training setting that left a checkpoint's G (``generator.reverse``) untrained, or "".
+
+    The training mode knows which directions it trains (:attr:`medsr.training.base.TrainMode.reverse_untrained_by`);
+    it is rebuilt from the config the checkpoint saved. A checkpoint without a readable config gives "".
+    """
+    from medsr.config import load_config
+    from medsr.training import create_mode
+
+    try:
+        return create_mode(load_config(ck["config"])).reverse_untrained_by
+    except (KeyError, TypeError, ValueError):
+        return ""
 
 
 def _probe(predictor: Predictor, vol: Volume, reverse: bool, tta: str):

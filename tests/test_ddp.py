@@ -12,6 +12,7 @@ from medsr.checkpoint import load_checkpoint
 from medsr.config import load_config
 from medsr.data.synthetic import make_prepared_dataset
 from medsr.training import create_mode
+from medsr.training.distributed import shutdown_distributed
 from medsr.training.networks import DataFacts
 from medsr.training.trainer import seed_everything
 from pipelines.train import train
@@ -55,7 +56,7 @@ def _rank_main(rank: int, world: int, port: int, manifest: str, root: str) -> No
         cfg["train"].update(max_steps=10_000, n_epochs=1000, max_minutes=0.05)
         train(cfg)
     finally:
-        dist.destroy_process_group()
+        shutdown_distributed()  # collects the runs' DDP wrappers first (a teardown race of gloo otherwise)
 
 
 def _initial_generator(cfg: dict) -> dict[str, torch.Tensor]:

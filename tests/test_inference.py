@@ -17,6 +17,7 @@ from medsr.networks import create_model
 from medsr.normalise import ChannelStats
 from medsr.volume import Volume
 from pipelines.cli import main
+from pipelines.infer import reverse_untrained_by
 
 C = 6
 KW = dict(in_channels=C, width=8, depth=2, norm="none", residual=True)
@@ -341,3 +342,24 @@ def test_tta_views_in_batches_equal_one_view_at_a_time(window, monkeypatch) -> N
     assert [b[:2] for b in bars] == [(4 * plan.n_windows, 4 * plan.n_windows)]
     assert pred.views_per_call(plan, 48, 12 * 10 * 11) == 48  # small volume: every view in one call
     assert pred.views_per_call(plan, 8, 145 * 174 * 145) == 4  # HCP size: 4 x 205 MB of stitching buffers
+
+
+@pytest.mark.parametrize("train, says", [
+    ({"mode": "paired_l1", "lambda_reverse": 0.0}, "train.lambda_reverse: 0"),
+    ({"mode": "paired_l1", "lambda_reverse": 1.0}, ""),
+    ({"mode": "unpaired", "reverse": "degradation", "lambda_degrade": 0.0}, "train.reverse: degradation"),
+    ({"mode": "unpaired"}, ""),
+])
+def test_reverse_warns_when_the_checkpoint_never_trained_g(tmp_path, oblique, capsys, train, says) -> None:
+    # The training mode says which directions it trained; infer --reverse warns (once, on stderr) for an untrained G.
+    ck = _checkpoint(tmp_path / "ck.pt", _model())
+    state = torch.load(ck, map_location="cpu", weights_only=False)
+    state["config"] = {"data": {"norm_stats": "shared"}, "train": train}
+    save_checkpoint(state, ck)
+    assert reverse_untrained_by(state) == says
+    save_volume(Volume(np.random.rand(C, 12, 10, 8).astype(np.float32), oblique, name="hr"), tmp_path / "hr.nii.gz")
+    assert main(["infer", "--checkpoint", str(ck), "--input", str(tmp_path / "hr.nii.gz"), "--output",
+                 str(tmp_path / "g.nii.gz"), "--reverse", "--window", "0", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("never learned") == (1 if says else 0)
+    assert not says or f"was trained with {says}, so its G never learned" in err

@@ -152,6 +152,9 @@ class TrainMode:
     discriminator_names: tuple[str, ...] = ()
     #: DDP ``find_unused_parameters`` (a mode that runs one direction only leaves parameters unused).
     find_unused = False
+    #: The config setting that leaves G (``generator.reverse``) untrained, e.g. ``train.lambda_reverse: 0``;
+    #: empty when the mode trains G. ``medsr infer --reverse`` warns on such a checkpoint.
+    reverse_untrained_by = ""
 
     def __init__(self, cfg: Config, rank: int = 0) -> None:
         self.cfg = cfg

@@ -8,6 +8,7 @@ writes files.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,15 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group: free what still holds it, then destroy it.
+
+    DDP wrappers in reference cycles keep the group's C++ object (and gloo's worker threads) alive
+    until a garbage collection; if that first happens while the interpreter shuts down, the process
+    can die in ``std::terminate`` (a SIGABRT with no traceback). Collecting first frees them while
+    Python is still whole.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

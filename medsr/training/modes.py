@@ -51,6 +51,7 @@ class _PixelMode(TrainMode):
         self.brain_only = cfg.train.loss_region == "brain"
         # Without the reverse term, G's encoder/decoder get no gradient: DDP must be told.
         self.find_unused = self.lam_reverse == 0
+        self.reverse_untrained_by = "train.lambda_reverse: 0" if self.lam_reverse == 0 else ""
 
     @property
     def loss_names(self) -> list[str]:
@@ -191,6 +192,7 @@ class Unpaired(TrainMode):
                                  "are the degradation terms; set it to 0 (train.lambda_cycle weighs them)")
             self.discriminator_names = ("D_Y",)
             self.find_unused = True  # G's encoder and decoder get no gradient (DDP must be told)
+            self.reverse_untrained_by = "train.reverse: degradation"
         if (self.lam_degrade > 0 or self.known_reverse) and cfg.data.normalise and cfg.data.norm_stats != "shared":
             # D(F(x)) is in y's normalised units and x_lr in x's: they compare only under one normalisation.
             key = "train.reverse" if self.known_reverse else "train.lambda_degrade"
