@@ -20,6 +20,7 @@ BENCHES: dict[str, str] = {
     "precision": "bf16 vs fp32: reversible inverse and gradient errors at depth, whole-volume inference difference",
     "uncertainty": "calibration of per-voxel uncertainty on a held-out subject (Spearman, deciles) -> docs/uncertainty.md",
     "gpu": "the prepared GPU check (CUDA tests, training per mode, memory, fp32 vs bf16, HCP inference) -> docs/gpu.md",
+    "tissues": "where the error lies: a phantom prediction's interior RMSE by tissue label, against cubic",
     "busy": "training steps/s alone, beside a busy core and beside a second training, per thread policy "
             "-> docs/performance.md",
 }
